@@ -1,0 +1,3 @@
+from cache_sync.cli.main import main
+
+raise SystemExit(main())

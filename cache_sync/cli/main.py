@@ -1,0 +1,132 @@
+"""Entry point: parse global options, build Settings once, dispatch to ``cli/<command>.py``,
+and turn errors into one-line messages and exit codes (the only place that does).
+
+Each command module exposes ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args, settings, out) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from cache_sync import __version__
+from cache_sync.cli.output import Output
+from cache_sync.config import Settings
+from cache_sync.errors import CacheSyncError
+
+# Command modules, in the order `--help` lists them.
+COMMANDS = ("pull", "push", "status", "log", "verify", "gc", "env", "install", "run")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as argparse does, plus a hint
+        self.exit(EXIT_USAGE, f"cache-sync: error: {message} (see 'cache-sync --help')\n")
+
+
+def _load(name: str):
+    return importlib.import_module(f"cache_sync.cli.cmd_{name}")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = _Parser(
+        prog="cache-sync",
+        description="Keep a serverless worker's cache (packages, models) in an S3 bucket.",
+    )
+    parser.add_argument("--version", action="version", version=f"cache-sync {__version__}")
+    g = parser.add_argument_group("global options (env var in brackets)")
+    g.add_argument("--root", help="local cache root [CACHE_SYNC_ROOT]")
+    g.add_argument("--remote", help="s3://bucket/prefix or file:///path [CACHE_SYNC_REMOTE]")
+    g.add_argument("--endpoint-url", help="S3 endpoint [CACHE_SYNC_ENDPOINT_URL, AWS_ENDPOINT_URL]")
+    g.add_argument("--region", help="S3 region [CACHE_SYNC_REGION, AWS_REGION, B2_REGION]")
+    g.add_argument("--profile", help="AWS profile [CACHE_SYNC_PROFILE, AWS_PROFILE]")
+    g.add_argument("--areas", help="comma-separated areas [CACHE_SYNC_AREAS]")
+    g.add_argument("--transfers", type=int, help="parallel requests [CACHE_SYNC_TRANSFERS]")
+    g.add_argument("--json", action="store_true", default=None, help="machine output")
+    g.add_argument("-v", "--verbose", action="count", default=None, help="more detail")
+    g.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    g.add_argument(
+        "--progress", choices=("auto", "on", "off"), help="progress bars [CACHE_SYNC_PROGRESS]"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    modules = {}
+    for name in COMMANDS:
+        try:
+            mod = _load(name)
+        except ModuleNotFoundError as exc:  # a command whose module is not built yet
+            if exc.name != f"cache_sync.cli.cmd_{name}":
+                raise
+            continue
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        modules[mod.NAME] = mod
+    return parser, modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    out = Output(json_mode=bool(args.json), quiet=args.quiet, verbose=args.verbose or 0)
+    try:
+        settings = Settings.from_env(
+            os.environ,
+            root=args.root,
+            remote=args.remote,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            profile=args.profile,
+            areas=args.areas,
+            transfers=args.transfers,
+            json=args.json,
+            verbose=args.verbose,
+            progress=args.progress,
+        )
+        out.secrets = settings.secrets()
+        out.json_mode = settings.json
+        _setup_logging(settings.verbose, args.quiet, out)
+        return int(modules[args.command].run(args, settings, out) or 0)
+    except CacheSyncError as exc:
+        out.error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.error_text("interrupted")
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # disk or permission trouble outside the store: say which path
+        out.error_text(f"{exc.strerror or exc} : {exc.filename or ''}".rstrip(" :"))
+        return EXIT_ERROR
+
+
+def _setup_logging(verbose: int, quiet: bool, out: Output) -> None:
+    level = logging.WARNING
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    if quiet:
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(out.redact_filter())
+    handler.setFormatter(logging.Formatter("cache-sync: %(message)s"))
+    root = logging.getLogger("cache_sync")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # botocore logs request headers at DEBUG; keep it out even at -vv.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

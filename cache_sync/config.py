@@ -1,0 +1,249 @@
+"""Settings: the one place environment variables are read.
+
+``Settings.from_env(environ, **flags)`` is called once by the CLI and the result is passed
+down; nothing below reads ``os.environ`` for cache-sync settings. Precedence: an explicit flag
+beats a ``CACHE_SYNC_*`` variable, which beats a standard variable (``AWS_*``, ``B2_*``), which
+beats the default. Secrets are kept out of ``repr`` and ``explain()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache_sync.errors import ConfigError
+
+DEFAULT_AREAS = ("packages", "pip", "models", "deps")
+EPHEMERAL_DIRS = ("tmp", "build")
+STATE_DIR = ".cache-sync"
+RUNPOD_VOLUME = "/runpod-volume"
+MiB = 1024 * 1024
+
+
+def _parse_int(name: str, raw: str, *, minimum: int = 0) -> int:
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number", hint=f"set {name} to e.g. 8")
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def _parse_float(name: str, raw: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number", hint=f"set {name} to e.g. 30")
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean", hint="use 1/0, true/false, yes/no")
+
+
+def _parse_size(name: str, raw: str) -> int:
+    """Parse '64M', '1G', '512k' or a plain byte count."""
+    text = raw.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for suffix, factor in (("K", 1024), ("M", MiB), ("G", 1024 * MiB), ("T", 1024**4)):
+        if text.endswith(suffix):
+            text, mult = text[:-1], factor
+            break
+    try:
+        return int(float(text) * mult)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a size", hint="use bytes or a suffix: 64M, 1G")
+
+
+def default_root(environ: Mapping[str, str]) -> str:
+    """``/runpod-volume/cache`` where a RunPod network volume is mounted, else
+    ``/tmp/runpod-cache``."""
+    volume = environ.get("CACHE_SYNC_RUNPOD_VOLUME", RUNPOD_VOLUME)
+    if os.path.isdir(volume):
+        return os.path.join(volume, "cache")
+    return "/tmp/runpod-cache"
+
+
+def default_remote(environ: Mapping[str, str]) -> str:
+    """The embedded default: a local directory store under the user's cache dir."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".cache"
+    )
+    return "file://" + os.path.join(os.path.abspath(base), "cache-sync", "store")
+
+
+def b2_endpoint(region: str) -> str:
+    return f"https://s3.{region}.backblazeb2.com"
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path
+    remote: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    areas: tuple[str, ...] = DEFAULT_AREAS
+    transfers: int = 16
+    retries: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    pack_size: int = 16 * MiB
+    chunk_size: int = 32 * MiB
+    small_file: int = 4 * MiB
+    keep: int = 5
+    gc_grace: float = 24 * 3600.0
+    progress: str = "auto"
+    json: bool = False
+    verbose: int = 0
+    lock_timeout: float = 0.0
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    # --- derived paths -------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def area_path(self, area: str) -> Path:
+        return self.root / area
+
+    def secrets(self) -> list[str]:
+        """Values that must never be printed."""
+        return [s for s in (self.access_key_id, self.secret_access_key, self.session_token) if s]
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        """Build settings from flags (None = not given) over ``environ`` over defaults."""
+        env = dict(os.environ if environ is None else environ)
+        sources: dict[str, str] = {}
+
+        def pick(key: str, flag_name: str, *fallback_vars: str) -> str | None:
+            flag = flags.get(flag_name)
+            if flag is not None:
+                sources[key] = "flag"
+                return str(flag)
+            for var in (f"CACHE_SYNC_{key.upper()}", *fallback_vars):
+                if env.get(var):
+                    sources[key] = var
+                    return env[var]
+            return None
+
+        root = pick("root", "root") or default_root(env)
+        remote = pick("remote", "remote") or default_remote(env)
+        if not (remote.startswith("s3://") or remote.startswith("file://")):
+            if remote.startswith("/"):
+                remote = "file://" + remote
+            else:
+                raise ConfigError(
+                    f"remote {remote!r} is not a supported URL",
+                    hint="use s3://bucket/prefix or file:///absolute/path",
+                )
+        region = pick("region", "region", "AWS_REGION", "AWS_DEFAULT_REGION", "B2_REGION")
+        endpoint = pick("endpoint_url", "endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        if endpoint is None and env.get("B2_REGION") and remote.startswith("s3://"):
+            endpoint = b2_endpoint(env["B2_REGION"])
+            sources["endpoint_url"] = "B2_REGION"
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"endpoint URL {endpoint!r} has no scheme",
+                hint="write it as https://host[:port]",
+            )
+
+        key_id = env.get("AWS_ACCESS_KEY_ID") or env.get("B2_APPLICATION_KEY_ID")
+        secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("B2_APPLICATION_KEY")
+        if bool(env.get("B2_APPLICATION_KEY_ID")) != bool(env.get("B2_APPLICATION_KEY")):
+            missing = "B2_APPLICATION_KEY" if env.get("B2_APPLICATION_KEY_ID") else (
+                "B2_APPLICATION_KEY_ID")
+            raise ConfigError(f"{missing} is not set", hint="set both B2 key variables, or neither")
+
+        areas_raw = pick("areas", "areas")
+        areas = DEFAULT_AREAS
+        if areas_raw:
+            areas = tuple(a.strip() for a in areas_raw.split(",") if a.strip())
+            for area in areas:
+                validate_area_name(area)
+
+        def num(key: str, parser: Any, default: Any, **kw: Any) -> Any:
+            raw = pick(key, key)
+            return default if raw is None else parser(f"CACHE_SYNC_{key.upper()}", raw, **kw)
+
+        verbose_flag = flags.get("verbose")
+        verbose = verbose_flag if verbose_flag is not None else num("verbose", _parse_int, 0)
+        json_flag = flags.get("json")
+        json_out = bool(json_flag) if json_flag is not None else num("json", _parse_bool, False)
+        progress = pick("progress", "progress") or "auto"
+        if progress not in ("auto", "on", "off"):
+            raise ConfigError(f"CACHE_SYNC_PROGRESS={progress!r} is invalid", hint="use auto|on|off")
+
+        return cls(
+            root=Path(os.path.abspath(os.path.expanduser(root))),
+            remote=remote,
+            endpoint_url=endpoint,
+            region=region,
+            profile=pick("profile", "profile", "AWS_PROFILE"),
+            areas=areas,
+            transfers=num("transfers", _parse_int, 16, minimum=1),
+            retries=num("retries", _parse_int, 5, minimum=1),
+            connect_timeout=num("connect_timeout", _parse_float, 10.0, minimum=0.1),
+            read_timeout=num("read_timeout", _parse_float, 60.0, minimum=0.1),
+            pack_size=num("pack_size", _parse_size, 16 * MiB),
+            chunk_size=num("chunk_size", _parse_size, 32 * MiB),
+            small_file=num("small_file", _parse_size, 4 * MiB),
+            keep=num("keep", _parse_int, 5, minimum=1),
+            gc_grace=num("gc_grace", _parse_float, 24 * 3600.0),
+            progress=progress,
+            json=json_out,
+            verbose=int(verbose),
+            lock_timeout=num("lock_timeout", _parse_float, 0.0),
+            access_key_id=key_id,
+            secret_access_key=secret,
+            session_token=env.get("AWS_SESSION_TOKEN"),
+            sources=sources,
+        )
+
+    def explain(self) -> list[tuple[str, str, str]]:
+        """(setting, value, where it came from) for every setting; secrets redacted."""
+        rows = []
+        for f in dataclasses.fields(self):
+            if f.name in ("sources",):
+                continue
+            value = getattr(self, f.name)
+            if f.name in ("access_key_id", "secret_access_key", "session_token"):
+                value = "<set>" if value else "<unset>"
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            rows.append((f.name, str(value), self.sources.get(f.name, "default")))
+        return rows
+
+
+def validate_area_name(area: str) -> None:
+    if (
+        not area
+        or area in (".", "..", STATE_DIR, *EPHEMERAL_DIRS)
+        or "/" in area
+        or "\\" in area
+        or area.startswith(".")
+    ):
+        raise ConfigError(
+            f"{area!r} is not a valid area name",
+            hint="an area is a plain directory name under the cache root, e.g. packages",
+        )
