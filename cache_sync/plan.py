@@ -14,7 +14,7 @@ from typing import Any
 from cache_sync.local_cache import LocalItem
 from cache_sync.snapshot import Entry, FormatError, check_link
 
-Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
+Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, sha256]
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -22,8 +22,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
     if item is None or item.kind != "f":
         return None
     rec = index.get(item.path)
-    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
-        return str(rec[4])
+    if rec and len(rec) == 4 and rec[:3] == item.stat_key():
+        return str(rec[3])
     return None
 
 
@@ -33,6 +33,7 @@ class PullPlan:
     mkdirs: list[Entry] = field(default_factory=list)
     fetch: list[Entry] = field(default_factory=list)  # one per distinct digest
     copies: list[tuple[Entry, str]] = field(default_factory=list)  # (entry, source rel path)
+    dups: dict[str, list[Entry]] = field(default_factory=dict)  # more paths of a fetched digest
     check: list[Entry] = field(default_factory=list)  # local file of the right size, unknown hash
     meta: list[Entry] = field(default_factory=list)  # right content, mode/mtime to fix
     links: list[Entry] = field(default_factory=list)
@@ -45,19 +46,21 @@ class PullPlan:
 
     @property
     def write_bytes(self) -> int:
-        return self.fetch_bytes + sum(e.size for e, _ in self.copies) + sum(
-            e.size for e in self.check)
+        return (self.fetch_bytes + sum(e.size for e, _ in self.copies)
+                + sum(e.size for e in self.check)
+                + sum(e.size for es in self.dups.values() for e in es))
 
     @property
     def changes(self) -> int:
         return (len(self.remove) + len(self.mkdirs) + len(self.fetch) + len(self.copies)
-                + len(self.check) + len(self.meta) + len(self.links))
+                + len(self.check) + len(self.meta) + len(self.links)
+                + sum(len(es) for es in self.dups.values()))
 
     def summary(self) -> dict[str, int]:
         return {
             "fetch_files": len(self.fetch) + len(self.check),
             "fetch_bytes": self.fetch_bytes + sum(e.size for e in self.check),
-            "copy_files": len(self.copies),
+            "copy_files": len(self.copies) + sum(len(es) for es in self.dups.values()),
             "remove": len(self.remove),
             "changes": self.changes,
         }
@@ -115,7 +118,7 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
             if t.size == 0:
                 plan.copies.append((t, ""))  # nothing to download: an empty file
             elif t.digest in fetching:
-                plan.copies.append((t, fetching[t.digest].path))
+                plan.dups.setdefault(t.digest, []).append(t)
             elif t.digest in have and have[t.digest] != path:
                 plan.copies.append((t, have[t.digest]))
             elif item is not None and item.kind == "f" and item.size == t.size and digest is None:
