@@ -122,7 +122,7 @@ def load_ref_audio(ref: str, config: HandlerConfig) -> Audio:
     else:
         data = _read_cache_path(ref, config)
     if len(data) > limit:
-        raise InputError({"ref_audio": f"is {len(data)} bytes, the limit is {limit}"})
+        raise InputError({"ref_audio": f"is {len(data)} bytes, over the {limit}-byte limit"})
     try:
         audio = decode_wav(data)
     except AudioError as err:
@@ -162,6 +162,6 @@ def _read_cache_path(ref: str, config: HandlerConfig) -> bytes:
                                        "'UklGR', nor a URL, nor an existing cache path)"})
     size = real.stat().st_size
     if size > config.max_ref_audio_bytes:
-        raise InputError({"ref_audio": f"{real} is {size} bytes, the limit is "
-                                       f"{config.max_ref_audio_bytes}"})
+        raise InputError({"ref_audio": f"{real} is {size} bytes, over the "
+                                       f"{config.max_ref_audio_bytes}-byte limit"})
     return real.read_bytes()
