@@ -31,6 +31,8 @@ head:
 
 
 def build(models: Path) -> dict[str, str]:
+    """Write the tiny model under ``models``; returns the handler settings, as paths
+    relative to ``models`` (the caller joins them onto wherever the area ends up)."""
     import torch
     from safetensors.torch import save_file
     from vocos import Vocos
@@ -63,8 +65,10 @@ def build(models: Path) -> dict[str, str]:
     vocoder = Vocos.from_hparams(str(vocos_dir / "config.yaml"))
     torch.save(vocoder.state_dict(), str(vocos_dir / "pytorch_model.bin"))
     return {
-        "HANDLER_F5_CKPT": str(ckpt), "HANDLER_F5_VOCAB": str(vocab),
-        "HANDLER_F5_MODEL_CONFIG": str(cfg), "HANDLER_VOCOS_DIR": str(vocos_dir),
+        "HANDLER_F5_CKPT": str(ckpt.relative_to(models)),
+        "HANDLER_F5_VOCAB": str(vocab.relative_to(models)),
+        "HANDLER_F5_MODEL_CONFIG": str(cfg.relative_to(models)),
+        "HANDLER_VOCOS_DIR": str(vocos_dir.relative_to(models)),
     }
 
 
