@@ -11,6 +11,8 @@ import re
 import time
 from typing import Any
 
+import tenacity
+
 from handler.audio import b64encode
 from handler.config import HandlerConfig
 
@@ -25,34 +27,23 @@ def split_s3_url(url: str) -> tuple[str, str]:
 
 def make_s3_client() -> Any:
     from cache_sync.config import Settings
+    from cache_sync.storage.s3 import make_client  # one place configures boto3
 
-    settings = Settings.from_env()
-    try:  # the engine's factory, once it has landed: one place configures boto3
-        from cache_sync.storage.s3 import make_client
-    except ImportError:
-        make_client = None
-    if make_client is not None:
-        return make_client(settings)
-    import boto3
-    from botocore.config import Config
+    return make_client(Settings.from_env())
 
-    session = boto3.session.Session(profile_name=settings.profile) if settings.profile else boto3
-    return session.client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
-        aws_session_token=settings.session_token,
-        config=Config(
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            retries={"max_attempts": settings.retries, "mode": "standard"},
-            s3={"addressing_style": "path"} if settings.endpoint_url else {},
-        ),
-    )
+
+def _transient(err: BaseException) -> bool:
+    """Worth another try: connection trouble, throttling, 5xx (cache-sync's client makes a
+    single attempt and leaves retries to its caller)."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    if isinstance(err, (ConnectionError, HTTPClientError)):
+        return True
+    if isinstance(err, ClientError):
+        meta = err.response.get("ResponseMetadata", {})
+        code = err.response.get("Error", {}).get("Code", "")
+        return meta.get("HTTPStatusCode", 0) >= 500 or code in ("SlowDown", "Throttling")
+    return False
 
 
 class OutputWriter:
@@ -73,7 +64,12 @@ class OutputWriter:
         name = f"{time.strftime('%Y-%m-%d', time.gmtime())}/{_SAFE_ID.sub('_', job_id)}.wav"
         key = f"{prefix}/{name}" if prefix else name
         client = self._s3()
-        client.put_object(Bucket=bucket, Key=key, Body=wav, ContentType="audio/wav")
+        put = tenacity.retry(
+            retry=tenacity.retry_if_exception(_transient), reraise=True,
+            stop=tenacity.stop_after_attempt(4),
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
+        )(client.put_object)
+        put(Bucket=bucket, Key=key, Body=wav, ContentType="audio/wav")
         url = client.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key},
             ExpiresIn=self.config.output_url_expires,
