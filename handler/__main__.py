@@ -6,7 +6,6 @@ runpod's own flags (``--rp_serve_api --rp_api_port N`` ...) pass straight throug
 from __future__ import annotations
 
 import os
-import sys
 
 # Before anything imports huggingface_hub: models come from local files only, never a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,8 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # runpod logs every handler output at DEBUG (its default): megabytes of base64 audio per job.
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
-from handler.config import HandlerConfig, HandlerConfigError  # noqa: E402
-from handler.worker import Worker, _log  # noqa: E402
+from handler.config import HandlerConfig, HandlerConfigError
+from handler.worker import Worker
 
 
 def main() -> None:
@@ -34,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

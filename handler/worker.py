@@ -59,7 +59,7 @@ class Worker:
             self.load_error = (f"engine {self.engine.name!r} cannot import {err.name or err}: "
                                "install its packages into the cache with `cache-sync install` "
                                "(see docs/handler.md)")
-        except Exception as err:  # a corrupt checkpoint, out of memory, ...
+        except Exception as err:  # noqa: BLE001 (corrupt checkpoint, OOM, ...: never crash-loop)
             traceback.print_exc()
             self.load_error = f"engine {self.engine.name!r} failed to load: " \
                               f"{type(err).__name__}: {err}"
@@ -94,7 +94,7 @@ class Worker:
             # Inference blocks for seconds: run it in a thread so the event loop keeps
             # heart-beating and taking jobs up to the concurrency limit.
             result = await asyncio.to_thread(self.engine.synthesize, req)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (reported as the job's error)
             traceback.print_exc()
             return {"error": f"synthesis failed: {type(err).__name__}: {err}"}
         t1 = time.perf_counter()
@@ -103,7 +103,7 @@ class Worker:
         try:
             assert self.writer is not None
             delivered = await asyncio.to_thread(self.writer.deliver, wav, inp.output, job_id)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (reported as the job's error)
             return {"error": f"could not deliver the audio ({inp.output}): "
                              f"{type(err).__name__}: {err}"}
         t3 = time.perf_counter()
@@ -131,7 +131,7 @@ class Worker:
             import runpod
 
             runpod.serverless.progress_update(job, message)
-        except Exception as err:  # progress is best-effort, never a job failure
+        except Exception as err:  # noqa: BLE001 (progress is best-effort, never a job failure)
             _log(f"progress update failed: {err}")
 
     # --- health ------------------------------------------------------------------------

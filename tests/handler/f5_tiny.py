@@ -34,11 +34,10 @@ def build(models: Path) -> dict[str, str]:
     """Write the tiny model under ``models``; returns the handler settings, as paths
     relative to ``models`` (the caller joins them onto wherever the area ends up)."""
     import torch
-    from safetensors.torch import save_file
-    from vocos import Vocos
-
     from f5_tts.model import CFM, DiT
     from f5_tts.model.utils import get_tokenizer
+    from safetensors.torch import save_file
+    from vocos import Vocos
 
     torch.manual_seed(0)
     f5_dir, vocos_dir = models / "f5-tiny", models / "vocos-tiny"
@@ -51,8 +50,9 @@ def build(models: Path) -> dict[str, str]:
     char_map, vocab_size = get_tokenizer(str(vocab), "custom")
     model = CFM(
         transformer=DiT(**TINY_ARCH, text_num_embeds=vocab_size, mel_dim=100),
-        mel_spec_kwargs=dict(n_fft=1024, hop_length=256, win_length=1024, n_mel_channels=100,
-                             target_sample_rate=24000, mel_spec_type="vocos"),
+        mel_spec_kwargs={"n_fft": 1024, "hop_length": 256, "win_length": 1024,
+                         "n_mel_channels": 100, "target_sample_rate": 24000,
+                         "mel_spec_type": "vocos"},
         vocab_char_map=char_map,
     )
     ckpt = f5_dir / "model_tiny.safetensors"

@@ -104,7 +104,7 @@ class FakeRunPod:
                 if self.headers.get("Authorization") != API_KEY:
                     fake.bad_auth.append(self.path)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
                 self._check_auth()
@@ -126,7 +126,7 @@ class FakeRunPod:
                     return self._reply(200, b"{}")
                 return self._reply(404, b"{}")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 url = urllib.parse.urlsplit(self.path)
                 self._check_auth()
                 length = int(self.headers.get("Content-Length") or 0)

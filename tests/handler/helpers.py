@@ -20,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from handler.audio import b64encode, encode_wav  # noqa: E402
+from handler.audio import b64encode, encode_wav
 
 # Without these the SDK probes the network and the GPU before the first job and exits here.
 BASE_ENV = {
@@ -82,7 +82,7 @@ class ApiWorker:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.log = log
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "wb")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "handler", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
              "--rp_api_port", str(self.port)],

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from helpers import api_worker, tone_b64, tone_wav, worker_env, write_light_model
 
 from handler.audio import decode_wav
@@ -25,7 +24,7 @@ def wav_server():
     files = {"/ref.wav": tone_wav(1.0), "/big.wav": tone_wav(8.0)}
 
     class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             body = files.get(self.path)
             self.send_response(200 if body else 404)
             self.end_headers()

