@@ -5,6 +5,7 @@ rp_ping.Heartbeat):
 - GET  {RUNPOD_WEBHOOK_GET_JOB, $ID -> worker id}&job_in_progress=0|1 -> 200 JSON job or 204
   (the job-take template uses $ID for the worker id; the job-done one uses $RUNPOD_POD_ID
   for the worker and $ID for the job)
+- GET  .../job-take-batch/...&batch_size=N (when concurrency > 1) -> 200 JSON list or 204
 - GET  .../job-stop/... (derived from the job-take URL)  -> 204 (long-poll: we hold briefly)
 - POST {RUNPOD_WEBHOOK_POST_OUTPUT with $ID}&isStream=false, body = JSON result, sent as
   form-encoded; progress updates use the same URL with {"status": "IN_PROGRESS"}
@@ -108,13 +109,15 @@ class FakeRunPod:
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
                 self._check_auth()
-                if f"/job-take/{POD_ID}" in url.path:
+                batch = f"/job-take-batch/{POD_ID}" in url.path  # concurrency > 1
+                if batch or f"/job-take/{POD_ID}" in url.path:
+                    want = int(query.get("batch_size", ["1"])[0]) if batch else 1
                     with fake.lock:
-                        job = fake.jobs.popleft() if fake.jobs else None
-                        if job:
-                            fake.taken.append((job["id"], time.monotonic()))
-                    if job:
-                        return self._reply(200, json.dumps(job).encode())
+                        jobs = [fake.jobs.popleft() for _ in range(min(want, len(fake.jobs)))]
+                        fake.taken.extend((j["id"], time.monotonic()) for j in jobs)
+                    if jobs:
+                        body = jobs if batch else jobs[0]
+                        return self._reply(200, json.dumps(body).encode())
                     time.sleep(0.2)  # a real long-poll holds; don't let the worker spin
                     return self._reply(204)
                 if f"/job-stop/{POD_ID}" in url.path:

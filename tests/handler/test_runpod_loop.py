@@ -82,6 +82,29 @@ def test_job_loop_finishes_in_flight_job_on_sigterm(fake, tmp_path):
         stop(proc)
 
 
+def test_concurrency_runs_jobs_side_by_side_in_threads(fake, tmp_path):
+    """HANDLER_CONCURRENCY=2 reaches runpod's concurrency_modifier: two 1.5 s jobs overlap
+    (inference runs in a thread, so the event loop keeps taking and answering)."""
+    root = tmp_path / "cache"
+    write_light_model(root, synth_seconds=1.5)
+    env = worker_env(root, tmp_path, {**fake.env(), "HANDLER_ENGINE": "light",
+                                      "HANDLER_CONCURRENCY": "2"})
+    log = tmp_path / "worker.log"
+    proc = _start([sys.executable, "-m", "handler"], env, log)
+    try:
+        assert fake.wait_for(lambda: fake.pings, 60), log.read_text()[-3000:]  # loop is up
+        fake.add_job("a", JOB)
+        fake.add_job("b", JOB)
+        assert fake.wait_for(lambda: fake.results("a") and fake.results("b"), 60), \
+            log.read_text()[-3000:]
+        a, b = fake.results("a")[0], fake.results("b")[0]
+        starts = [t for j, t in fake.taken if j in ("a", "b")]
+        assert "audio_base64" in a.body["output"] and "audio_base64" in b.body["output"]
+        assert max(a.at, b.at) - min(starts) < 2.6  # serial would be >= 3.0 s
+    finally:
+        stop(proc)
+
+
 RUN_CMD = REPO / "cache_sync" / "cli" / "cmd_run.py"
 
 
