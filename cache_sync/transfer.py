@@ -41,7 +41,7 @@ from cache_sync.storage.base import Store
 
 READ = 1 << 20
 MAX_GAP = 256 * 1024  # fetch through a gap this small rather than make another request
-MAX_RANGE = 8 << 20
+MAX_RANGE = 2 << 20
 SMALL_BLOB = 8 << 20  # single-blob files up to this are fetched by range and checked whole
 
 _local = threading.local()
