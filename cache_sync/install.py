@@ -12,6 +12,7 @@ so a curated file decides what wins (e.g. flash-attn last).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -167,13 +168,15 @@ def _run_with_retries(spec: Spec, res: UnitResult, inv: installer.Invocation,
         res.attempts += 1
         log(f"installing {spec.text} ({inv.kind}, attempt {res.attempts}/{attempts}, "
             f"budget {budget:.0f}s)")
+        Path(inv.log_path).unlink(missing_ok=True)
         out = installer.run_once(cmd, inv.env, budget, floors)
         last = out
+        detail = out.output + _read(inv.log_path) if inv.kind == "pip" else out.output
         if out.disk_breach:
             raise DiskSpaceError(out.disk_breach)
         if out.returncode == 0 and not out.timed_out:
             return out
-        if out.timed_out or installer.is_transient(out.output):
+        if out.timed_out or installer.is_transient(detail):
             raise _Transient(out)
         return out  # permanent: not retried
 
@@ -198,6 +201,13 @@ def _run_with_retries(spec: Spec, res: UnitResult, inv: installer.Invocation,
     else:
         res.error = installer.key_lines(last.output)
     log(f"{'optional' if spec.optional else 'required'} {spec.text} failed: {res.error[-1]}")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _import_check(settings: Settings, units: list[UnitResult], explicit: Sequence[str],

@@ -102,6 +102,10 @@ class Invocation:
     env: dict[str, str]
     options: list[str]  # from requirements files (and translated pip config for uv)
 
+    @property
+    def log_path(self) -> str:
+        return str(self.settings.root / "tmp" / "pip-install.log")
+
     def command(self, spec_text: str, *, no_deps: bool, budget: float) -> list[str]:
         root = self.settings.root
         # pip's socket timeout and retries are matched to our budget: our own loop does the
@@ -116,7 +120,10 @@ class Invocation:
             cmd = [sys.executable, "-m", "pip", "install", "--target", str(root / "packages"),
                    "--cache-dir", str(root / "pip"), "--timeout", socket_timeout,
                    "--retries", "1", "--no-input", "--disable-pip-version-check",
-                   "--no-warn-script-location", "--progress-bar", "off"]
+                   "--no-warn-script-location", "--progress-bar", "off",
+                   # pip logs a failed index fetch (503, timeout) only at debug level; the
+                   # log file keeps it so that is_transient can see it.
+                   "--log", self.log_path]
         if no_deps:
             cmd.append("--no-deps")
         return [*cmd, *self.options, spec_text]
@@ -157,6 +164,10 @@ def run_once(cmd: list[str], env: Mapping[str, str], timeout: float,
                    watch.breach)
 
 
+# Only lines that report a failure are classified: pip's debug log mentions "connection" and
+# "retry" on every healthy request too.
+_FAILURE_LINE = ("Could not fetch URL", "WARNING: Retrying", "ERROR:", "error:", "×", "╰─▶",
+                 "Caused by", "Failed to")
 _TRANSIENT = ("timed out", "timeout", "connection", "temporarily", "temporary failure",
               " 500", " 502", " 503", " 504", " 429", "server error", "retrying",
               "incompleteread", "reset by peer", "broken pipe", "name resolution",
@@ -164,8 +175,15 @@ _TRANSIENT = ("timed out", "timeout", "connection", "temporarily", "temporary fa
 
 
 def is_transient(output: str) -> bool:
-    low = output.lower()
-    return any(word in low for word in _TRANSIENT)
+    """Whether a failed run failed for a reason worth retrying (network, 5xx, timeouts) as
+    opposed to one that will fail again (no such package, unsatisfiable, broken build)."""
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith(_FAILURE_LINE) or "Could not fetch URL" in line:
+            low = line.lower()
+            if any(word in low for word in _TRANSIENT):
+                return True
+    return False
 
 
 def key_lines(output: str, limit: int = 4) -> list[str]:

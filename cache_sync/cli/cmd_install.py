@@ -104,15 +104,20 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
     report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
     report.notes += notes
-    _print(report, out)
+    error = None
     if report.failed_required:
-        raise InstallError("install failed: " + describe_failure(report),
-                           hint="see the table above; optional packages may fail, "
-                           "required ones may not")
+        error = InstallError("install failed: " + describe_failure(report),
+                             hint="optional packages may fail, required ones may not")
+    _print(report, out, error)
+    if error is not None:
+        # One JSON document on stdout (the report, with the error in it); the one-line
+        # error on stderr as for every other failure.
+        out.stderr.write(out.redact(f"cache-sync: error: {error}") + "\n")
+        return error.exit_code
     return 0
 
 
-def _print(report, out: Output) -> None:
+def _print(report, out: Output, error: InstallError | None) -> None:
     rows = [[u.name, "optional" if u.optional else "required", u.status, u.attempts,
              f"{u.seconds:.1f}s", (u.error[-1] if u.error else ", ".join(
                  f"{k}=={v}" for k, v in sorted(u.new.items())))[:100]]
@@ -129,4 +134,7 @@ def _print(report, out: Output) -> None:
     for p in report.pushed:
         text.append(f"pushed {p.get('area')}: {p.get('action', '')} {p.get('snapshot', '')}")
     text.append(f"{report.installer}: {report.seconds:.1f}s")
-    out.result(report.to_dict(), "\n".join(text))
+    data = report.to_dict()
+    if error is not None:
+        data["error"] = str(error)
+    out.result(data, "\n".join(text))
