@@ -210,3 +210,50 @@ def test_bad_input_is_one_line(tmp_path):
         p = cli(env, *args)
         assert p.returncode == 2, (args, p.stderr)
         assert needle in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """A nearly full filesystem for TMPDIR and HOME: a 2 MiB tmpfs when mounting is permitted
+    (root), else a plain directory (then only the file listing proves nothing landed)."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)],
+        capture_output=True).returncode == 0
+    if mounted:
+        free = os.statvfs(d).f_bavail * os.statvfs(d).f_frsize
+        (d / "filler").write_bytes(b"\0" * (free - 128 * 1024))  # leave 128 KiB
+    else:
+        (d / "filler").write_bytes(b"\0" * 1024)
+    (d / "home").mkdir()
+    try:
+        yield d, mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_nothing_lands_in_tmpdir_or_home(index, tmp_path, tiny_dir, installer):
+    d, mounted = tiny_dir
+
+    def snapshot():
+        files = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+        return files, (os.statvfs(d).f_bfree if mounted else None)
+
+    before = snapshot()
+    with serve(index) as srv:
+        env = hermetic_env(tmp_path, srv.url + "/simple")
+        env.update({"TMPDIR": str(d), "HOME": str(d / "home"), "TEMP": str(d), "TMP": str(d)})
+        env.pop("XDG_CACHE_HOME")
+        # pip's user agent runs `rustc --version`; on this machine that is a rustup proxy
+        # which writes ~/.rustup/settings.toml. Not an install artefact, and not on a worker.
+        env["PATH"] = ":".join(p for p in env["PATH"].split(":") if ".cargo" not in p)
+        # padded's wheel (600 KiB of random bytes) does not fit in what is left of the tiny
+        # filesystem: the install only succeeds if nothing goes there.
+        p = cli(env, "--json", "install", "--no-push", "--installer", installer, "padded",
+                "alpha")
+        assert p.returncode == 0, p.stdout + p.stderr
+    assert (tmp_path / "cache" / "packages" / "padded" / "blob.bin").stat().st_size == 600 * 1024
+    assert snapshot() == before
