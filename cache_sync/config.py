@@ -124,6 +124,8 @@ class Settings:
     min_free_os: int = 256 * MiB
     os_disk: str = "/"
     push_pip: bool = False
+    flash_attn_base_url: str = (
+        "https://github.com/Dao-AILab/flash-attention/releases/download")
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -------------------------------------------------------------------
@@ -265,6 +267,10 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
         push_pip=num("push_pip", _parse_bool, False),
+        # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
+        flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
+                             or "https://github.com/Dao-AILab/flash-attention/releases/download"
+                             ).rstrip("/"),
     )
 
 

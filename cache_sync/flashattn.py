@@ -79,7 +79,7 @@ def _minor(version: str) -> str:
     return f"{v.major}.{v.minor}"
 
 
-def select(fa_version: str, t: Target) -> Selection:
+def select(fa_version: str, t: Target, base: str = RELEASES) -> Selection:
     """The wheel for ``t``, or ``Selection(None, None, reason)`` when there cannot be one."""
     try:
         fa = Version(fa_version)
@@ -112,7 +112,7 @@ def select(fa_version: str, t: Target) -> Selection:
             return Selection(None, None,
                              f"flash-attn {fa_version} publishes no wheel for "
                              + ", ".join(missing))
-    return Selection(name, f"{RELEASES}/v{fa_version}/{name}", reason)
+    return Selection(name, f"{base}/v{fa_version}/{name}", reason)
 
 
 def probe(env: Mapping[str, str], python: str = sys.executable) -> Target | str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from cache_sync.errors import ConfigError
 
@@ -190,7 +191,7 @@ class Installed:
     def satisfied(self, spec: Spec) -> bool:
         if spec.wheel is not None:
             dist = self.dists.get(spec.wheel[0])
-            return dist is not None and dist.version == spec.wheel[1]
+            return dist is not None and _same_version(dist.version, spec.wheel[1])
         req = spec.requirement
         if req is None or req.url:  # a direct URL cannot be checked without fetching it
             return False
@@ -215,6 +216,13 @@ class Installed:
             if not self._satisfied(dep, follow=True, seen=seen):
                 return False
         return True
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:  # local labels like +cu12torch2.6cxx11abiFALSE compare case-insensitively
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
 
 
 def top_level_modules(dist: metadata.Distribution) -> list[str]:

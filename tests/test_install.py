@@ -257,3 +257,19 @@ def test_nothing_lands_in_tmpdir_or_home(index, tmp_path, tiny_dir, installer):
         assert p.returncode == 0, p.stdout + p.stderr
     assert (tmp_path / "cache" / "packages" / "padded" / "blob.bin").stat().st_size == 600 * 1024
     assert snapshot() == before
+
+
+def test_install_pushes_packages_so_a_second_worker_needs_no_install(index, tmp_path):
+    with serve(index) as srv:
+        env = hermetic_env(tmp_path, srv.url + "/simple")
+        env["CACHE_SYNC_PROGRESS"] = "off"
+        p = cli(env, "--json", "install", "--installer", "pip", "beta")
+        assert p.returncode == 0, p.stderr
+        assert [r["area"] for r in js(p)["pushed"]] == ["packages"]
+        served = len(srv.requests)
+        second = {**env, "CACHE_SYNC_ROOT": str(tmp_path / "second")}
+        assert cli(second, "pull", "packages").returncode == 0
+        p = cli(second, "--json", "install", "--installer", "pip", "beta")
+        assert units(js(p))["beta"]["status"] == "satisfied"
+        assert len(srv.requests) == served  # the second worker never touched the index
+        assert (tmp_path / "second" / "packages" / "beta.py").is_file()

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             if isinstance(target, str):
                 notes.append(f"flash-attn skipped: {target}")
                 return []
-            sel = flashattn.select(args.flash_attn, target)
+            sel = flashattn.select(args.flash_attn, target, settings.flash_attn_base_url)
             if sel.url is None:
                 notes.append(f"flash-attn skipped: {sel.reason}")
                 return []
