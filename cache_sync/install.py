@@ -12,13 +12,18 @@ so a curated file decides what wins (e.g. flash-attn last).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tenacity import (RetryError, Retrying, retry_if_exception_type, stop_after_attempt,
-                      wait_exponential_jitter)
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from cache_sync import diskguard, installer
 from cache_sync.config import Settings
@@ -120,7 +125,8 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
             invocation = installer.Invocation(kind, uv_path, settings, env, options)
         if kind == "pip" and spec.name in installed.dists:  # a different version is there
             dist = installed.dists[spec.name]
-            installer.remove_dist(target, list(dist.files or []), _info_dir(dist))
+            installer.remove_dist(target, [Path(str(f)) for f in dist.files or []],
+                                  _info_dir(dist))
         before = installed.versions()
         _run_with_retries(spec, res, invocation, opts, settings, floors, log)
         installed.refresh()

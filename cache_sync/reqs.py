@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
@@ -80,7 +81,8 @@ def parse_spec(text: str, *, optional: bool = False, no_deps: bool = False,
         try:
             name, version, _, _ = parse_wheel_filename(base.rsplit("/", 1)[-1])
         except ValueError as exc:
-            raise ConfigError(f"{origin}: {text!r} is not a valid wheel file name ({exc})")
+            raise ConfigError(
+                f"{origin}: {text!r} is not a valid wheel file name ({exc})") from None
         spec.wheel = (canonicalize_name(name), str(version))
         return spec
     try:
@@ -89,7 +91,7 @@ def parse_spec(text: str, *, optional: bool = False, no_deps: bool = False,
         raise ConfigError(
             f"{origin}: {text!r} is not a valid requirement",
             hint=str(exc).splitlines()[0],
-        )
+        ) from None
     return spec
 
 
@@ -102,7 +104,7 @@ def parse_file(path: str | Path, into: SpecSet | None = None, _depth: int = 0) -
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise ConfigError(f"cannot read requirements file {path}: {exc.strerror}")
+        raise ConfigError(f"cannot read requirements file {path}: {exc.strerror}") from None
     for number, raw in enumerate(_join_continuations(lines), 1):
         origin = f"{path}:{number}"
         annotation = _ANNOTATION.search(raw)
@@ -158,7 +160,7 @@ def _annotation_options(text: str, origin: str) -> dict:
             try:
                 opts["timeout"] = float(word.split("=", 1)[1])
             except ValueError:
-                raise ConfigError(f"{origin}: {word!r} is not a number of seconds")
+                raise ConfigError(f"{origin}: {word!r} is not a number of seconds") from None
         else:
             raise ConfigError(f"{origin}: unknown cache-sync option {word!r}",
                               hint="use optional, no-deps, timeout=SECONDS")
@@ -206,7 +208,7 @@ class Installed:
         if not follow or key in seen:
             return True
         seen.add(key)
-        env = default_environment()
+        env: dict[str, Any] = dict(default_environment())
         for raw in dist.requires or []:
             dep = Requirement(raw)
             if dep.marker is not None:

@@ -75,10 +75,13 @@ def build_index(root: Path, wheels: list[Path]) -> Path:
 
 class IndexServer:
     """Serves ``root`` over HTTP. ``fail_first``: the first N requests get 503. ``hang``:
-    requests under /simple/ get headers, then one byte every 0.2 s until the server stops."""
+    requests under /simple/ get headers, then one byte every 0.2 s until the server stops.
+    ``rate``: wheels under /files/ are sent at that many bytes per second."""
 
-    def __init__(self, root: Path, *, fail_first: int = 0, hang: bool = False) -> None:
+    def __init__(self, root: Path, *, fail_first: int = 0, hang: bool = False,
+                 rate: int | None = None) -> None:
         self.root = root
+        self.rate = rate  # bytes per second for /files/ (a slow download)
         self.fail_first = fail_first
         self.hang = hang
         self.requests: list[tuple[str, int]] = []
@@ -114,7 +117,27 @@ class IndexServer:
                         except OSError:
                             return
                     return
+                if server.rate and self.path.startswith("/files/"):
+                    self._slow_file()
+                    return
                 super().do_GET()
+
+            def _slow_file(self):
+                data = (server.root / self.path.lstrip("/").split("#")[0]).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                step = max(1, server.rate // 10)
+                for i in range(0, len(data), step):
+                    if server._stop.is_set():
+                        return
+                    try:
+                        self.wfile.write(data[i:i + step])
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(0.1)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pkgindex import build_index, hermetic_env, make_wheel, serve
+
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env, render
-from pkgindex import build_index, hermetic_env, make_wheel, serve
 
 
 def cli(env, *args):
@@ -27,7 +28,8 @@ def test_eval_in_bash_then_import_installed_package(tmp_path):
     script = (
         f'eval "$({sys.executable} -m cache_sync env)" && '
         'python -c "import gamma_pkg, tempfile, os; '
-        'print(gamma_pkg.VALUE, gamma_pkg.__file__, tempfile.gettempdir(), os.environ[\'HF_HOME\'])"'
+        'print(gamma_pkg.VALUE, gamma_pkg.__file__, tempfile.gettempdir(), '
+        'os.environ[\'HF_HOME\'])"'
     )
     # `python` must be this interpreter: put its directory first on PATH.
     env["PATH"] = str(Path(sys.executable).parent) + ":" + env["PATH"]

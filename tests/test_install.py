@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pkgindex import build_index, hermetic_env, make_wheel, serve
 
 HAVE_UV = subprocess.run(["uv", "--version"], capture_output=True).returncode == 0 if (
@@ -33,6 +32,8 @@ def index(tmp_path_factory) -> Path:
                    {"brokenmod/__init__.py": "raise ImportError('deliberately broken')\n"}),
         make_wheel(w, "padded", "1.0", {"padded/__init__.py": "",
                                         "padded/blob.bin": os.urandom(600 * 1024)}),
+        make_wheel(w, "hugepkg", "1.0", {"hugepkg/__init__.py": "",
+                                         "hugepkg/blob.bin": os.urandom(3 << 20)}),
     ]
     return build_index(d / "idx", wheels)
 
@@ -273,3 +274,26 @@ def test_install_pushes_packages_so_a_second_worker_needs_no_install(index, tmp_
         assert units(js(p))["beta"]["status"] == "satisfied"
         assert len(srv.requests) == served  # the second worker never touched the index
         assert (tmp_path / "second" / "packages" / "beta.py").is_file()
+
+
+def test_disk_guard_stops_an_install_that_eats_the_floor(index, tmp_path):
+    """The cache root is an 8 MiB tmpfs with a 6 MiB floor; hugepkg (3 MiB, sent at 1 MiB/s)
+    crosses the floor while downloading, and the watcher kills the installer."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs",
+                                            str(root)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        with serve(index, rate=1 << 20) as srv:
+            env = hermetic_env(tmp_path, srv.url + "/simple")
+            env["CACHE_SYNC_MIN_FREE"] = "6M"
+            t0 = time.monotonic()
+            p = cli(env, "install", "--no-push", "--installer", "pip", "hugepkg")
+            took = time.monotonic() - t0
+        assert p.returncode == 4, p.stdout + p.stderr
+        assert "cache root" in p.stderr and "refusing to continue" in p.stderr
+        assert took < 30
+        assert not (root / "packages" / "hugepkg").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)

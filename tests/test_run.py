@@ -4,7 +4,6 @@ status, cleanup, push budget, periodic pushes, PID 1 in a new PID namespace, and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from pkgindex import hermetic_env, wait_until
 
 # The child: marks itself ready, writes a file into models/ when SIGTERM arrives, exits 7.

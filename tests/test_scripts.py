@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from pkgindex import build_index, hermetic_env, make_wheel, serve
 
 from cache_sync.reqs import parse_file
-from pkgindex import build_index, hermetic_env, make_wheel, serve
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "setup-backblaze-storage.sh"
@@ -90,8 +90,8 @@ def test_f5_tts_metadata_from_pypi_matches(tmp_path):
 def test_worker_flow_setup_install_run_then_second_worker(moto, tmp_path):
     idx = build_index(tmp_path / "idx", [
         make_wheel(tmp_path / "w", "workerdep", "1.0", {"workerdep.py": "OK = 'yes'\n"}),
-        make_wheel(tmp_path / "w", "workerapp", "1.0", {"workerapp/__init__.py": "import workerdep\n"},
-                   requires=("workerdep",)),
+        make_wheel(tmp_path / "w", "workerapp", "1.0",
+                   {"workerapp/__init__.py": "import workerdep\n"}, requires=("workerdep",)),
     ])
     req = tmp_path / "runpod-test.txt"
     req.write_text("workerapp==1.0\n")
@@ -109,8 +109,8 @@ def test_worker_flow_setup_install_run_then_second_worker(moto, tmp_path):
         })
         flow = (f"source {SETUP} || exit 90\n"
                 f"{INSTALL} --installer pip || exit 91\n"
-                f'{sys.executable} -m cache_sync run -- python -c '
-                '"import workerapp, workerdep, tempfile; print(workerdep.OK, tempfile.gettempdir())"')
+                f'{sys.executable} -m cache_sync run -- python -c "import workerapp, '
+                'workerdep, tempfile; print(workerdep.OK, tempfile.gettempdir())"')
         first = bash(flow, {**base, "CACHE_SYNC_ROOT": str(tmp_path / "w1")})
         assert first.returncode == 0, first.stdout + first.stderr
         assert f"yes {tmp_path / 'w1' / 'tmp'}" in first.stdout

@@ -45,20 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _timeouts(values: list[str]) -> tuple[float | None, dict[str, float]]:
-    default, per = None, {}
+    default: float | None = None
+    per: dict[str, float] = {}
     for value in values:
         name, _, secs = value.rpartition("=")
         try:
             seconds = float(secs)
         except ValueError:
             raise ConfigError(f"--timeout {value!r}: not a number of seconds",
-                              hint="use --timeout 300 or --timeout torch=900")
+                              hint="use --timeout 300 or --timeout torch=900") from None
         if seconds <= 0:
             raise ConfigError(f"--timeout {value!r}: must be positive")
         if name:
             from packaging.utils import canonicalize_name
 
-            per[canonicalize_name(name)] = seconds
+            per[str(canonicalize_name(name))] = seconds
         else:
             default = seconds
     return default, per

@@ -8,7 +8,8 @@ import argparse
 from cache_sync.cli.output import Output
 from cache_sync.config import Settings
 from cache_sync.errors import ConfigError
-from cache_sync.lifecycle import RunOptions, run as run_worker
+from cache_sync.lifecycle import RunOptions
+from cache_sync.lifecycle import run as run_worker
 
 NAME = "run"
 HELP = "run a worker command: pull, env, start, forward signals, push within a budget"
