@@ -149,7 +149,9 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
         from cache_sync import sync  # the engine; imported late so install works without it
 
         areas = ["packages", *(["pip"] if settings.push_pip else [])]
-        report.pushed = [r.to_dict() for r in sync.push(settings, areas)]
+        # `run --push-interval` may be pushing the same cache right now: wait for its lock.
+        patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
+        report.pushed = [r.to_dict() for r in sync.push(patient, areas)]
     return report
 
 

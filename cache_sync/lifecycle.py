@@ -105,16 +105,11 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         raise ConfigError("no command to run", hint="cache-sync run -- python -m handler")
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
-    wipe_ephemeral(settings, recreate=True)
     result = RunResult(exit_code=0)
     from cache_sync import sync
 
-    if opts.pull:
-        result.pulled = [r.to_dict() for r in sync.pull(settings)]
-        log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
     env = cache_env(settings, os.environ)
     _become_subreaper()
-
     child: list[subprocess.Popen] = []
     pending: list[int] = []
     first_signal: list[float] = []
@@ -128,8 +123,19 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         else:
             pending.append(signum)
 
+    # Handlers go in before the pull: as PID 1 an unhandled SIGTERM would be dropped, and a
+    # signal during the pull must stop the worker from starting rather than be lost.
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
     try:
+        wipe_ephemeral(settings, recreate=True)
+        if opts.pull:
+            result.pulled = [r.to_dict() for r in sync.pull(settings)]
+            log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
+        if pending:
+            result.exit_code = 128 + pending[0]
+            result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
+            log(result.child_status)
+            return result
         try:
             child.append(subprocess.Popen(list(opts.cmd), env=env))
         except FileNotFoundError:
@@ -213,6 +219,10 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
     from cache_sync import sync
 
     deadline = start + opts.push_timeout
+    # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
+    # may still hold it. The deadline still bounds the whole push.
+    settings = settings.with_overrides(
+        lock_timeout=max(settings.lock_timeout, opts.push_timeout / 4))
     if periodic is not None and periodic.is_alive():
         result.push_error = (f"push cut short: a periodic push was still running after "
                              f"--push-timeout {opts.push_timeout:g}s; the store is consistent")

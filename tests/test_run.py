@@ -4,6 +4,7 @@ status, cleanup, push budget, periodic pushes, PID 1 in a new PID namespace, and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -215,3 +216,27 @@ def test_bad_input(env):
     assert p.returncode == 2 and "must be positive" in p.stderr
     p = cli(env, "run", "--no-pull", "--no-push", "--", "/nonexistent/cmd")
     assert p.returncode == 2 and "command not found" in p.stderr
+
+
+def test_signal_during_pull_means_the_command_never_starts(env, tmp_path):
+    """SIGTERM while the pull runs (made slow by a 48 MiB snapshot) is not lost: the pull
+    completes, the command is not started, the exit status says which signal."""
+    seed = {**env, "CACHE_SYNC_ROOT": str(tmp_path / "seed")}
+    (tmp_path / "seed" / "models").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "seed" / "models" / f"w{i}.bin").write_bytes(os.urandom(16 << 20))
+    assert cli(seed, "push", "models").returncode == 0
+    marker = tmp_path / "started"
+    proc = start(env, "run", "--no-push", "--", "touch", str(marker))
+    try:
+        assert wait_until(lambda: (tmp_path / "cache" / "models").exists() and any(
+            (tmp_path / "cache" / "models").iterdir()) or proc.poll() is not None, 30, 0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    if "pulled" not in err or "not started" not in err:
+        pytest.skip("the pull finished before the signal arrived (machine too fast)")
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not marker.exists()
+    assert not (tmp_path / "cache" / "tmp").exists()
