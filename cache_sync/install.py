@@ -68,6 +68,7 @@ class InstallReport:
     pushed: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    push_error: CacheSyncError | None = None  # installed fine, but not saved to the store
 
     @property
     def failed_required(self) -> list[str]:
@@ -80,6 +81,7 @@ class InstallReport:
                 "units": [u.to_dict() for u in self.units],
                 "imports": [r.to_dict() for r in self.imports],
                 "pushed": self.pushed, "notes": self.notes,
+                "push_error": str(self.push_error) if self.push_error else None,
                 "failed_required": self.failed_required}
 
 
@@ -151,7 +153,10 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
         areas = ["packages", *(["pip"] if settings.push_pip else [])]
         # `run --push-interval` may be pushing the same cache right now: wait for its lock.
         patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
-        report.pushed = [r.to_dict() for r in sync.push(patient, areas)]
+        try:
+            report.pushed = [r.to_dict() for r in sync.push(patient, areas)]
+        except CacheSyncError as exc:  # keep the report: the packages are installed
+            report.push_error = exc
     return report
 
 

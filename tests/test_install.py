@@ -297,3 +297,15 @@ def test_disk_guard_stops_an_install_that_eats_the_floor(index, tmp_path):
         assert not (root / "packages" / "hugepkg").exists()
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_push_failure_after_install_keeps_the_report(index, tmp_path):
+    with serve(index) as srv:
+        env = hermetic_env(tmp_path, srv.url + "/simple")
+        env["CACHE_SYNC_REMOTE"] = "file:///dev/null/store"  # cannot be created
+        p = cli(env, "--json", "install", "--installer", "pip", "beta")
+    assert p.returncode == 3, p.stderr
+    r = js(p)
+    assert units(r)["beta"]["status"] == "installed"
+    assert "Not a directory" in r["push_error"]
+    assert "installed, but the push of packages failed" in p.stderr

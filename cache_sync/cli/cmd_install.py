@@ -10,7 +10,7 @@ from cache_sync import flashattn
 from cache_sync.cli.output import Output
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env
-from cache_sync.errors import ConfigError
+from cache_sync.errors import CacheSyncError, ConfigError
 from cache_sync.install import InstallError, InstallOptions, describe_failure, install
 from cache_sync.reqs import Installed, Spec, SpecSet, parse_file, parse_spec
 
@@ -105,10 +105,13 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
     report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
     report.notes += notes
-    error = None
+    error: CacheSyncError | None = None
     if report.failed_required:
         error = InstallError("install failed: " + describe_failure(report),
                              hint="optional packages may fail, required ones may not")
+    elif report.push_error is not None:
+        error = report.push_error
+        error.message = f"installed, but the push of packages failed: {error.message}"
     _print(report, out, error)
     if error is not None:
         # One JSON document on stdout (the report, with the error in it); the one-line
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     return 0
 
 
-def _print(report, out: Output, error: InstallError | None) -> None:
+def _print(report, out: Output, error: CacheSyncError | None) -> None:
     rows = [[u.name, "optional" if u.optional else "required", u.status, u.attempts,
              f"{u.seconds:.1f}s", (u.error[-1] if u.error else ", ".join(
                  f"{k}=={v}" for k, v in sorted(u.new.items())))[:100]]
