@@ -108,7 +108,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     result = RunResult(exit_code=0)
     from cache_sync import sync
 
-    env = cache_env(settings, os.environ)
+    # The child inherits the caller's environment (RUNPOD_*, AWS_*, HANDLER_* ...) with the
+    # cache's exports on top.
+    env = {**os.environ, **cache_env(settings, os.environ)}
     _become_subreaper()
     child: list[subprocess.Popen] = []
     pending: list[int] = []
