@@ -158,6 +158,8 @@ def seaweedfs_server(data_dir: str | None = None) -> Iterator[S3Server]:
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}", "-master.volumeSizeLimitMB=1024",
         "-volume.max=0",
+        # Listeners on fixed default ports would collide with a second server (parallel runs).
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     log = open(os.path.join(data_dir, "weed.log"), "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import api_worker, tone_b64, tone_wav, worker_env, write_light_model
+from worker_helpers import api_worker, tone_b64, tone_wav, worker_env, write_light_model
 
 from handler.audio import decode_wav
 

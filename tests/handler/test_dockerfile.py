@@ -13,7 +13,7 @@ from importlib import metadata
 
 import pytest
 import tomllib
-from helpers import REPO
+from worker_helpers import REPO
 
 HEAVY = {"torch", "torchaudio", "torchvision", "transformers", "f5-tts", "vocos", "accelerate",
          "nvidia-cudnn-cu12", "triton", "whisperx", "faster-whisper", "flash-attn", "datasets",

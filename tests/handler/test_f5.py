@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, api_worker, tone_b64, worker_env
+from worker_helpers import REPO, api_worker, tone_b64, worker_env
 
 from handler.audio import decode_wav
 

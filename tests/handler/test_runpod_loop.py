@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_runpod import FakeRunPod
-from helpers import REPO, stop, tone_b64, worker_env, write_light_model
+from worker_helpers import REPO, stop, tone_b64, worker_env, write_light_model
 
 from handler.audio import decode_wav
 
