@@ -17,7 +17,8 @@ injects one fault instead:
                on a store without conditional writes (Backblaze B2)
 
 Rules match on method, a key substring, presence of a Range header, the request ordinal among
-matching requests (``skip``/``times``) and a seeded probability. The proxy stops by itself
+matching requests (``skip``/``times``) and a seeded probability. ``on_request(n, method,
+path)`` sees every request first; if it returns true the request is dropped (RST). The proxy stops by itself
 after ``max_seconds`` or ``max_requests`` and counts injected faults per kind in ``injected``.
 """
 
@@ -92,7 +93,7 @@ class Seen:
 class FaultProxy:
     def __init__(self, upstream: str, *, seed: int = 0, max_seconds: float = 300.0,
                  max_requests: int = 100_000,
-                 on_request: Callable[[int, str, str], None] | None = None) -> None:
+                 on_request: Callable[[int, str, str], object] | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
@@ -160,7 +161,7 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                  daemon=True, name="faultproxy")
@@ -192,6 +193,11 @@ class FaultProxy:
         self.stop()
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that hang up (timeouts, kills) are part of the game, not errors
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: FaultProxy
     protocol_version = "HTTP/1.1"  # keep-alive, and answers Expect: 100-continue itself
@@ -207,8 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         n, rule = p._pick(self.command, self.path, headers)
-        if p.on_request is not None:
-            p.on_request(n, self.command, self.path)
+        hook = p.on_request
+        if hook is not None and hook(n, self.command, self.path):
+            self._reset()  # the hook asked to drop this request (e.g. its client was killed)
+            return
         if n >= p.max_requests:
             threading.Thread(target=p.stop, daemon=True).start()
         kind = rule.kind if rule else None
