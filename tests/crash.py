@@ -109,6 +109,29 @@ def kill_after(argv: Sequence[str], env: Mapping[str, str], delay: float,
     return _run_and_kill(argv, env, arm, timeout)
 
 
+def kill_when(argv: Sequence[str], env: Mapping[str, str], predicate: Callable[[], bool],
+              poll: float = 0.002, timeout: float = 120) -> KillResult:
+    """Start ``argv`` and SIGKILL it as soon as ``predicate()`` holds (polled), e.g. when a
+    file:// store has gained its k-th new object."""
+    def arm(kill: Callable[[], None]) -> None:
+        def watch() -> None:
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                if predicate():
+                    kill()
+                    return
+                time.sleep(poll)
+        threading.Thread(target=watch, daemon=True).start()
+    return _run_and_kill(argv, env, arm, timeout)
+
+
+def count_files(top: str | os.PathLike) -> int:
+    n = 0
+    for _, _, files in os.walk(top):
+        n += len(files)
+    return n
+
+
 def kill_at_request(argv: Sequence[str], env: Mapping[str, str], proxy, n: int,
                     timeout: float = 120, drop: bool = True) -> KillResult:
     """Start ``argv`` (whose S3 endpoint is ``proxy``) and SIGKILL it when its n-th request
