@@ -66,12 +66,16 @@ class PullPlan:
 def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Index,
               base: dict[str, Entry]) -> PullPlan:
     plan = PullPlan()
-    # Local digests the index vouches for: content we can copy instead of download.
+    # Local digests the index vouches for: content we can copy instead of download. Only
+    # files this pull leaves untouched qualify as copy sources: a file that is removed or
+    # rewritten by the same pull may be gone or hold other bytes by the time it is copied.
     have: dict[str, str] = {}
     for path, item in local.items():
         d = known_digest(item, index)
         if d is not None:
-            have.setdefault(d, path)
+            t = target.get(path)
+            if t is not None and t.kind == "f" and t.digest == d:
+                have.setdefault(d, path)
             rec = index[path]
             plan.keep[path] = rec
 
