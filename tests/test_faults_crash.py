@@ -26,8 +26,10 @@ import faultkit as fk
 from cache_sync import sync
 from faultproxy import FaultProxy
 
-FAST = {"push_local": 5, "push_proxy": 6, "pull_local": 4, "pull_proxy": 6}
-LONG = {"push_local": 60, "push_proxy": 60, "pull_local": 40, "pull_proxy": 50}
+# Kill points that must LAND per test (a kill that comes after the command finished does not
+# count; the loop tries up to 3x as often).
+FAST = {"push_local": 4, "push_proxy": 4, "pull_local": 3, "pull_proxy": 4}
+LONG = {"push_local": 60, "push_proxy": 50, "pull_local": 50, "pull_proxy": 50}
 
 
 def counts() -> dict[str, int]:
@@ -35,14 +37,17 @@ def counts() -> dict[str, int]:
 
 
 def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
-    """Mutate and push under ``kill`` n times; returns (kills landed, commits that landed
-    before the kill)."""
+    """Mutate and push under ``kill`` until n kills landed; returns (kills landed, commits
+    that landed before the kill)."""
     fk.make_tree(ws.area(), seed)
     ws.run("push")
     expected = {i: ws.tree() for i in fk.snapshot_ids(ws)}
     committed = ws.tree()
     landed = early_commits = 0
-    for i in range(n):
+    verified: dict[str, int] = {}
+    for i in range(3 * n):
+        if landed >= n:
+            break
         fk.mutate(ws.area(), seed * 1000 + i)
         if i % 3 == 1:  # sometimes a big change: several packs and chunks to upload
             fk.make_tree(ws.area() / f"batch{i}", seed + i, files=40, big=2)
@@ -59,7 +64,7 @@ def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
             assert new, "a finished push left no snapshot"
         for sid in new:
             expected[sid] = want
-        fk.audit_store(ws, expected=expected)
+        fk.audit_store(ws, expected=expected, verified=verified)
         fresh = ws.sibling(f"fresh{i}")
         sync.pull(fresh.settings())
         got = fresh.tree()
@@ -86,7 +91,9 @@ def _pull_loop(writer: fk.Workspace, reader: fk.Workspace, n: int, seed: int, ki
     sync.pull(reader.settings())
     prev = writer.tree()
     landed = 0
-    for i in range(n):
+    for i in range(3 * n):
+        if landed >= n:
+            break
         fk.mutate(writer.area(), seed * 1000 + i)
         if i % 3 == 0:  # sometimes a big change: many packs and chunks to fetch
             fk.make_tree(writer.area() / f"batch{i}", seed + i, files=40, big=2)
@@ -131,7 +138,7 @@ def test_push_killed_by_delay_local_store(tmp_path):
 
     landed, early = _push_loop(ws, counts()["push_local"], 11, kill)
     fk.record("push_killed_by_delay_local", kill_points=landed, commits_before_kill=early)
-    assert landed >= counts()["push_local"] // 3
+    assert landed >= counts()["push_local"]
 
 
 @pytest.mark.timeout(900)
@@ -143,12 +150,15 @@ def test_push_killed_at_request_count_moto(tmp_path, moto):
         rng = random.Random(12)
 
         def kill(argv, i):
-            return crash.kill_at_request(argv, ws.env, proxy, rng.randint(1, 9 if i % 3 == 1 else 5))
+            # Odd kills let the held request reach the server first: the client dies after the
+            # store acted on it (e.g. the snapshot PUT landed, the local state was not saved).
+            return crash.kill_at_request(argv, ws.env, proxy,
+                                         rng.randint(1, 9 if i % 3 == 1 else 5), drop=i % 2 == 0)
 
         landed, early = _push_loop(ws, counts()["push_proxy"], 12, kill)
     fk.record("push_killed_at_request_moto", kill_points=landed, commits_before_kill=early,
               requests=proxy.request_count)
-    assert landed >= counts()["push_proxy"] // 2
+    assert landed >= counts()["push_proxy"]
 
 
 @pytest.mark.timeout(900)
@@ -169,7 +179,7 @@ def test_pull_killed_by_delay_local_store(tmp_path):
 
     landed = _pull_loop(writer, reader, counts()["pull_local"], 13, kill)
     fk.record("pull_killed_by_delay_local", kill_points=landed)
-    assert landed >= counts()["pull_local"] // 3
+    assert landed >= counts()["pull_local"]
 
 
 @pytest.mark.timeout(900)
@@ -182,8 +192,8 @@ def test_pull_killed_at_request_count_moto(tmp_path, moto):
         rng = random.Random(14)
 
         def kill(argv, i):
-            return crash.kill_at_request(argv, reader.env, proxy, rng.randint(2, 12))
+            return crash.kill_at_request(argv, reader.env, proxy, rng.randint(2, 10 if i % 3 == 0 else 4))
 
         landed = _pull_loop(writer, reader, counts()["pull_proxy"], 14, kill)
     fk.record("pull_killed_at_request_moto", kill_points=landed, requests=proxy.request_count)
-    assert landed >= counts()["pull_proxy"] // 2
+    assert landed >= counts()["pull_proxy"]
