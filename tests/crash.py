@@ -264,3 +264,16 @@ def write_tree(root: str | os.PathLike, spec: Mapping[str, bytes | str | None],
             p.write_bytes(content)
         if modes and rel in modes:
             os.chmod(p, modes[rel])
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_until_count(get: Callable[[], int], at_least: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if get() >= at_least:
+            return True
+        time.sleep(0.01)
+    return get() >= at_least
