@@ -70,12 +70,15 @@ def can_mount() -> bool:
 
 
 @contextlib.contextmanager
-def small_fs(size: int, *, force_injected: bool = False) -> Iterator[SmallFS]:
+def small_fs(size: int, *, inodes: int | None = None, force_injected: bool = False
+             ) -> Iterator[SmallFS]:
+    """A ``size``-byte filesystem (and, on tmpfs, at most ``inodes`` files and dirs)."""
     base = Path(tempfile.mkdtemp(prefix="faults-smallfs-"))
     mounted = False
     try:
         if not force_injected and can_mount():
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(base)],
+            opts = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(base)],
                                capture_output=True, text=True)
             mounted = r.returncode == 0
         yield SmallFS(base, size, "tmpfs" if mounted else "injected")

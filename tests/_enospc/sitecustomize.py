@@ -1,7 +1,8 @@
 """ENOSPC injector, loaded by a subprocess through PYTHONPATH when a real small filesystem
 cannot be mounted. Writes to files under FAULTS_ENOSPC_DIR count against FAULTS_ENOSPC_BYTES
 (plus what is already there); past it they fail with ENOSPC. statvfs/disk_usage report the
-budget. Only the write paths Python code uses are covered: open()/io.open, os.open+os.write,
+budget, or FAULTS_ENOSPC_REPORT_FREE when set (a filesystem that claims more room than it has,
+so a free-space check passes and the write fails). Only the write paths Python code uses are covered: open()/io.open, os.open+os.write,
 os.pwrite, os.posix_fallocate."""
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ if _DIR:
         st = _real_statvfs(path)
         if not _inside(path):
             return st
-        free_blocks = max(0, _BUDGET - _existing()) // st.f_frsize
-        total = _BUDGET // st.f_frsize
+        report = os.environ.get("FAULTS_ENOSPC_REPORT_FREE")
+        free = int(report) if report else max(0, _BUDGET - _existing())
+        free_blocks = free // st.f_frsize
+        total = max(_BUDGET, free) // st.f_frsize
         return os.statvfs_result((st.f_bsize, st.f_frsize, total, free_blocks, free_blocks,
                                   st.f_files, st.f_ffree, st.f_favail, st.f_flag, st.f_namemax))
 
