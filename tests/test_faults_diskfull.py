@@ -44,7 +44,8 @@ def test_pull_that_cannot_fit_is_refused_with_the_numbers(tmp_path):
         r = reader.run("pull", ok=False)
         assert r.returncode == 4, r.stderr
         line = _one_clear_line(r.stderr)
-        need, free = _numbers(line)[:2]
+        nums = _numbers(line)
+        need, free = nums[0], nums[-1]
         assert need > 8 * MiB and free <= 8 * MiB and need > free, line
         assert [p for p in reader.tree() if reader.tree()[p].kind == "file"] == []
 
@@ -62,7 +63,7 @@ def test_refusal_numbers_explain_themselves(tmp_path):
             return
         line = _one_clear_line(r.stderr)
         nums = _numbers(line)
-        assert nums[0] > nums[1] or "reserve" in line, line
+        assert nums[0] > nums[-1], line
 
 
 @needs_mount
