@@ -90,6 +90,7 @@ def make_tree(area: Path, seed: int, files: int = 60, big: int = 1) -> None:
         if i % 11 == 0:
             p.chmod(0o755)
     (area / "empty-dir").mkdir(exist_ok=True)
+    (area / "README.txt").write_bytes(b"compressible text, stored with zstd\n" * (200 + seed % 50))
     blobs = area / "hub" / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
     blob = rng.randbytes(5000)
