@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_sync.local_cache import LocalItem
-from cache_sync.snapshot import Entry, FormatError, check_link
+from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
 Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
 
@@ -169,6 +169,15 @@ def local_entries(local: dict[str, LocalItem], index: Index) -> LocalTree:
                 to_hash.append(item)
                 digest = ""
             entries[path] = Entry(path, "f", item.mode, item.mtime_ns, item.size, digest)
+    # A link that climbs '..' out of another link passes check_link but would be refused on
+    # pull (snapshot.check_link_walk): never push what no one can pull.
+    for path, e in list(entries.items()):
+        if e.kind == "l":
+            try:
+                check_link_walk(path, e.target, entries, "local tree")
+            except FormatError:
+                skipped.append(f"{path} -> {e.target}")
+                del entries[path]
     return LocalTree(entries, to_hash, skipped)
 
 

@@ -246,3 +246,17 @@ def test_setuid_bits_are_not_planted(template, tmp_path, capsys):
         assert p.stat().st_mode & 0o6000 == 0, oct(p.stat().st_mode)
     else:
         assert not p.exists()
+
+
+def test_push_skips_links_that_escape_through_links(tmp_path):
+    """The push side of the link-walk check: a local chain that would escape is skipped with a
+    warning, so every snapshot pushed can be pulled."""
+    ws = fk.workspace(tmp_path)
+    crash.write_tree(ws.area(), {"c1/c2/up": "->../..", "t": "->c1/c2/up/..", "ok": "->c1",
+                                 "f": b"x"})
+    r = ws.run("push")
+    assert "t -> c1/c2/up/.." in r.stderr and "warning" in r.stderr
+    fresh = ws.sibling("fresh")
+    fresh.run("pull")
+    got = fresh.tree()
+    assert "t" not in got and got["ok"].digest == "c1" and got["c1/c2/up"].digest == "../.."
