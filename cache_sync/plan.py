@@ -29,7 +29,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
 
 @dataclass
 class PullPlan:
-    remove: list[str] = field(default_factory=list)  # local paths, deepest first
+    remove: list[str] = field(default_factory=list)  # in the way of a new entry: go first
+    remove_late: list[str] = field(default_factory=list)  # deleted remotely: go last
     mkdirs: list[Entry] = field(default_factory=list)
     fetch: list[Entry] = field(default_factory=list)  # one per distinct digest
     copies: list[tuple[Entry, str]] = field(default_factory=list)  # (entry, source rel path)
@@ -50,7 +51,7 @@ class PullPlan:
 
     @property
     def changes(self) -> int:
-        return (len(self.remove) + len(self.mkdirs) + len(self.fetch) + len(self.copies)
+        return (len(self.remove) + len(self.remove_late) + len(self.mkdirs) + len(self.fetch) + len(self.copies)
                 + len(self.check) + len(self.meta) + len(self.links))
 
     def summary(self) -> dict[str, int]:
@@ -58,7 +59,7 @@ class PullPlan:
             "fetch_files": len(self.fetch) + len(self.check),
             "fetch_bytes": self.fetch_bytes + sum(e.size for e in self.check),
             "copy_files": len(self.copies),
-            "remove": len(self.remove),
+            "remove": len(self.remove) + len(self.remove_late),
             "changes": self.changes,
         }
 
@@ -88,10 +89,13 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
         elif t.kind != item.kind:
             removing.add(path)
     # Removing a directory removes what is below it: list only the top-most paths.
-    plan.remove = sorted(
-        (p for p in removing if not any(a in removing for a in _ancestors(p))),
-        key=lambda p: -p.count("/"),
-    )
+    top = sorted((p for p in removing if not any(a in removing for a in _ancestors(p))),
+                 key=lambda p: -p.count("/"))
+    # Paths the target no longer has are removed only after every new file is in place, so a
+    # pull that fails (corrupt object, disk full) deletes nothing. A path absent from the
+    # target has no target entry below it, so it is never in the way of one.
+    plan.remove = [p for p in top if p in target]
+    plan.remove_late = [p for p in top if p not in target]
     for p in removing:
         plan.keep.pop(p, None)
 

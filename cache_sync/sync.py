@@ -225,7 +225,7 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     plan = plan_pull(target, local, index, state.entries or {})
     if dry_run:
         rep.files, rep.bytes = plan.summary()["fetch_files"], plan.summary()["fetch_bytes"]
-        rep.removed = len(plan.remove)
+        rep.removed = len(plan.remove) + len(plan.remove_late)
         rep.up_to_date = plan.changes == 0
         return rep
     need = plan.write_bytes
@@ -251,14 +251,7 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
     root = str(area_dir)
     area_dir.mkdir(parents=True, exist_ok=True)
     index: Index = {}
-    for rel in plan.remove:
-        p = os.path.join(root, rel)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        rep.removed += 1
+    _remove(root, plan.remove, rep)
     for d in plan.mkdirs:
         os.makedirs(os.path.join(root, d.path), exist_ok=True)
     # Files of the right size whose hash the index does not know: hash before downloading.
@@ -298,6 +291,7 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
         with contextlib.suppress(OSError):  # not every filesystem keeps symlink times
             os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
         os.replace(tmp, p)
+    _remove(root, plan.remove_late, rep)  # only now that every new file is in place
     # Directory modes and times last, deepest first: writing into a directory changes them.
     for d in sorted(plan.dirs, key=lambda d: -d.path.count("/")):
         p = os.path.join(root, d.path)
@@ -306,6 +300,17 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
     rep.files = fetcher.fetched + len(plan.copies)
     rep.bytes = plan.fetch_bytes
     return index
+
+
+def _remove(root: str, paths: list[str], rep: AreaReport) -> None:
+    for rel in paths:
+        p = os.path.join(root, rel)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        rep.removed += 1
 
 
 def _copy_into_place(root: str, e: Entry, src: str) -> None:
