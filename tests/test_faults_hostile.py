@@ -107,8 +107,23 @@ def _env(monkeypatch):
 CASES = hostile.cases("/OUTSIDE")  # names only; the real outside path is bound per case
 
 
-@pytest.mark.parametrize("start", ["pulled", "fresh"])
-@pytest.mark.parametrize("name", sorted(CASES))
+# Known engine defects, reported to the lead (docs/faults.md "Defects"): a chunked file's
+# whole-file SHA-256 is never checked on pull (each chunk is checked against its object id),
+# so a snapshot whose chunk list and digest disagree places bytes that do not match the
+# digest. Fixing it costs a re-read + hash of every large file (~460 MB/s here) or a format
+# change; strict xfail so the fix flips these to failures to be cleaned up.
+CHUNK_DIGEST = pytest.mark.xfail(strict=True, reason="defect: chunked file digest unchecked")
+XFAIL = {("chunks_swapped", "fresh"), ("wrong_hash_chunked", "fresh")}
+
+
+def _params():
+    for name in sorted(CASES):
+        for start in ("pulled", "fresh"):
+            marks = [CHUNK_DIGEST] if (name, start) in XFAIL else []
+            yield pytest.param(name, start, marks=marks, id=f"{name}-{start}")
+
+
+@pytest.mark.parametrize("name,start", list(_params()))
 def test_hostile_snapshot_is_refused(template, tmp_path, capsys, name, start):
     """``pulled``: the root already holds S0 (a harmless no-op is acceptable: nothing needed
     the hostile part). ``fresh``: an empty root must fetch everything, so it must refuse."""
@@ -231,6 +246,7 @@ def test_hostile_through_the_subprocess(template, tmp_path, name):
     assert crash.diff_trees(case.area_before, case.ws.tree(), mtime=True) == []
 
 
+@pytest.mark.xfail(strict=True, reason="defect: pull applies setuid/setgid bits from the store")
 def test_setuid_bits_are_not_planted(template, tmp_path, capsys):
     """A snapshot asking for setuid/setgid executables (cache-sync often runs as root in a
     container): the pull must refuse them or drop those bits."""
