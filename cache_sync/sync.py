@@ -135,16 +135,22 @@ class Manifests:
         if ref.id in self.mem:
             return self.mem[ref.id]
         path = self.dir / ref.area / f"{ref.id}.json.zst"
-        data = None
-        with contextlib.suppress(OSError):
-            data = path.read_bytes()
-        if data is None:
+        snap = None
+        with contextlib.suppress(OSError, FormatError):  # a damaged local copy: fetch again
+            snap = self._check(ref, path.read_bytes())
+        if snap is None:
             data = self.store.get(ref.key)
+            snap = self._check(ref, data)
+            # Kept only once valid: bytes damaged in transit must not be cached for good.
             self.save(ref.area, ref.id, data)
+        self.mem[ref.id] = snap
+        return snap
+
+    @staticmethod
+    def _check(ref: SnapshotRef, data: bytes) -> Snapshot:
         snap = decode(data, what=f"snapshot {ref.key}")
         if snap.id != ref.id or snap.area != ref.area:
             raise FormatError(f"snapshot {ref.key} holds id {snap.id} of area {snap.area}")
-        self.mem[ref.id] = snap
         return snap
 
     def save(self, area: str, snap_id: str, data: bytes) -> None:
