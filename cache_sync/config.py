@@ -114,6 +114,18 @@ class Settings:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # install / run (issue 3): see docs/install.md
+    installer: str = "auto"
+    install_attempts: int = 3
+    install_timeout: float = 300.0
+    install_big_timeout: float = 600.0
+    install_backoff: float = 1.0
+    min_free: int = 512 * MiB
+    min_free_os: int = 256 * MiB
+    os_disk: str = "/"
+    push_pip: bool = False
+    flash_attn_base_url: str = (
+        "https://github.com/Dao-AILab/flash-attention/releases/download")
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -------------------------------------------------------------------
@@ -221,6 +233,7 @@ class Settings:
             access_key_id=key_id,
             secret_access_key=secret,
             session_token=env.get("AWS_SESSION_TOKEN"),
+            **_install_settings(pick, num),
             sources=sources,
         )
 
@@ -237,6 +250,28 @@ class Settings:
                 value = ",".join(value)
             rows.append((f.name, str(value), self.sources.get(f.name, "default")))
         return rows
+
+
+def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
+    """Settings of ``install`` and ``run`` (kept apart so the engine's settings merge cleanly)."""
+    installer = pick("installer", "installer") or "auto"
+    if installer not in ("auto", "uv", "pip"):
+        raise ConfigError(f"CACHE_SYNC_INSTALLER={installer!r} is invalid", hint="use auto|uv|pip")
+    return dict(
+        installer=installer,
+        install_attempts=num("install_attempts", _parse_int, 3, minimum=1),
+        install_timeout=num("install_timeout", _parse_float, 300.0, minimum=1.0),
+        install_big_timeout=num("install_big_timeout", _parse_float, 600.0, minimum=1.0),
+        install_backoff=num("install_backoff", _parse_float, 1.0),
+        min_free=num("min_free", _parse_size, 512 * MiB),
+        min_free_os=num("min_free_os", _parse_size, 256 * MiB),
+        os_disk=pick("os_disk", "os_disk") or "/",
+        push_pip=num("push_pip", _parse_bool, False),
+        # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
+        flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
+                             or "https://github.com/Dao-AILab/flash-attention/releases/download"
+                             ).rstrip("/"),
+    )
 
 
 def validate_area_name(area: str) -> None:

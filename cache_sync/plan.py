@@ -14,7 +14,7 @@ from typing import Any
 from cache_sync.local_cache import LocalItem
 from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
-Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
+Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, sha256]
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -22,8 +22,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
     if item is None or item.kind != "f":
         return None
     rec = index.get(item.path)
-    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
-        return str(rec[4])
+    if rec and len(rec) == 4 and rec[:3] == item.stat_key():
+        return str(rec[3])
     return None
 
 
@@ -34,6 +34,7 @@ class PullPlan:
     mkdirs: list[Entry] = field(default_factory=list)
     fetch: list[Entry] = field(default_factory=list)  # one per distinct digest
     copies: list[tuple[Entry, str]] = field(default_factory=list)  # (entry, source rel path)
+    dups: dict[str, list[Entry]] = field(default_factory=dict)  # more paths of a fetched digest
     check: list[Entry] = field(default_factory=list)  # local file of the right size, unknown hash
     meta: list[Entry] = field(default_factory=list)  # right content, mode/mtime to fix
     links: list[Entry] = field(default_factory=list)
@@ -46,19 +47,22 @@ class PullPlan:
 
     @property
     def write_bytes(self) -> int:
-        return self.fetch_bytes + sum(e.size for e, _ in self.copies) + sum(
-            e.size for e in self.check)
+        return (self.fetch_bytes + sum(e.size for e, _ in self.copies)
+                + sum(e.size for e in self.check)
+                + sum(e.size for es in self.dups.values() for e in es))
 
     @property
     def changes(self) -> int:
-        return (len(self.remove) + len(self.remove_late) + len(self.mkdirs) + len(self.fetch) + len(self.copies)
-                + len(self.check) + len(self.meta) + len(self.links))
+        return (len(self.remove) + len(self.remove_late) + len(self.mkdirs) + len(self.fetch)
+                + len(self.copies)
+                + len(self.check) + len(self.meta) + len(self.links)
+                + sum(len(es) for es in self.dups.values()))
 
     def summary(self) -> dict[str, int]:
         return {
             "fetch_files": len(self.fetch) + len(self.check),
             "fetch_bytes": self.fetch_bytes + sum(e.size for e in self.check),
-            "copy_files": len(self.copies),
+            "copy_files": len(self.copies) + sum(len(es) for es in self.dups.values()),
             "remove": len(self.remove) + len(self.remove_late),
             "changes": self.changes,
         }
@@ -67,19 +71,6 @@ class PullPlan:
 def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Index,
               base: dict[str, Entry]) -> PullPlan:
     plan = PullPlan()
-    # Local digests the index vouches for: content we can copy instead of download. Only
-    # files this pull leaves untouched qualify as copy sources: a file that is removed or
-    # rewritten by the same pull may be gone or hold other bytes by the time it is copied.
-    have: dict[str, str] = {}
-    for path, item in local.items():
-        d = known_digest(item, index)
-        if d is not None:
-            t = target.get(path)
-            if t is not None and t.kind == "f" and t.digest == d:
-                have.setdefault(d, path)
-            rec = index[path]
-            plan.keep[path] = rec
-
     removing: set[str] = set()
     for path, item in local.items():
         t = target.get(path)
@@ -96,8 +87,17 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
     # target has no target entry below it, so it is never in the way of one.
     plan.remove = [p for p in top if p in target]
     plan.remove_late = [p for p in top if p not in target]
-    for p in removing:
-        plan.keep.pop(p, None)
+    # Local files the index vouches for and this pull leaves untouched: content we can copy
+    # instead of download (a file that is removed or rewritten by the pull is no source).
+    have: dict[str, str] = {}
+    for path, item in local.items():
+        d = known_digest(item, index)
+        if d is None or path in removing or any(a in removing for a in _ancestors(path)):
+            continue
+        plan.keep[path] = index[path]
+        t = target.get(path)
+        if t is not None and t.kind == "f" and t.digest == d:
+            have.setdefault(d, path)
 
     fetching: dict[str, Entry] = {}
     for path in sorted(target):
@@ -123,7 +123,7 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
             if t.size == 0:
                 plan.copies.append((t, ""))  # nothing to download: an empty file
             elif t.digest in fetching:
-                plan.copies.append((t, fetching[t.digest].path))
+                plan.dups.setdefault(t.digest, []).append(t)
             elif t.digest in have and have[t.digest] != path:
                 plan.copies.append((t, have[t.digest]))
             elif item is not None and item.kind == "f" and item.size == t.size and digest is None:

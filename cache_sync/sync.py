@@ -177,9 +177,9 @@ def hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _stat_rec(path: str, digest: str) -> list[Any]:
-    st = os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
+def _stat_rec(path: str, digest: str, st: os.stat_result | None = None) -> list[Any]:
+    st = st or os.lstat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, digest]
 
 
 def _check_deadline(deadline: float | None, what: str) -> None:
@@ -271,17 +271,24 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
     progress = Progress(f"pull {area}", total, plan.fetch_bytes,
                         enabled=progress_enabled(settings.progress, settings.json))
 
-    def done(e: Entry, final: str) -> None:
-        index[e.path] = _stat_rec(final, e.digest)
+    def done(e: Entry, final: str, st: os.stat_result) -> None:
+        index[e.path] = _stat_rec(final, e.digest, st)
         progress.add(files=1)
 
     fetcher = Fetcher(store, root, settings.transfers, settings.retries, done,
-                      on_bytes=lambda n: progress.add(nbytes=n), backoff=settings.retry_base)
+                      on_bytes=lambda n: progress.add(nbytes=n), backoff=settings.retry_base,
+                      dups=plan.dups)
     try:
         fetcher.fetch(plan.fetch)
     finally:
         progress.close()
         rep.requests = fetcher.requests
+    # Duplicates of chunked files (the fetcher writes duplicates of packed files itself).
+    for digest, extra in plan.dups.items():
+        placed = fetcher.placed_path(digest)
+        for e in extra:
+            if not os.path.exists(os.path.join(root, e.path)) or e.path not in index:
+                plan.copies.append((e, placed))
     for e, src in plan.copies:
         _copy_into_place(root, e, src)
         index[e.path] = _stat_rec(os.path.join(root, e.path), e.digest)
@@ -471,7 +478,7 @@ def _hash_and_pack(area_dir: Path, item: LocalItem, index: Index, known: dict[st
                     packer.add_large(digest, path, size)
             except FileChangedError:
                 continue  # rewritten under us: hash it again
-        index[item.path] = [size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
+        index[item.path] = [size, st.st_mtime_ns, st.st_ino, digest]
         return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)
     raise CacheSyncError(f"{path} keeps changing while it is pushed; stop the writer and retry")
 

@@ -41,7 +41,7 @@ from cache_sync.storage.base import Store
 
 READ = 1 << 20
 MAX_GAP = 256 * 1024  # fetch through a gap this small rather than make another request
-MAX_RANGE = 8 << 20
+MAX_RANGE = 2 << 20
 SMALL_BLOB = 8 << 20  # single-blob files up to this are fetched by range and checked whole
 
 _local = threading.local()
@@ -54,7 +54,10 @@ def _dctx() -> zstandard.ZstdDecompressor:
     return d
 
 
-Done = Callable[[Entry, str], None]  # (entry, final path) after a file is in place
+# (entry, final path, its stat) after a file is in place
+Done = Callable[[Entry, str, os.stat_result], None]
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -112,7 +115,7 @@ def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
 class Fetcher:
     def __init__(self, store: Store, area_dir: str, workers: int, attempts: int,
                  on_done: Done, on_bytes: Callable[[int], None] | None = None,
-                 backoff: float = 0.2) -> None:
+                 backoff: float = 0.2, dups: dict[str, list[Entry]] | None = None) -> None:
         self.store = store
         self.area_dir = area_dir
         self.workers = workers
@@ -120,6 +123,8 @@ class Fetcher:
         self.on_done = on_done
         self.on_bytes = on_bytes or (lambda n: None)
         self.backoff = backoff
+        self.dups = dups or {}
+        self.primary: dict[str, str] = {}  # digest -> rel path of the fetched copy
         self.abort = threading.Event()
         self.requests = 0
         self.fetched = 0
@@ -217,28 +222,18 @@ class Fetcher:
         return raw
 
     def _place_small(self, e: Entry, raw: bytes) -> None:
-        final = self._final(e)
-        tmp = tmp_name(os.path.dirname(final))
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(raw)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fchmod(fd, e.mode)
-            finally:
-                os.close(fd)
-            os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
-            os.replace(tmp, final)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise _disk_error(exc, final) from None
-        with self._lock:
-            self._placed.add(final)
-            self.fetched += 1
-        self.on_done(e, final)
+        for target in (e, *self.dups.get(e.digest, ())):
+            final = self._final(target)
+            st = _write_new(final, raw, target)
+            with self._lock:
+                self._placed.add(self._final(e))
+                self.fetched += 1
+            self.on_done(target, final, st)
+        self.primary[e.digest] = e.path
+
+    def placed_path(self, digest: str) -> str:
+        """Relative path where the content ``digest`` was fetched (for duplicates)."""
+        return self.primary[digest]
 
     # --- chunked files -----------------------------------------------------------------
     def _open_chunked(self, cf: _Chunked) -> None:
@@ -323,11 +318,39 @@ class Fetcher:
             os.utime(cf.tmp, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(cf.tmp, cf.final)
             cf.tmp = ""
+            st = os.lstat(cf.final)
         except OSError as exc:
             raise _disk_error(exc, cf.final) from None
         with self._lock:
             self.fetched += 1
-        self.on_done(e, cf.final)
+        self.primary[e.digest] = e.path
+        self.on_done(e, cf.final, st)
+
+
+def _write_new(final: str, raw: bytes, e: Entry) -> os.stat_result:
+    """Write ``raw`` under a temporary name, set mode and mtime through the descriptor, and
+    rename it over ``final``. Returns the file's stat (taken before the rename, which keeps
+    size, mtime and inode)."""
+    tmp = tmp_name(os.path.dirname(final))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, e.mode & 0o777)
+        try:
+            view = memoryview(raw)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if e.mode & _UMASK or e.mode > 0o777:
+                os.fchmod(fd, e.mode)  # the umask took bits away, or setuid/sticky bits
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        return st
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _disk_error(exc, final) from None
 
 
 def _read_exact(body, n: int, oid: str, e: Entry) -> bytes:

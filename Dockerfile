@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# RunPod serverless worker for F5-TTS, small by construction (see docs/handler.md).
+# The image holds only cache-sync, the handler and their light dependencies (boto3, runpod,
+# zstandard, ...). torch, f5-tts and the models are NOT in it: `cache-sync run` pulls them
+# from the bucket into the cache (the network volume when one is mounted) before the worker
+# starts, and pushes what changed when RunPod stops the worker.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    RUNPOD_LOG_LEVEL=INFO \
+    HANDLER_ENGINE=f5
+# The cache root is left unset on purpose: cache-sync picks /runpod-volume/cache when a
+# network volume is mounted, else /tmp/runpod-cache. Set CACHE_SYNC_ROOT to override.
+
+WORKDIR /opt/worker
+COPY pyproject.toml ./
+COPY cache_sync ./cache_sync
+COPY handler ./handler
+# DL3013 (pin versions): this installs the local project; its dependency ranges live in
+# pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[handler]" \
+    && rm -rf /opt/worker/build /opt/worker/*.egg-info
+
+# Runs as root by default: RunPod network volumes are usually root-owned (filled from a pod
+# that ran as root), and a non-root worker could not write /runpod-volume/cache. Without a
+# network volume, or with the volume's cache dir chowned to 1000, build with
+# --build-arg RUN_AS=worker to run unprivileged.
+ARG RUN_AS=root
+RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin worker
+USER ${RUN_AS}
+
+# cache-sync run: preflight, pull, start the worker, forward SIGTERM, push, exit.
+ENTRYPOINT ["cache-sync", "run", "--", "python", "-m", "handler"]

@@ -1,0 +1,46 @@
+"""``cache-sync run -- CMD...``: pull, run CMD with the cache's env, push on the way out.
+Exits with CMD's status (128+N when CMD was killed by signal N)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cache_sync.cli.output import Output
+from cache_sync.config import Settings
+from cache_sync.errors import ConfigError
+from cache_sync.lifecycle import RunOptions
+from cache_sync.lifecycle import run as run_worker
+
+NAME = "run"
+HELP = "run a worker command: pull, env, start, forward signals, push within a budget"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--push-timeout", type=float, default=60.0, metavar="S",
+                   help="budget for the final push after CMD exits (default 60)")
+    p.add_argument("--push-interval", type=float, default=None, metavar="S",
+                   help="also push every S seconds while CMD runs")
+    p.add_argument("--kill-timeout", type=float, default=30.0, metavar="S",
+                   help="after forwarding a signal, SIGKILL CMD if still running after S "
+                   "seconds (default 30)")
+    p.add_argument("--no-pull", action="store_true", help="skip the pull before CMD")
+    p.add_argument("--no-push", action="store_true", help="skip pushes")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...",
+                   help="the command and its arguments")
+
+
+def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    for name in ("push_timeout", "push_interval", "kill_timeout"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
+    opts = RunOptions(cmd=cmd, pull=not args.no_pull, push=not args.no_push,
+                      push_timeout=args.push_timeout, push_interval=args.push_interval,
+                      kill_timeout=args.kill_timeout)
+    result = run_worker(settings, opts, lambda line: out.info(f"run: {line}"))
+    if out.json_mode:
+        out.result(result.to_dict())
+    return result.exit_code

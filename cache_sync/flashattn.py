@@ -1,0 +1,150 @@
+"""Choosing the prebuilt flash-attn wheel for the running Python, torch, CUDA and C++ ABI.
+
+flash-attn on PyPI is a source distribution whose build needs nvcc and ~30 minutes; its GitHub
+releases carry prebuilt wheels named like
+``flash_attn-2.8.0.post2+cu12torch2.6cxx11abiFALSE-cp310-cp310-linux_x86_64.whl``. A wheel
+built for another torch minor, CUDA major or C++ ABI installs fine and then fails at import
+with an undefined symbol, so all four must match what is installed in ``packages/``.
+
+Naming rules (from the release assets): since 2.7 the CUDA part is the major only (``cu12``);
+before, it was ``cu118`` for CUDA 11 and ``cu123`` for CUDA 12. The torch part is
+``torch<major>.<minor>``; the ABI part is torch's ``_GLIBCXX_USE_CXX11_ABI``.
+
+Usage as a tool: ``python -m cache_sync.flashattn --torch 2.6.0+cu124 --cuda 12.4
+--abi FALSE --python 3.10`` prints the wheel URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from packaging.version import InvalidVersion, Version
+
+DEFAULT_VERSION = "2.8.3"
+RELEASES = "https://github.com/Dao-AILab/flash-attention/releases/download"
+
+# Published wheel matrix per release: torch minors, CUDA majors, CPython minors. A version not
+# listed is still tried with the naming rule (the install is optional) and reported as such.
+KNOWN: dict[str, tuple[frozenset[str], frozenset[int], frozenset[str]]] = {
+    "2.6.3": (frozenset({"2.1", "2.2", "2.3", "2.4"}), frozenset({11, 12}),
+              frozenset({"3.8", "3.9", "3.10", "3.11", "3.12"})),
+    "2.7.4.post1": (frozenset({"2.2", "2.3", "2.4", "2.5", "2.6"}), frozenset({11, 12}),
+                    frozenset({"3.9", "3.10", "3.11", "3.12", "3.13"})),
+    "2.8.0.post2": (frozenset({"2.4", "2.5", "2.6", "2.7"}), frozenset({12}),
+                    frozenset({"3.9", "3.10", "3.11", "3.12", "3.13"})),
+    "2.8.3": (frozenset({"2.4", "2.5", "2.6", "2.7", "2.8"}), frozenset({12}),
+              frozenset({"3.9", "3.10", "3.11", "3.12", "3.13"})),
+}
+
+_PROBE = r"""
+import json, sys
+try:
+    import torch
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"})); sys.exit(0)
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
+                  "abi": bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", False)),
+                  "python": "%d.%d" % sys.version_info[:2]}))
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    torch: str  # e.g. "2.6.0+cu124"
+    cuda: str | None  # torch.version.cuda, None for a CPU build
+    cxx11_abi: bool
+    python: str  # "3.10"
+    machine: str = "x86_64"
+    system: str = "Linux"
+
+
+@dataclass(frozen=True)
+class Selection:
+    name: str | None
+    url: str | None
+    reason: str  # why no wheel, or a caveat about the one chosen
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "url": self.url, "reason": self.reason}
+
+
+def _minor(version: str) -> str:
+    v = Version(version)
+    return f"{v.major}.{v.minor}"
+
+
+def select(fa_version: str, t: Target, base: str = RELEASES) -> Selection:
+    """The wheel for ``t``, or ``Selection(None, None, reason)`` when there cannot be one."""
+    try:
+        fa = Version(fa_version)
+        torch_minor = _minor(t.torch)
+    except InvalidVersion as exc:
+        return Selection(None, None, f"invalid version: {exc}")
+    if t.system != "Linux" or t.machine != "x86_64":
+        return Selection(None, None, f"no prebuilt wheels for {t.system} {t.machine}")
+    if not t.cuda:
+        return Selection(None, None, f"torch {t.torch} is a CPU build; flash-attn needs CUDA")
+    cuda_major = int(t.cuda.split(".")[0])
+    if fa < Version("2.7"):
+        cuda_tag = "cu118" if cuda_major == 11 else "cu123"
+    else:
+        cuda_tag = f"cu{cuda_major}"
+    py = t.python.replace(".", "")
+    name = (f"flash_attn-{fa_version}+{cuda_tag}torch{torch_minor}"
+            f"cxx11abi{'TRUE' if t.cxx11_abi else 'FALSE'}-cp{py}-cp{py}-linux_x86_64.whl")
+    known = KNOWN.get(fa_version)
+    reason = ""
+    if known is None:
+        reason = f"flash-attn {fa_version} is not in the known wheel matrix; trying the name"
+    else:
+        torches, cudas, pythons = known
+        missing = [what for what, ok in (
+            (f"torch {torch_minor}", torch_minor in torches),
+            (f"CUDA {cuda_major}", cuda_major in cudas),
+            (f"Python {t.python}", t.python in pythons)) if not ok]
+        if missing:
+            return Selection(None, None,
+                             f"flash-attn {fa_version} publishes no wheel for "
+                             + ", ".join(missing))
+    return Selection(name, f"{base}/v{fa_version}/{name}", reason)
+
+
+def probe(env: Mapping[str, str], python: str = sys.executable) -> Target | str:
+    """What torch the cache's PYTHONPATH gives (a fresh interpreter), or why there is none."""
+    proc = subprocess.run([python, "-c", _PROBE], env=dict(env), capture_output=True,
+                          text=True, timeout=300)
+    try:
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return f"torch probe failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    if "error" in data:
+        return f"torch is not importable ({data['error']})"
+    return Target(data["torch"], data["cuda"], data["abi"], data["python"],
+                  platform.machine(), platform.system())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cache_sync.flashattn",
+                                description="print the flash-attn wheel URL for a combination")
+    p.add_argument("--version", default=DEFAULT_VERSION, help="flash-attn version")
+    p.add_argument("--torch", required=True)
+    p.add_argument("--cuda", default=None, help="e.g. 12.4; omit for a CPU torch")
+    p.add_argument("--abi", choices=("TRUE", "FALSE"), required=True)
+    p.add_argument("--python", default="%d.%d" % sys.version_info[:2])
+    a = p.parse_args(argv)
+    sel = select(a.version, Target(a.torch, a.cuda, a.abi == "TRUE", a.python))
+    if sel.url is None:
+        print(f"no wheel: {sel.reason}", file=sys.stderr)
+        return 1
+    print(sel.url)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""The worker: warm load once, then answer jobs (validate, synthesize in a thread, deliver).
+
+A worker that cannot load its model does not exit: RunPod would restart it in a loop and the
+caller would only see timeouts. It stays up and answers every job with the load error, which
+names the missing file and the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from typing import Any
+
+from handler.audio import encode_wav
+from handler.config import HandlerConfig
+from handler.engine import Engine, SynthesisRequest, make_engine
+from handler.outputs import OutputWriter
+from handler.validate import InputError, validate
+
+HANDLER_VERSION = "0.1.0"
+
+
+def _log(message: str) -> None:
+    print(f"handler: {message}", file=sys.stderr, flush=True)
+
+
+def _on_runpod() -> bool:
+    """True under RunPod's job loop (progress updates have somewhere to go)."""
+    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB"))
+
+
+class Worker:
+    def __init__(self, config: HandlerConfig | None, startup_error: str | None = None) -> None:
+        self.config = config
+        self.engine: Engine | None = make_engine(config) if config else None
+        self.writer = OutputWriter(config) if config else None
+        self.load_error: str | None = startup_error
+        self.loaded: dict[str, Any] = {}
+        self.load_seconds: float | None = None
+        self.jobs_done = 0
+
+    # --- start-up ----------------------------------------------------------------------
+    def warm_load(self) -> bool:
+        """Load the engine before the first job. Never raises: a failure is remembered."""
+        if self.engine is None:
+            _log(f"not loading: {self.load_error}")
+            return False
+        start = time.perf_counter()
+        try:
+            self.loaded = self.engine.load()
+        except FileNotFoundError as err:  # ModelMissingError and friends: message says it all
+            self.load_error = str(err)
+        except ImportError as err:
+            self.load_error = (f"engine {self.engine.name!r} cannot import {err.name or err}: "
+                               "install its packages into the cache with `cache-sync install` "
+                               "(see docs/handler.md)")
+        except Exception as err:  # noqa: BLE001 (corrupt checkpoint, OOM, ...: never crash-loop)
+            traceback.print_exc()
+            self.load_error = f"engine {self.engine.name!r} failed to load: " \
+                              f"{type(err).__name__}: {err}"
+        self.load_seconds = round(time.perf_counter() - start, 3)
+        if self.load_error:
+            _log(f"NOT READY: {self.load_error}")
+            return False
+        _log(f"ready: engine {self.engine.name} loaded in {self.load_seconds}s")
+        return True
+
+    def concurrency(self, current: int) -> int:
+        return self.config.concurrency if self.config else 1
+
+    # --- jobs --------------------------------------------------------------------------
+    async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        raw = job.get("input")
+        if isinstance(raw, dict) and raw.get("health") is True:
+            return self.health()
+        if self.load_error or self.engine is None or self.config is None:
+            return {"error": f"worker not ready: {self.load_error}"}
+        try:
+            inp = validate(raw, self.config)
+        except InputError as err:
+            return {"error": str(err), "fields": err.fields}
+
+        job_id = str(job.get("id", "job"))
+        self._progress(job, "synthesizing")
+        req = SynthesisRequest(inp.text, inp.ref_audio, inp.ref_text, inp.speed,
+                               inp.nfe_step, inp.seed)
+        t0 = time.perf_counter()
+        try:
+            # Inference blocks for seconds: run it in a thread so the event loop keeps
+            # heart-beating and taking jobs up to the concurrency limit.
+            result = await asyncio.to_thread(self.engine.synthesize, req)
+        except Exception as err:  # noqa: BLE001 (reported as the job's error)
+            traceback.print_exc()
+            return {"error": f"synthesis failed: {type(err).__name__}: {err}"}
+        t1 = time.perf_counter()
+        wav = await asyncio.to_thread(encode_wav, result.samples, result.sample_rate)
+        t2 = time.perf_counter()
+        try:
+            assert self.writer is not None
+            delivered = await asyncio.to_thread(self.writer.deliver, wav, inp.output, job_id)
+        except Exception as err:  # noqa: BLE001 (reported as the job's error)
+            return {"error": f"could not deliver the audio ({inp.output}): "
+                             f"{type(err).__name__}: {err}"}
+        t3 = time.perf_counter()
+        self.jobs_done += 1
+        return {
+            **delivered,
+            "format": "wav",
+            "sample_rate": result.sample_rate,
+            "duration_seconds": round(len(result.samples) / result.sample_rate, 3),
+            "bytes": len(wav),
+            "engine": self.engine.name,
+            "engine_info": result.info,
+            "timings": {
+                "load_seconds": self.load_seconds,  # once, at start-up (warm)
+                "inference_seconds": round(t1 - t0, 4),
+                "encode_seconds": round(t2 - t1, 4),
+                "output_seconds": round(t3 - t2, 4),
+            },
+        }
+
+    def _progress(self, job: dict[str, Any], message: str) -> None:
+        if not _on_runpod():
+            return
+        try:
+            import runpod
+
+            runpod.serverless.progress_update(job, message)
+        except Exception as err:  # noqa: BLE001 (progress is best-effort, never a job failure)
+            _log(f"progress update failed: {err}")
+
+    # --- health ------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ready": self.load_error is None,
+            # not "error": runpod would turn a health answer into a failed job
+            "not_ready_reason": self.load_error,
+            "engine": self.engine.describe() if self.engine else None,
+            "loaded": self.loaded,
+            "load_seconds": self.load_seconds,
+            "jobs_done": self.jobs_done,
+            "versions": _versions(),
+        }
+        if self.config:
+            out["cache_root"] = str(self.config.cache_root)
+            try:
+                usage = shutil.disk_usage(self.config.cache_root)
+                out["cache_free_bytes"] = usage.free
+            except OSError as err:
+                out["cache_free_bytes"] = None
+                out["cache_disk_error"] = str(err)
+        out["gpu"] = _gpu_memory()
+        return out
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found: dict[str, str | None] = {"python": platform.python_version(), "handler": HANDLER_VERSION}
+    for dist in ("runpod", "cache-sync", "torch", "torchaudio", "f5-tts", "vocos"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def _gpu_memory() -> list[dict[str, Any]] | None:
+    torch = sys.modules.get("torch")  # only if the engine imported it: health stays cheap
+    if torch is None or not torch.cuda.is_available():
+        return None
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        gpus.append({"index": i, "name": torch.cuda.get_device_name(i), "free_bytes": free,
+                     "total_bytes": total, "allocated_bytes": torch.cuda.memory_allocated(i)})
+    return gpus

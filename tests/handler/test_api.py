@@ -1,0 +1,203 @@
+"""The worker driven through runpod's own local API server (POST /runsync), light engine:
+valid jobs, every kind of bad input, base64 and S3 outputs, and the missing-model start-up."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import os
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import api_worker, tone_b64, tone_wav, worker_env, write_light_model
+
+from handler.audio import decode_wav
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def wav_server():
+    """A plain HTTP server on 127.0.0.1 serving reference WAVs (for URL ref_audio)."""
+    files = {"/ref.wav": tone_wav(1.0), "/big.wav": tone_wav(8.0)}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body or b"not found")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(moto):
+    return moto.make_bucket()
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, moto, s3_bucket):
+    tmp = tmp_path_factory.mktemp("api")
+    root = tmp / "cache"
+    write_light_model(root)
+    (root / "voices").mkdir()
+    (root / "voices" / "ref.wav").write_bytes(tone_wav(1.0))
+    os.symlink("/etc/hostname", root / "voices" / "escape.wav")
+    env = worker_env(root, tmp, {
+        **moto.env(),
+        "HANDLER_ENGINE": "light",
+        "CACHE_SYNC_REMOTE": f"s3://{s3_bucket}/cache",
+        "HANDLER_MAX_REF_SECONDS": "5",
+        "HANDLER_MAX_REF_AUDIO_BYTES": "300000",
+        "HANDLER_MAX_TEXT_CHARS": "200",
+    })
+    with api_worker(env, tmp / "worker.log") as w:
+        yield w
+
+
+def job(**over):
+    base = {"text": "Hello from the worker.", "ref_audio": tone_b64(1.0),
+            "ref_text": "A reference clip."}
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def ok_output(worker, inp):
+    out = worker.runsync(inp)
+    assert out["status"] == "COMPLETED", (out, worker.output()[-3000:])
+    return out["output"]
+
+
+def test_valid_job_returns_a_real_24khz_wav(worker):
+    out = ok_output(worker, job(seed=7, speed=1.0, nfe_step=16))
+    audio = decode_wav(base64.b64decode(out["audio_base64"]))
+    assert audio.sample_rate == 24000 == out["sample_rate"]
+    assert abs(audio.seconds - out["duration_seconds"]) < 0.01
+    assert audio.seconds > 1.0  # 22 characters at 14/s
+    assert max(abs(s) for s in audio.samples) > 0.1
+    assert out["engine"] == "light" and "not speech" in out["engine_info"]["note"]
+    assert set(out["timings"]) == {"load_seconds", "inference_seconds", "encode_seconds",
+                                   "output_seconds"}
+
+
+def test_seed_is_deterministic_and_speed_shortens(worker):
+    a = ok_output(worker, job(seed=3))["audio_base64"]
+    b = ok_output(worker, job(seed=3))["audio_base64"]
+    c = ok_output(worker, job(seed=4))["audio_base64"]
+    assert a == b != c
+    fast = ok_output(worker, job(seed=3, speed=2.0))
+    assert fast["duration_seconds"] < decode_wav(base64.b64decode(a)).seconds * 0.6
+
+
+def test_ref_audio_by_cache_path_url_and_data_url(worker, wav_server):
+    ok_output(worker, job(ref_audio="voices/ref.wav"))
+    ok_output(worker, job(ref_audio=str(Path(worker_root(worker)) / "voices" / "ref.wav")))
+    ok_output(worker, job(ref_audio=f"{wav_server}/ref.wav"))
+    ok_output(worker, job(ref_audio="data:audio/wav;base64," + tone_b64(0.5)))
+
+
+def worker_root(worker) -> str:
+    return ok_output(worker, {"health": True})["cache_root"]
+
+
+def test_output_to_s3_gives_a_working_presigned_url(worker, moto, s3_bucket):
+    out = ok_output(worker, job(output="s3", seed=1))
+    assert "audio_base64" not in out
+    assert out["s3_uri"].startswith(f"s3://{s3_bucket}/outputs/")
+    with urllib.request.urlopen(out["audio_url"], timeout=10) as resp:
+        body = resp.read()
+    assert len(body) == out["bytes"]
+    assert decode_wav(body).seconds == pytest.approx(out["duration_seconds"], abs=0.01)
+    key = out["s3_uri"].split("/", 3)[3]
+    assert moto.client().head_object(Bucket=s3_bucket, Key=key)["ContentLength"] == len(body)
+
+
+BAD_INPUTS = [
+    ({"text": None}, "text", "is required"),
+    ({"text": "   "}, "text", "is required"),
+    ({"text": 42}, "text", "is required"),
+    ({"text": "x" * 201}, "text", "limit is 200"),
+    ({"ref_text": None}, "ref_text", "is required"),
+    ({"ref_text": ["a"]}, "ref_text", "must be a string"),
+    ({"speed": "fast"}, "speed", "from 0.3 to 3.0"),
+    ({"speed": 9}, "speed", "from 0.3 to 3.0"),
+    ({"speed": True}, "speed", "from 0.3 to 3.0"),
+    ({"nfe_step": 0}, "nfe_step", "from 1 to 64"),
+    ({"nfe_step": 8.5}, "nfe_step", "whole number"),
+    ({"seed": -1}, "seed", "from 0 to"),
+    ({"seed": "7"}, "seed", "whole number"),
+    ({"output": "ftp"}, "output", "base64, s3"),
+    ({"voice": "bob"}, "input", "unknown field(s) voice"),
+    ({"ref_audio": None}, "ref_audio", "is required"),
+    ({"ref_audio": "UklGR!!notbase64"}, "ref_audio", "not valid base64"),
+    ({"ref_audio": "UklGRg=="}, "ref_audio", "not a WAV file"),
+    ({"ref_audio": base64.b64encode(b"RIFF\0\0\0\0WAVEjunk").decode()}, "ref_audio",
+     "no valid fmt chunk"),
+    ({"ref_audio": "voices/missing.wav"}, "ref_audio", "no file at"),
+    ({"ref_audio": "../../etc/hostname"}, "ref_audio", "outside the cache root"),
+    ({"ref_audio": "voices/escape.wav"}, "ref_audio", "outside the cache root"),
+    ({"ref_audio": "/etc/hostname"}, "ref_audio", "outside the cache root"),
+    ({"ref_audio": tone_b64(6.0)}, "ref_audio", "limit is 5 s"),
+    ({"ref_audio": tone_b64(0.2, rate=1_000_000)}, "ref_audio", "300000-byte limit"),
+]
+
+
+@pytest.mark.parametrize("over,field,words", BAD_INPUTS,
+                         ids=[f"{f}-{i}" for i, (_, f, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_is_a_clear_per_field_error(worker, over, field, words):
+    out = worker.runsync(job(**over))
+    assert out["status"] == "FAILED", out
+    assert out["error"].startswith("invalid input: ")
+    assert f"{field}: " in out["error"] and words in out["error"], out["error"]
+    assert "Traceback" not in out["error"]
+
+
+def test_bad_url_ref_audio(worker, wav_server):
+    out = worker.runsync(job(ref_audio=f"{wav_server}/nope.wav"))
+    assert out["status"] == "FAILED" and "could not fetch" in out["error"]
+    out = worker.runsync(job(ref_audio=f"{wav_server}/big.wav"))  # 8 s, 384 kB > limit
+    assert out["status"] == "FAILED" and "300000-byte limit" in out["error"]
+
+
+def test_all_errors_reported_at_once(worker):
+    out = worker.runsync({"text": "", "speed": 0, "nfe_step": -1, "ref_audio": "UklGRg=="})
+    for field in ("text", "ref_text", "speed", "nfe_step", "ref_audio"):
+        assert f"{field}: " in out["error"]
+
+
+def test_health_reports_engine_versions_and_disk(worker):
+    h = ok_output(worker, {"health": True})
+    assert h["ready"] is True and h["not_ready_reason"] is None
+    assert h["loaded"]["model"].endswith("models/light-tts/model.json")
+    assert h["versions"]["runpod"].startswith("1.12")
+    assert h["cache_free_bytes"] > 0 and h["gpu"] is None
+    assert h["jobs_done"] >= 0
+
+
+def test_missing_model_start_up_answers_every_job_with_the_fix(tmp_path):
+    """The production engine, with nothing under models/: the worker does not crash-loop;
+    it reports the first missing file (checked before torch is imported) and the fix."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    env = worker_env(root, tmp_path, {"HANDLER_ENGINE": "f5"})
+    with api_worker(env, tmp_path / "worker.log") as w:
+        out = w.runsync(job())
+        assert out["status"] == "FAILED"
+        want = str(root / "models" / "F5TTS_v1_Base" / "model_1250000.safetensors")
+        assert want in out["error"] and "cache-sync push models" in out["error"]
+        assert "HANDLER_F5_CKPT" in out["error"]
+        h = w.runsync({"health": True})
+        assert h["status"] == "COMPLETED"
+        assert h["output"]["ready"] is False and want in h["output"]["not_ready_reason"]
+        assert w.proc.poll() is None  # still up
+        assert "NOT READY" in w.output()
