@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_sync.local_cache import LocalItem
-from cache_sync.snapshot import Entry, FormatError, check_link
+from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
 Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, sha256]
 
@@ -29,7 +29,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
 
 @dataclass
 class PullPlan:
-    remove: list[str] = field(default_factory=list)  # local paths, deepest first
+    remove: list[str] = field(default_factory=list)  # in the way of a new entry: go first
+    remove_late: list[str] = field(default_factory=list)  # deleted remotely: go last
     mkdirs: list[Entry] = field(default_factory=list)
     fetch: list[Entry] = field(default_factory=list)  # one per distinct digest
     copies: list[tuple[Entry, str]] = field(default_factory=list)  # (entry, source rel path)
@@ -52,7 +53,8 @@ class PullPlan:
 
     @property
     def changes(self) -> int:
-        return (len(self.remove) + len(self.mkdirs) + len(self.fetch) + len(self.copies)
+        return (len(self.remove) + len(self.remove_late) + len(self.mkdirs) + len(self.fetch)
+                + len(self.copies)
                 + len(self.check) + len(self.meta) + len(self.links)
                 + sum(len(es) for es in self.dups.values()))
 
@@ -61,7 +63,7 @@ class PullPlan:
             "fetch_files": len(self.fetch) + len(self.check),
             "fetch_bytes": self.fetch_bytes + sum(e.size for e in self.check),
             "copy_files": len(self.copies) + sum(len(es) for es in self.dups.values()),
-            "remove": len(self.remove),
+            "remove": len(self.remove) + len(self.remove_late),
             "changes": self.changes,
         }
 
@@ -78,10 +80,13 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
         elif t.kind != item.kind:
             removing.add(path)
     # Removing a directory removes what is below it: list only the top-most paths.
-    plan.remove = sorted(
-        (p for p in removing if not any(a in removing for a in _ancestors(p))),
-        key=lambda p: -p.count("/"),
-    )
+    top = sorted((p for p in removing if not any(a in removing for a in _ancestors(p))),
+                 key=lambda p: -p.count("/"))
+    # Paths the target no longer has are removed only after every new file is in place, so a
+    # pull that fails (corrupt object, disk full) deletes nothing. A path absent from the
+    # target has no target entry below it, so it is never in the way of one.
+    plan.remove = [p for p in top if p in target]
+    plan.remove_late = [p for p in top if p not in target]
     # Local files the index vouches for and this pull leaves untouched: content we can copy
     # instead of download (a file that is removed or rewritten by the pull is no source).
     have: dict[str, str] = {}
@@ -168,6 +173,15 @@ def local_entries(local: dict[str, LocalItem], index: Index) -> LocalTree:
                 to_hash.append(item)
                 digest = ""
             entries[path] = Entry(path, "f", item.mode, item.mtime_ns, item.size, digest)
+    # A link that climbs '..' out of another link passes check_link but would be refused on
+    # pull (snapshot.check_link_walk): never push what no one can pull.
+    for path, e in list(entries.items()):
+        if e.kind == "l":
+            try:
+                check_link_walk(path, e.target, entries, "local tree")
+            except FormatError:
+                skipped.append(f"{path} -> {e.target}")
+                del entries[path]
     return LocalTree(entries, to_hash, skipped)
 
 

@@ -174,8 +174,12 @@ def from_dict(doc: Any, *, what: str = "snapshot") -> Snapshot:
     )
 
 
+MAX_INT = (1 << 62) - 1  # sizes, offsets, mtimes: beyond this os.utime/seek overflow
+
+
 def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A JSON integer the OS calls can take (a hostile 10**30 would raise OverflowError)."""
+    return isinstance(v, int) and not isinstance(v, bool) and -MAX_INT <= v <= MAX_INT
 
 
 def _parse_row(row: Any, what: str) -> Entry:
@@ -258,8 +262,10 @@ def validate_rows(rows: list[Any], what: str = "snapshot") -> dict[str, Entry]:
 
 def check_tree(entries: dict[str, Entry], what: str = "snapshot") -> None:
     """Every entry's parent is a directory entry (so no file is also a directory, and no path
-    runs through a symlink)."""
-    for path in entries:
+    runs through a symlink), and no symlink escapes through another symlink."""
+    for path, e in entries.items():
+        if e.kind == "l":
+            check_link_walk(path, e.target, entries, what)
         parent = posixpath.dirname(path)
         if not parent:
             continue
@@ -269,6 +275,31 @@ def check_tree(entries: dict[str, Entry], what: str = "snapshot") -> None:
         if p.kind != "d":
             kind = "symlink" if p.kind == "l" else "file"
             raise FormatError(f"{what}: {path!r} lies under {parent!r}, which is a {kind}")
+
+
+def check_link_walk(path: str, target: str, entries: dict[str, Entry],
+                    what: str = "snapshot") -> None:
+    """``check_link`` is lexical: ``t -> d/up/..`` looks like ``d`` but, with ``d/up -> ../..``,
+    the kernel resolves ``up`` first and ``..`` then climbs out of the area. Walk the target
+    through the snapshot's own entries and refuse a ``..`` once a symlink has been passed."""
+    cur = posixpath.dirname(path).split("/") if posixpath.dirname(path) else []
+    through: str | None = None
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if through is not None:
+                raise FormatError(
+                    f"{what}: symlink {path!r} -> {target!r} climbs '..' out of symlink "
+                    f"{through!r}, which can lead out of the area")
+            if not cur:
+                raise FormatError(f"{what}: symlink {path!r} -> {target!r} leads out of the area")
+            cur.pop()
+            continue
+        cur.append(part)
+        node = entries.get("/".join(cur))
+        if node is not None and node.kind == "l" and through is None:
+            through = "/".join(cur)
 
 
 # --- merging heads -----------------------------------------------------------------------

@@ -135,16 +135,22 @@ class Manifests:
         if ref.id in self.mem:
             return self.mem[ref.id]
         path = self.dir / ref.area / f"{ref.id}.json.zst"
-        data = None
-        with contextlib.suppress(OSError):
-            data = path.read_bytes()
-        if data is None:
+        snap = None
+        with contextlib.suppress(OSError, FormatError):  # a damaged local copy: fetch again
+            snap = self._check(ref, path.read_bytes())
+        if snap is None:
             data = self.store.get(ref.key)
+            snap = self._check(ref, data)
+            # Kept only once valid: bytes damaged in transit must not be cached for good.
             self.save(ref.area, ref.id, data)
+        self.mem[ref.id] = snap
+        return snap
+
+    @staticmethod
+    def _check(ref: SnapshotRef, data: bytes) -> Snapshot:
         snap = decode(data, what=f"snapshot {ref.key}")
         if snap.id != ref.id or snap.area != ref.area:
             raise FormatError(f"snapshot {ref.key} holds id {snap.id} of area {snap.area}")
-        self.mem[ref.id] = snap
         return snap
 
     def save(self, area: str, snap_id: str, data: bytes) -> None:
@@ -225,14 +231,15 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     plan = plan_pull(target, local, index, state.entries or {})
     if dry_run:
         rep.files, rep.bytes = plan.summary()["fetch_files"], plan.summary()["fetch_bytes"]
-        rep.removed = len(plan.remove)
+        rep.removed = len(plan.remove) + len(plan.remove_late)
         rep.up_to_date = plan.changes == 0
         return rep
     need = plan.write_bytes
     free = free_bytes(area_dir)
     if need and need + RESERVE > free:
         raise DiskSpaceError(
-            f"pull of {area} needs {need:,} bytes but {area_dir} has {free:,} free",
+            f"pull of {area} needs {need + RESERVE:,} bytes ({need:,} of files plus a "
+            f"{RESERVE >> 20} MiB reserve) but {area_dir} has {free:,} free",
             hint="free space or point CACHE_SYNC_ROOT at a bigger disk",
         )
     fresh = dict(plan.keep)
@@ -250,14 +257,7 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
     root = str(area_dir)
     area_dir.mkdir(parents=True, exist_ok=True)
     index: Index = {}
-    for rel in plan.remove:
-        p = os.path.join(root, rel)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        rep.removed += 1
+    _remove(root, plan.remove, rep)
     for d in plan.mkdirs:
         os.makedirs(os.path.join(root, d.path), exist_ok=True)
     # Files of the right size whose hash the index does not know: hash before downloading.
@@ -304,6 +304,7 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
         with contextlib.suppress(OSError):  # not every filesystem keeps symlink times
             os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
         os.replace(tmp, p)
+    _remove(root, plan.remove_late, rep)  # only now that every new file is in place
     # Directory modes and times last, deepest first: writing into a directory changes them.
     for d in sorted(plan.dirs, key=lambda d: -d.path.count("/")):
         p = os.path.join(root, d.path)
@@ -312,6 +313,17 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
     rep.files = fetcher.fetched + len(plan.copies)
     rep.bytes = plan.fetch_bytes
     return index
+
+
+def _remove(root: str, paths: list[str], rep: AreaReport) -> None:
+    for rel in paths:
+        p = os.path.join(root, rel)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        rep.removed += 1
 
 
 def _copy_into_place(root: str, e: Entry, src: str) -> None:
