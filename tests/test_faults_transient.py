@@ -39,7 +39,13 @@ def env(tmp_path, moto):
     proxy.stop()
 
 
-@pytest.mark.parametrize("name", sorted(TRANSIENT))
+def _long_only(names: list[str], long: set[str]) -> list:
+    """All names in long mode (FAULTS_LONG=1); the default run skips those in ``long``."""
+    return [pytest.param(n, marks=[] if fk.long_mode() or n not in long else
+                         [pytest.mark.skip(reason="long mode: FAULTS_LONG=1")]) for n in names]
+
+
+@pytest.mark.parametrize("name", _long_only(sorted(TRANSIENT), {"delay"}))
 def test_pull_survives_transient_faults(env, name):
     writer, reader, proxy = env
     rule = dict(TRANSIENT[name])
@@ -50,7 +56,9 @@ def test_pull_survives_transient_faults(env, name):
     fk.record(f"transient_pull_{name}", **{f"fault_{k}": v for k, v in proxy.injected.items()})
 
 
-@pytest.mark.parametrize("name", ["status500", "slowdown", "reset", "status500_after_forward"])
+@pytest.mark.parametrize("name", _long_only(["status500", "slowdown", "reset",
+                                             "status500_after_forward"],
+                                            {"status500", "slowdown"}))
 def test_push_survives_transient_faults(env, name):
     writer, reader, proxy = env
     reader.run("pull")
