@@ -252,14 +252,14 @@ def test_fuzz_long():
     seconds = float(os.environ.get("FAULTS_FUZZ_SECONDS", "600"))
     long = settings(max_examples=2000, derandomize=False, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
-    tests = [given(link_trees())(check), given(mutated_manifests())(check),
-             given(st.binary(max_size=2000))(check)]
+    tests = [long(given(strategy)(check)) for strategy in
+             (link_trees(), mutated_manifests(), st.binary(max_size=2000))]
     rng = random.Random()
     start = COUNTER["iterations"]
     t0 = time.monotonic()
     rounds = 0
     while time.monotonic() - t0 < seconds:
-        long(tests[rounds % len(tests)])()
+        tests[rounds % len(tests)]()
         for _ in range(2000):
             check(random_link_tree(rng))
         rounds += 1
