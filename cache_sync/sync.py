@@ -238,8 +238,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     free = free_bytes(area_dir)
     if need and need + RESERVE > free:
         raise DiskSpaceError(
-            f"pull of {area} needs {need + RESERVE:,} bytes ({need:,} of files plus a "
-            f"{RESERVE >> 20} MiB reserve) but {area_dir} has {free:,} free",
+            f"pull of {area} needs {need:,} bytes plus a {RESERVE >> 20} MiB reserve "
+            f"({need + RESERVE:,} in all) but {area_dir} has {free:,} free",
             hint="free space or point CACHE_SYNC_ROOT at a bigger disk",
         )
     fresh = dict(plan.keep)
