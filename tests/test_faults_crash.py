@@ -119,7 +119,7 @@ def _timed(argv, env) -> float:
     return time.monotonic() - t0
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3600 if fk.long_mode() else 900)
 def test_push_killed_by_delay_local_store(tmp_path):
     ws = fk.workspace(tmp_path)
     rng = random.Random(11)
@@ -141,7 +141,7 @@ def test_push_killed_by_delay_local_store(tmp_path):
     assert landed >= counts()["push_local"]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3600 if fk.long_mode() else 900)
 def test_push_killed_at_request_count_moto(tmp_path, moto):
     bucket = moto.make_bucket()
     with FaultProxy(moto.endpoint, seed=12, max_seconds=850) as proxy:
@@ -161,7 +161,7 @@ def test_push_killed_at_request_count_moto(tmp_path, moto):
     assert landed >= counts()["push_proxy"]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3600 if fk.long_mode() else 900)
 def test_pull_killed_by_delay_local_store(tmp_path):
     writer = fk.workspace(tmp_path, name="writer")
     reader = writer.sibling("reader")
@@ -182,7 +182,7 @@ def test_pull_killed_by_delay_local_store(tmp_path):
     assert landed >= counts()["pull_local"]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3600 if fk.long_mode() else 900)
 def test_pull_killed_at_request_count_moto(tmp_path, moto):
     bucket = moto.make_bucket()
     with FaultProxy(moto.endpoint, seed=14, max_seconds=850) as proxy:
