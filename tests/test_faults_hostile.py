@@ -276,3 +276,26 @@ def test_push_skips_links_that_escape_through_links(tmp_path):
     fresh.run("pull")
     got = fresh.tree()
     assert "t" not in got and got["ok"].digest == "c1" and got["c1/c2/up"].digest == "../.."
+
+
+@pytest.mark.skipif(not fk.long_mode(), reason="long mode: FAULTS_LONG=1 (allocates ~1 GiB)")
+@pytest.mark.xfail(strict=True, reason="defect: a 37 KB zstd bomb manifest costs ~1 GiB of RSS")
+def test_manifest_bomb_memory_is_bounded(template, tmp_path):
+    """A 37 KB manifest that decompresses to 1.1 GiB of whitespace: the pull must refuse it
+    without holding it in memory (issue 2: peak RSS under 300 MB)."""
+    import resource
+    import subprocess
+
+    import zstandard
+
+    case = Case(template, tmp_path / "case")
+    cobj = zstandard.ZstdCompressor(level=19).compressobj()
+    bomb = b"".join([cobj.compress(b" " * (64 << 20)) for _ in range(18)] + [cobj.flush()])
+    assert len(bomb) < 100_000
+    hostile.plant(case.store, fk.AREA, [case.head.id], bomb)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run(case.ws.argv("pull"), env=case.ws.env, capture_output=True, text=True,
+                       timeout=300)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert r.returncode == 5 and "larger than" in r.stderr, r.stderr
+    assert max(peak_kb, before) < 300 * 1024, f"peak RSS {peak_kb // 1024} MiB"
