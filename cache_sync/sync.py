@@ -40,6 +40,7 @@ from cache_sync.layout import (
     SnapshotRef,
     area_prefix,
     new_snapshot_id,
+    object_key,
     parse_snapshot_key,
     snapshot_key,
 )
@@ -394,7 +395,7 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     ensure_store(store)
     _check_deadline(deadline, f"push of {area}")
     known: dict[str, tuple] = {e.digest: e.blobs for e in (base or {}).values() if e.kind == "f"}
-    known.update(cache.read_journal(area, store.url))
+    known.update(_still_stored(store, cache.read_journal(area, store.url)))
     uploader = Uploader(store, settings.transfers, max_inflight=4,
                         on_stored=lambda m: cache.append_journal(area, store.url, m))
     packer = Packer(uploader, settings.pack_size, settings.chunk_size, settings.small_file)
@@ -440,6 +441,22 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     rep.heads = [snap.id]
     rep.seconds = time.monotonic() - t0
     return rep, store
+
+
+def _still_stored(store: Store, journal: dict[str, tuple]) -> dict[str, tuple]:
+    """Journal entries whose objects still exist. The objects of a killed push are orphans
+    until a snapshot names them, and ``gc`` deletes orphans older than its grace period (a
+    network volume keeps the journal for days): reusing one that is gone would commit a
+    snapshot naming a missing object."""
+    alive: dict[str, bool] = {}
+    out = {}
+    for digest, blobs in journal.items():
+        for b in blobs:
+            if b.oid not in alive:
+                alive[b.oid] = store.head(object_key(b.oid)) is not None
+        if all(alive[b.oid] for b in blobs):
+            out[digest] = blobs
+    return out
 
 
 def _remote_url(settings: Settings) -> str:
