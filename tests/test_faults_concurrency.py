@@ -11,13 +11,13 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 import crash
 import faultkit as fk
+import pytest
+from faultproxy import FaultProxy
+
 from cache_sync.history import History
 from cache_sync.sync import list_refs
-from faultproxy import FaultProxy
 
 WORKERS = 8
 
@@ -133,7 +133,7 @@ def test_two_processes_on_one_root(tmp_path, moto):
             waiter = ws.run("push", ok=False, env={**ws.env, "CACHE_SYNC_LOCK_TIMEOUT": "120"})
             assert waiter.returncode == 0, waiter.stderr
         finally:
-            out, err = first.communicate(timeout=120)
+            _out, err = first.communicate(timeout=120)
         assert first.returncode == 0, err
         # "up to date": the waiter ran only after the first push had committed everything
         assert "up to date" in waiter.stdout, waiter.stdout

@@ -19,12 +19,12 @@ import random
 import shutil
 import time
 
-import pytest
-
 import crash
 import faultkit as fk
-from cache_sync import sync
+import pytest
 from faultproxy import FaultProxy
+
+from cache_sync import sync
 
 # Kill points that must LAND per test (a kill that comes after the command finished does not
 # count; the loop tries up to 3x as often).

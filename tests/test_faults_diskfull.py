@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 import crash
 import faultkit as fk
+import pytest
 from smallfs import can_mount, fill, merge_pythonpath, small_fs
 
 MiB = 1 << 20
@@ -42,7 +41,7 @@ def _need_and_free(line: str) -> tuple[int, int]:
 
 @needs_mount
 def test_pull_that_cannot_fit_is_refused_with_the_numbers(tmp_path):
-    writer, want = _store_with(tmp_path, 31, big=12)  # ~9 MiB
+    writer, _want = _store_with(tmp_path, 31, big=12)  # ~9 MiB
     with small_fs(8 * MiB) as fs:
         reader = fk.Workspace(fs.path / "cache", writer.remote, writer.env)
         r = reader.run("pull", ok=False)

@@ -20,12 +20,12 @@ import tempfile
 import time
 from typing import Any
 
+import faultkit as fk
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import faultkit as fk
 from cache_sync.errors import FormatError
 from cache_sync.layout import new_snapshot_id
 from cache_sync.snapshot import Snapshot, decode

@@ -6,13 +6,13 @@ manifests, journal) or the store's objects."""
 
 from __future__ import annotations
 
-import pytest
-
 import faultkit as fk
 import leakcheck
-from cache_sync.cli.main import COMMANDS
+import pytest
 from faultproxy import FaultProxy
 from s3servers import free_port
+
+from cache_sync.cli.main import COMMANDS
 
 SECRETS = (leakcheck.FAKE_KEY_ID, leakcheck.FAKE_SECRET, leakcheck.FAKE_TOKEN)
 MODES = {"v": ["-v"], "vv": ["-vv"], "json": ["--json"], "json_vv": ["--json", "-vv"]}
@@ -87,7 +87,7 @@ def _matrix():
 
 @pytest.mark.parametrize("command,mode,fault", list(_matrix()))
 def test_no_secret_in_output(setup, command, mode, fault):
-    ws, proxy, client, bucket = setup
+    ws, proxy, _client, _bucket = setup
     _inject(proxy, fault)
     if command == "push":  # give push something to do
         (ws.area() / "changed.txt").write_text(f"{command} {mode} {fault}")
@@ -100,7 +100,7 @@ def test_no_secret_in_output(setup, command, mode, fault):
 
 
 def test_no_secret_in_cache_root_or_store(setup):
-    ws, proxy, client, bucket = setup
+    ws, _proxy, client, bucket = setup
     ws.run("-vv", "pull")
     assert leakcheck.scan_tree(ws.root, SECRETS) == []
     assert leakcheck.scan_bucket(client, bucket, SECRETS) == []
