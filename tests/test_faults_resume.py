@@ -5,6 +5,8 @@ must not name objects that no longer exist."""
 
 from __future__ import annotations
 
+import os
+
 import crash
 import faultkit as fk
 
@@ -34,3 +36,29 @@ def test_resumed_push_after_gc_of_its_orphans(tmp_path):
     fresh = ws.sibling("fresh")
     fresh.run("pull")
     assert crash.diff_trees(want, fresh.tree(), mtime=True) == []
+
+
+def test_push_from_a_state_whose_snapshot_gc_removed(tmp_path):
+    """Worker A pulled S1 long ago. Others moved on (deleting file x) and gc's retention
+    dropped S1 and x's object. A, still holding x, pushes: its snapshot must not name the
+    deleted object (it must upload x again), so the area stays pullable."""
+    a = fk.workspace(tmp_path, name="a")
+    # x.bin is chunked (> 64 KiB small-file limit): its objects hold nothing else
+    crash.write_tree(a.area(), {"x.bin": os.urandom(300_000), "keep.txt": b"k"})
+    a.run("push")  # S1
+    b = a.sibling("b")
+    b.run("pull")
+    (b.area() / "x.bin").unlink()
+    (b.area() / "b1.txt").write_text("b1")
+    b.run("push")  # S2
+    (b.area() / "b2.txt").write_text("b2")
+    b.run("push")  # S3
+    gc = b.run("gc", "--keep", "1", "--grace", "0")
+    assert "x.bin" not in gc.stdout
+    (a.area() / "a.txt").write_text("a's addition")
+    a.run("push")  # S4, parent S1 (gone)
+    fk.audit_store(a)
+    fresh = a.sibling("fresh")
+    fresh.run("pull")
+    got = fresh.tree()
+    assert "a.txt" in got and "b2.txt" in got
