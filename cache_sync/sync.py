@@ -395,7 +395,16 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     ensure_store(store)
     _check_deadline(deadline, f"push of {area}")
     known: dict[str, tuple] = {e.digest: e.blobs for e in (base or {}).values() if e.kind == "f"}
+    if state.based_on and not set(state.based_on) <= {r.id for r in list_refs(store, area)}:
+        # gc's retention removed the snapshot this cache was based on, and with it the
+        # objects only it named: reuse the base's blobs only where the object is still there.
+        known = _still_stored(store, known)
     known.update(_still_stored(store, cache.read_journal(area, store.url)))
+    # Files the index vouches for are not re-read; one whose blobs are no longer known (their
+    # objects were deleted) must be read and uploaded again.
+    queued = {i.path for i in tree.to_hash}
+    tree.to_hash += [local[p] for p, e in sorted(tree.entries.items()) if e.kind == "f"
+                     and e.size and e.digest and e.digest not in known and p not in queued]
     uploader = Uploader(store, settings.transfers, max_inflight=4,
                         on_stored=lambda m: cache.append_journal(area, store.url, m))
     packer = Packer(uploader, settings.pack_size, settings.chunk_size, settings.small_file)
@@ -444,10 +453,10 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
 
 
 def _still_stored(store: Store, journal: dict[str, tuple]) -> dict[str, tuple]:
-    """Journal entries whose objects still exist. The objects of a killed push are orphans
-    until a snapshot names them, and ``gc`` deletes orphans older than its grace period (a
-    network volume keeps the journal for days): reusing one that is gone would commit a
-    snapshot naming a missing object."""
+    """Entries (digest -> blobs) whose objects all still exist. The objects of a killed push
+    are orphans until a snapshot names them, and ``gc`` deletes orphans older than its grace
+    period (a network volume keeps the journal for days): reusing one that is gone would
+    commit a snapshot naming a missing object."""
     alive: dict[str, bool] = {}
     out = {}
     for digest, blobs in journal.items():
