@@ -62,3 +62,30 @@ def test_push_from_a_state_whose_snapshot_gc_removed(tmp_path):
     fresh.run("pull")
     got = fresh.tree()
     assert "a.txt" in got and "b2.txt" in got
+
+
+def test_deleted_file_stays_deleted_after_a_push_killed_past_its_commit(tmp_path, moto):
+    """Found by the long crash run. A push is killed after its snapshot PUT reached the store
+    but before the local state was saved: that snapshot S1 is a head nobody names. The next
+    push from the same root makes S1' (same content, parent S0). Later the file is deleted
+    and pushed (S2, parent S1'). Merging the heads S1 and S2 against their common ancestor S0
+    must not bring the deleted file back."""
+    from faultproxy import FaultProxy
+
+    bucket = moto.make_bucket()
+    with FaultProxy(moto.endpoint, seed=73, max_seconds=200) as proxy:
+        ws = fk.workspace(tmp_path, f"s3://{bucket}/cache",
+                          {**moto.env(), "CACHE_SYNC_ENDPOINT_URL": proxy.endpoint})
+        crash.write_tree(ws.area(), {"keep.txt": b"k"})
+        ws.run("push")  # S0
+        (ws.area() / "f.txt").write_text("added, then deleted")
+        r = crash.kill_at_request(ws.argv("push"), ws.env, proxy, 1, drop=False,
+                                  match=lambda m, p: m == "PUT" and "/snapshots/" in p)
+        assert r.killed
+        assert len(fk.snapshot_ids(ws)) == 2, "the snapshot PUT should have landed"
+        ws.run("push")  # S1'
+        (ws.area() / "f.txt").unlink()
+        ws.run("push")  # S2
+        fresh = ws.sibling("fresh")
+        fresh.run("pull")
+        assert "f.txt" not in fresh.tree(), "a deleted file came back"
