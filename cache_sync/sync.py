@@ -436,12 +436,22 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
         rep.snapshot = state.based_on[-1] if state.based_on else None
         return rep, store
     _check_deadline(deadline, f"push of {area}")
+    parents = tuple(state.based_on)
+    pending = cache.read_pending(area, store.url)
+    if pending:
+        # An earlier push from this root was killed after its snapshot reached the store but
+        # before the state was saved. Name that snapshot as a parent too: left as a head of
+        # its own, a later merge against an older common ancestor would undo this root's
+        # later deletions.
+        existing = {r.id for r in list_refs(store, area)}
+        parents += tuple(p for p in pending if p in existing and p not in parents)
     snap = Snapshot(
-        id=new_snapshot_id(), area=area, parents=tuple(state.based_on), entries=entries,
+        id=new_snapshot_id(), area=area, parents=parents, entries=entries,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=socket.gethostname(),
         tool=f"cache-sync {__version__}",
     )
     data = encode(snap)
+    cache.append_pending(area, store.url, snap.id)  # before the commit point: see above
     store.put(snapshot_key(area, snap.id, snap.parents), data)  # the commit point
     Manifests(store, cache).save(area, snap.id, data)
     cache.save_state(area, AreaState(store.url, (snap.id,), entries))
