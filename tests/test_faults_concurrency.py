@@ -91,7 +91,7 @@ def test_eight_workers_with_faults_and_no_conditional_writes(tmp_path, moto):
         proxy.add("reject_conditional")
         proxy.add("status", prob=0.06, status=500)
         proxy.add("status", method="PUT", prob=0.04, status=503, forward=True)
-        proxy.add("slowdown", prob=0.03, seconds=1)
+        proxy.add("slowdown", prob=0.03, seconds=1 if fk.long_mode() else 0)
         proxy.add("reset", method="GET", prob=0.04)
         proxy.add("truncate", method="GET", prob=0.04)
         proxy.add("delay", prob=0.05, seconds=0.3)

@@ -28,7 +28,7 @@ from cache_sync import sync
 
 # Kill points that must LAND per test (a kill that comes after the command finished does not
 # count; the loop tries up to 3x as often).
-FAST = {"push_local": 4, "push_proxy": 3, "pull_local": 3, "pull_proxy": 3}
+FAST = {"push_local": 3, "push_proxy": 3, "pull_local": 3, "pull_proxy": 3}
 LONG = {"push_local": 60, "push_proxy": 50, "pull_local": 50, "pull_proxy": 50}
 
 

@@ -116,9 +116,17 @@ CHUNK_DIGEST = pytest.mark.xfail(strict=True, reason="defect: chunked file diges
 XFAIL = {("chunks_swapped", "fresh"), ("wrong_hash_chunked", "fresh")}
 
 
+# Cases refused by the parser behave the same from both starting states; the default run
+# tries the fresh root only where content is fetched (long mode: every case both ways).
+FETCHING = ("size_", "raw_", "wrong_hash_", "chunks_", "missing_", "offset_", "bad_oid",
+            "unknown_codec", "mtime_", "link_chain", "negative_size")
+
+
 def _params():
     for name in sorted(CASES):
         for start in ("pulled", "fresh"):
+            if start == "fresh" and not fk.long_mode() and not name.startswith(FETCHING):
+                continue
             marks = [CHUNK_DIGEST] if (name, start) in XFAIL else []
             yield pytest.param(name, start, marks=marks, id=f"{name}-{start}")
 
