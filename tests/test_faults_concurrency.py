@@ -131,8 +131,10 @@ def test_two_processes_on_one_root(tmp_path, moto):
                 assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
             # Told to wait, a second process waits for the lock and then does its work.
             waiter = ws.run("push", ok=False, env={**ws.env, "CACHE_SYNC_LOCK_TIMEOUT": "120"})
-            assert first.poll() is not None, "the waiter did not wait for the first push"
+            # "up to date" proves it waited: it could only find nothing to push once the first
+            # push had committed (the first process may still be exiting at this instant).
             assert waiter.returncode == 0, waiter.stderr
+            assert "up to date" in waiter.stdout, waiter.stdout
         finally:
             out, err = first.communicate(timeout=120)
         assert first.returncode == 0, err
