@@ -165,13 +165,13 @@ def from_dict(doc: Any, *, what: str = "snapshot") -> Snapshot:
     if not isinstance(rows, list):
         raise FormatError(f"{what} has no entry list")
     entries = validate_rows(rows, what=what)
-    meta = {k: doc.get(k, "") for k in ("time", "host", "tool")}
+    meta = {k: str(doc.get(k, ""))[:200] for k in ("time", "host", "tool")}
     return Snapshot(
         id=snap_id,
         area=area,
         parents=tuple(parents),
         entries=entries,
-        **{k: str(v)[:200] for k, v in meta.items()},
+        time=meta["time"], host=meta["host"], tool=meta["tool"],
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import random
@@ -25,9 +26,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import zstandard
-from typing import Any
 
 from cache_sync.errors import (
     CacheSyncError,
@@ -160,7 +161,7 @@ class Fetcher:
         ranges, chunked = plan_ranges(entries)
         jobs: list[tuple[int, Callable[[], None]]] = []
         for r in ranges:
-            jobs.append((r.size, lambda r=r: self._retry(self._range, r)))
+            jobs.append((r.size, functools.partial(self._retry, self._range, r)))
         files: list[_Chunked] = []
         for e in chunked:
             cf = _Chunked(e, self._final(e))
@@ -168,8 +169,8 @@ class Fetcher:
             offset = 0
             for i, blob in enumerate(e.blobs):
                 cf.offsets.append(offset)
-                jobs.append((blob.stored, lambda cf=cf, b=blob, o=offset, i=i:
-                             self._retry(self._chunk, cf, b, o, i)))
+                jobs.append((blob.stored,
+                             functools.partial(self._retry, self._chunk, cf, blob, offset, i)))
                 offset += blob.raw
             cf.left = len(e.blobs)
         jobs.sort(key=lambda j: -j[0])  # big first: the long poles start early
