@@ -215,6 +215,28 @@ class CacheState:
         with open(self.journal_path(area), "a") as f:
             f.write(line + "\n")
 
+    # Snapshot ids this root is about to commit ({"remote", "snapshot"} lines in the journal):
+    # if the push dies after the PUT, the next push names the snapshot as a parent.
+    def append_pending(self, area: str, remote: str, snap_id: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.journal_path(area), "a") as f:
+            f.write(json.dumps({"remote": remote, "snapshot": snap_id}) + "\n")
+
+    def read_pending(self, area: str, remote: str) -> list[str]:
+        ids: list[str] = []
+        try:
+            with open(self.journal_path(area)) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        break  # torn last line of a killed push
+                    if rec.get("remote") == remote and isinstance(rec.get("snapshot"), str):
+                        ids.append(rec["snapshot"])
+        except FileNotFoundError:
+            pass
+        return ids
+
     def clear_journal(self, area: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.journal_path(area))

@@ -40,6 +40,7 @@ from cache_sync.layout import (
     SnapshotRef,
     area_prefix,
     new_snapshot_id,
+    object_key,
     parse_snapshot_key,
     snapshot_key,
 )
@@ -238,8 +239,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     free = free_bytes(area_dir)
     if need and need + RESERVE > free:
         raise DiskSpaceError(
-            f"pull of {area} needs {need + RESERVE:,} bytes ({need:,} of files plus a "
-            f"{RESERVE >> 20} MiB reserve) but {area_dir} has {free:,} free",
+            f"pull of {area} needs {need:,} bytes plus a {RESERVE >> 20} MiB reserve "
+            f"({need + RESERVE:,} in all) but {area_dir} has {free:,} free",
             hint="free space or point CACHE_SYNC_ROOT at a bigger disk",
         )
     fresh = dict(plan.keep)
@@ -394,7 +395,16 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     ensure_store(store)
     _check_deadline(deadline, f"push of {area}")
     known: dict[str, tuple] = {e.digest: e.blobs for e in (base or {}).values() if e.kind == "f"}
-    known.update(cache.read_journal(area, store.url))
+    if state.based_on and not set(state.based_on) <= {r.id for r in list_refs(store, area)}:
+        # gc's retention removed the snapshot this cache was based on, and with it the
+        # objects only it named: reuse the base's blobs only where the object is still there.
+        known = _still_stored(store, known)
+    known.update(_still_stored(store, cache.read_journal(area, store.url)))
+    # Files the index vouches for are not re-read; one whose blobs are no longer known (their
+    # objects were deleted) must be read and uploaded again.
+    queued = {i.path for i in tree.to_hash}
+    tree.to_hash += [local[p] for p, e in sorted(tree.entries.items()) if e.kind == "f"
+                     and e.size and e.digest and e.digest not in known and p not in queued]
     uploader = Uploader(store, settings.transfers, max_inflight=4,
                         on_stored=lambda m: cache.append_journal(area, store.url, m))
     packer = Packer(uploader, settings.pack_size, settings.chunk_size, settings.small_file)
@@ -426,12 +436,22 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
         rep.snapshot = state.based_on[-1] if state.based_on else None
         return rep, store
     _check_deadline(deadline, f"push of {area}")
+    parents = tuple(state.based_on)
+    pending = cache.read_pending(area, store.url)
+    if pending:
+        # An earlier push from this root was killed after its snapshot reached the store but
+        # before the state was saved. Name that snapshot as a parent too: left as a head of
+        # its own, a later merge against an older common ancestor would undo this root's
+        # later deletions.
+        existing = {r.id for r in list_refs(store, area)}
+        parents += tuple(p for p in pending if p in existing and p not in parents)
     snap = Snapshot(
-        id=new_snapshot_id(), area=area, parents=tuple(state.based_on), entries=entries,
+        id=new_snapshot_id(), area=area, parents=parents, entries=entries,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=socket.gethostname(),
         tool=f"cache-sync {__version__}",
     )
     data = encode(snap)
+    cache.append_pending(area, store.url, snap.id)  # before the commit point: see above
     store.put(snapshot_key(area, snap.id, snap.parents), data)  # the commit point
     Manifests(store, cache).save(area, snap.id, data)
     cache.save_state(area, AreaState(store.url, (snap.id,), entries))
@@ -440,6 +460,22 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     rep.heads = [snap.id]
     rep.seconds = time.monotonic() - t0
     return rep, store
+
+
+def _still_stored(store: Store, journal: dict[str, tuple]) -> dict[str, tuple]:
+    """Entries (digest -> blobs) whose objects all still exist. The objects of a killed push
+    are orphans until a snapshot names them, and ``gc`` deletes orphans older than its grace
+    period (a network volume keeps the journal for days): reusing one that is gone would
+    commit a snapshot naming a missing object."""
+    alive: dict[str, bool] = {}
+    out = {}
+    for digest, blobs in journal.items():
+        for b in blobs:
+            if b.oid not in alive:
+                alive[b.oid] = store.head(object_key(b.oid)) is not None
+        if all(alive[b.oid] for b in blobs):
+            out[digest] = blobs
+    return out
 
 
 def _remote_url(settings: Settings) -> str:

@@ -133,14 +133,20 @@ def count_files(top: str | os.PathLike) -> int:
 
 
 def kill_at_request(argv: Sequence[str], env: Mapping[str, str], proxy, n: int,
-                    timeout: float = 120, drop: bool = True) -> KillResult:
+                    timeout: float = 120, drop: bool = True,
+                    match: Callable[[str, str], bool] | None = None) -> KillResult:
     """Start ``argv`` (whose S3 endpoint is ``proxy``) and SIGKILL it when its n-th request
-    (1-based, counted from now) reaches the proxy. With ``drop`` the request is never
-    forwarded; without it the server still gets it after the client died."""
+    (1-based, counted from now; only requests ``match(method, path)`` accepts, when given)
+    reaches the proxy. With ``drop`` the request is never forwarded; without it the server
+    still gets it after the client died."""
     base = proxy.request_count
+    seen = [0]
 
     def arm(kill: Callable[[], None]) -> None:
         def hook(count: int, method: str, path: str) -> bool:
+            if match is not None:  # count only the requests ``match(method, path)`` accepts
+                seen[0] += bool(match(method, path))
+                count = base + seen[0]
             if count - base >= n:
                 proxy.on_request = None
                 kill()

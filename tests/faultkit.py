@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import crash
 import zstandard
 
-import crash
 from cache_sync.config import Settings
 from cache_sync.layout import object_key
 from cache_sync.local_cache import TMP_PREFIX

@@ -74,9 +74,8 @@ class Rule:
             return False
         if self.range is not None and ("range" in headers) != self.range:
             return False
-        if self.kind == "reject_conditional" and not any(h in headers for h in CONDITIONAL):
-            return False
-        return True
+        # reject_conditional only concerns requests that carry a conditional header
+        return self.kind != "reject_conditional" or any(h in headers for h in CONDITIONAL)
 
 
 @dataclass
@@ -186,7 +185,7 @@ class FaultProxy:
             t.join(5)
             self._server.server_close()
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> FaultProxy:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -254,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             if k.lower() not in HOP_BY_HOP | {"content-length", "date", "server"}:
                 self.send_header(k, v)
         length = len(up_body) if self.command != "HEAD" else int(
-            dict((k.lower(), v) for k, v in up_headers).get("content-length", 0))
+            {k.lower(): v for k, v in up_headers}.get("content-length", 0))
         self.send_header("Content-Length", str(length))
         self.end_headers()
         if self.command == "HEAD":

@@ -29,7 +29,7 @@ def _needles(secrets: Iterable[str]) -> list[str]:
     for s in secrets:
         for form in (s, urllib.parse.quote(s, safe=""), urllib.parse.quote_plus(s)):
             out.add(form)
-        for i in range(0, max(1, len(s) - FRAGMENT + 1)):
+        for i in range(max(1, len(s) - FRAGMENT + 1)):
             out.add(s[i:i + FRAGMENT])
     return sorted(out, key=len, reverse=True)
 

@@ -9,7 +9,6 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-
 from faultproxy import FaultProxy, fault_proxy
 from s3servers import S3Server
 

@@ -11,13 +11,13 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 import crash
 import faultkit as fk
+import pytest
+from faultproxy import FaultProxy
+
 from cache_sync.history import History
 from cache_sync.sync import list_refs
-from faultproxy import FaultProxy
 
 WORKERS = 8
 
@@ -131,15 +131,60 @@ def test_two_processes_on_one_root(tmp_path, moto):
                 assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
             # Told to wait, a second process waits for the lock and then does its work.
             waiter = ws.run("push", ok=False, env={**ws.env, "CACHE_SYNC_LOCK_TIMEOUT": "120"})
-            # "up to date" proves it waited: it could only find nothing to push once the first
-            # push had committed (the first process may still be exiting at this instant).
             assert waiter.returncode == 0, waiter.stderr
-            assert "up to date" in waiter.stdout, waiter.stdout
         finally:
-            out, err = first.communicate(timeout=120)
+            _out, err = first.communicate(timeout=120)
         assert first.returncode == 0, err
-        assert "up to date" in waiter.stdout  # the first push already stored everything
+        # "up to date": the waiter ran only after the first push had committed everything
+        assert "up to date" in waiter.stdout, waiter.stdout
     assert crash.diff_trees(want, ws.tree(), mtime=True) == []
     fresh = fk.workspace(tmp_path, ws.remote, moto.env(), name="fresh")
     fresh.run("pull")
     assert crash.diff_trees(want, fresh.tree(), mtime=True) == []
+
+
+@pytest.mark.skipif(not fk.long_mode(), reason="long mode: FAULTS_LONG=1 (8 real installs)")
+@pytest.mark.timeout(600)
+def test_eight_workers_install_packages_through_faults(tmp_path, moto):
+    """The issue's scenario with the real installer: eight workers pull, each runs
+    ``cache-sync install`` of a different local wheel (which pushes packages/ afterwards),
+    through the fault proxy with conditional writes unavailable; a final pull has every
+    package importable from packages/."""
+    from pkgindex import hermetic_env, make_wheel
+
+    bucket = moto.make_bucket()
+    wheels = [make_wheel(tmp_path / "wheels", f"fzpkg{i}", "1.0",
+                         {f"fzpkg{i}/__init__.py": f"VALUE = {i}\n"}) for i in range(WORKERS)]
+    seed = fk.workspace(tmp_path, f"s3://{bucket}/cache", moto.env(), name="seed")
+    fk.make_tree(seed.area(), 24, files=10, big=0)
+    seed.run("push")
+    errors: list[str] = []
+    with FaultProxy(moto.endpoint, seed=24, max_seconds=550) as proxy:
+        proxy.add("reject_conditional")
+        proxy.add("status", prob=0.05, status=500)
+        proxy.add("reset", method="GET", prob=0.04)
+
+        def work(i: int) -> None:
+            env = {**hermetic_env(tmp_path / f"h{i}"), **seed.env,
+                   "CACHE_SYNC_ENDPOINT_URL": proxy.endpoint, "CACHE_SYNC_RETRIES": "12"}
+            ws = fk.Workspace(tmp_path / f"worker{i}", seed.remote, env)
+            try:
+                ws.run("pull", timeout=300)
+                ws.run("install", "--attempts", "2", str(wheels[i]), timeout=300)
+            except (AssertionError, subprocess.TimeoutExpired) as exc:
+                errors.append(f"worker {i}: {exc}")
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [], "\n".join(errors)
+    assert proxy.conditional_requests() == []
+    final = seed.sibling("final")
+    final.run("pull")
+    for i in range(WORKERS):
+        init = final.area() / f"fzpkg{i}" / "__init__.py"
+        assert init.read_text() == f"VALUE = {i}\n", f"worker {i}'s package is missing"
+    fk.record("eight_workers_install", workers=WORKERS, requests=proxy.request_count,
+              **{f"fault_{k}": v for k, v in proxy.injected.items()})

@@ -14,15 +14,15 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 import crash
 import faultkit as fk
 import hostile
+import pytest
+
+from cache_sync import sync
 from cache_sync.cli.main import main
 from cache_sync.layout import STORE_KEY
 from cache_sync.snapshot import decode
-from cache_sync import sync
 from cache_sync.sync import list_refs
 
 OUTSIDE = "outside"
@@ -168,7 +168,7 @@ def test_damaged_object_names_object_and_file(template, tmp_path, capsys, how, c
     writer.run("push")
     want = writer.tree()
     new = decode(case.store.get(
-        [r for r in list_refs(case.store, fk.AREA) if r.id != case.head.id][0].key))
+        next(r for r in list_refs(case.store, fk.AREA) if r.id != case.head.id).key))
     victim = next(e for e in sorted(new.entries.values(), key=lambda e: e.path)
                   if e.path.startswith("new/") and e.kind == "f" and e.size
                   and (len(e.blobs) > 1) == chunked)
@@ -176,12 +176,12 @@ def test_damaged_object_names_object_and_file(template, tmp_path, capsys, how, c
     hostile.corrupt_object(case.store, oid, how)
     shutil.rmtree(writer.root)
     case.before = case.outside_view()
-    rc, out, err = case.pull(capsys)
+    rc, _out, err = case.pull(capsys)
     assert rc != 0
     line = err.strip()
     assert oid in line and (victim.path in line or "new/" in line), line
     crash.assert_no_partial(case.ws.area(), [case.area_before, want], is_temp=fk.is_temp)
-    for path, entry in case.area_before.items():
+    for path in case.area_before:
         got = case.ws.tree().get(path)
         assert got is not None, f"{path} was removed by a pull that failed"
     fk.record(f"damaged_object_{how}_{'chunked' if chunked else 'packed'}", hostile_inputs=1)
@@ -212,7 +212,7 @@ def test_merge_of_two_valid_heads_cannot_escape(template, tmp_path, capsys):
     b = hostile.add(doc, hostile.dir_row("x"), hostile.file_row(doc, "x/evil"))
     hostile.plant(case.store, fk.AREA, [case.head.id], a)
     hostile.plant(case.store, fk.AREA, [case.head.id], b)
-    rc, out, err = case.pull(capsys)
+    rc, _out, err = case.pull(capsys)
     assert "Traceback" not in err
     assert not (case.ws.area() / "pkg0" / "evil").exists(), "a file was written through a link"
     assert crash.diff_trees(case.before, case.outside_view()) == [] or rc == 0
@@ -226,7 +226,7 @@ def test_parent_cycle_does_not_hang(template, tmp_path, capsys):
     hostile.plant(case.store, fk.AREA, [b, case.head.id], hostile.edit(case.doc, lambda d: None),
                   snap_id=a)
     hostile.plant(case.store, fk.AREA, [a], hostile.edit(case.doc, lambda d: None), snap_id=b)
-    rc, out, err = case.pull(capsys)
+    _rc, _out, err = case.pull(capsys)
     assert "Traceback" not in err
     assert crash.diff_trees(case.area_before, case.ws.tree(), mtime=True) == []
 
@@ -254,7 +254,7 @@ def test_setuid_bits_are_not_planted(template, tmp_path, capsys):
     row = hostile.file_row(doc, "suid-tool")
     row[2] = 0o6755
     hostile.plant(case.store, fk.AREA, [case.head.id], hostile.add(doc, row))
-    rc, out, err = case.pull(capsys)
+    rc, _out, err = case.pull(capsys)
     assert "Traceback" not in err
     p = case.ws.area() / "suid-tool"
     if rc == 0:
@@ -275,3 +275,26 @@ def test_push_skips_links_that_escape_through_links(tmp_path):
     fresh.run("pull")
     got = fresh.tree()
     assert "t" not in got and got["ok"].digest == "c1" and got["c1/c2/up"].digest == "../.."
+
+
+@pytest.mark.skipif(not fk.long_mode(), reason="long mode: FAULTS_LONG=1 (allocates ~1 GiB)")
+@pytest.mark.xfail(strict=True, reason="defect: a 37 KB zstd bomb manifest costs ~1 GiB of RSS")
+def test_manifest_bomb_memory_is_bounded(template, tmp_path):
+    """A 37 KB manifest that decompresses to 1.1 GiB of whitespace: the pull must refuse it
+    without holding it in memory (issue 2: peak RSS under 300 MB)."""
+    import resource
+    import subprocess
+
+    import zstandard
+
+    case = Case(template, tmp_path / "case")
+    cobj = zstandard.ZstdCompressor(level=19).compressobj()
+    bomb = b"".join([cobj.compress(b" " * (64 << 20)) for _ in range(18)] + [cobj.flush()])
+    assert len(bomb) < 100_000
+    hostile.plant(case.store, fk.AREA, [case.head.id], bomb)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run(case.ws.argv("pull"), env=case.ws.env, capture_output=True, text=True,
+                       timeout=300)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert r.returncode == 5 and "larger than" in r.stderr, r.stderr
+    assert max(peak_kb, before) < 300 * 1024, f"peak RSS {peak_kb // 1024} MiB"

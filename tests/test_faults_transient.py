@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import crash
 import faultkit as fk
+import pytest
 from faultproxy import FaultProxy
 
 TRANSIENT = {
-    "status500": dict(kind="status", status=500),
-    "slowdown": dict(kind="slowdown", seconds=0),
-    "reset": dict(kind="reset", fraction=0.3),
-    "truncate": dict(kind="truncate", fraction=0.6),
-    "stall": dict(kind="stall", seconds=30, after_headers=True),
-    "corrupt": dict(kind="corrupt", range=None),
-    "delay": dict(kind="delay", seconds=0.5),
+    "status500": {"kind": "status", "status": 500},
+    "slowdown": {"kind": "slowdown", "seconds": 0},
+    "reset": {"kind": "reset", "fraction": 0.3},
+    "truncate": {"kind": "truncate", "fraction": 0.6},
+    "stall": {"kind": "stall", "seconds": 30, "after_headers": True},
+    "corrupt": {"kind": "corrupt", "range": None},
+    "delay": {"kind": "delay", "seconds": 0.5},
 }
 
 
@@ -39,7 +38,13 @@ def env(tmp_path, moto):
     proxy.stop()
 
 
-@pytest.mark.parametrize("name", sorted(TRANSIENT))
+def _long_only(names: list[str], long: set[str]) -> list:
+    """All names in long mode (FAULTS_LONG=1); the default run skips those in ``long``."""
+    return [pytest.param(n, marks=[] if fk.long_mode() or n not in long else
+                         [pytest.mark.skip(reason="long mode: FAULTS_LONG=1")]) for n in names]
+
+
+@pytest.mark.parametrize("name", _long_only(sorted(TRANSIENT), {"delay"}))
 def test_pull_survives_transient_faults(env, name):
     writer, reader, proxy = env
     rule = dict(TRANSIENT[name])
@@ -50,7 +55,9 @@ def test_pull_survives_transient_faults(env, name):
     fk.record(f"transient_pull_{name}", **{f"fault_{k}": v for k, v in proxy.injected.items()})
 
 
-@pytest.mark.parametrize("name", ["status500", "slowdown", "reset", "status500_after_forward"])
+@pytest.mark.parametrize("name", _long_only(["status500", "slowdown", "reset",
+                                             "status500_after_forward"],
+                                            {"status500", "slowdown"}))
 def test_push_survives_transient_faults(env, name):
     writer, reader, proxy = env
     reader.run("pull")
@@ -74,7 +81,7 @@ def test_push_survives_transient_faults(env, name):
 
 
 def test_retry_after_is_honoured(env):
-    writer, reader, proxy = env
+    _writer, reader, proxy = env
     proxy.add("slowdown", method="GET", key="/objects/", seconds=2, times=1)
     t0 = time.monotonic()
     reader.run("pull")
@@ -84,7 +91,7 @@ def test_retry_after_is_honoured(env):
 
 @pytest.mark.parametrize("status,word", [(403, "denied"), (404, "not found")])
 def test_permanent_fault_fails_fast_naming_the_object(env, status, word):
-    writer, reader, proxy = env
+    _writer, reader, proxy = env
     proxy.add("status", method="GET", key="/objects/", status=status)
     t0 = time.monotonic()
     r = reader.run("pull", ok=False, timeout=120)

@@ -9,11 +9,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-import zstandard
-
 import crash
 import leakcheck
+import pytest
+import zstandard
 from faultproxy import fault_proxy
 from smallfs import merge_pythonpath, small_fs
 

@@ -11,7 +11,6 @@ import builtins
 import errno
 import io
 import os
-import shutil
 import threading
 
 _DIR = os.environ.get("FAULTS_ENOSPC_DIR")
