@@ -190,7 +190,7 @@ class Settings:
             raise ConfigError(f"{missing} is not set", hint="set both B2 key variables, or neither")
 
         areas_raw = pick("areas", "areas")
-        areas = DEFAULT_AREAS
+        areas: tuple[str, ...] = DEFAULT_AREAS
         if areas_raw:
             areas = tuple(a.strip() for a in areas_raw.split(",") if a.strip())
             for area in areas:

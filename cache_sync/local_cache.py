@@ -191,51 +191,44 @@ class CacheState:
     def journal_path(self, area: str) -> Path:
         return self.dir / f"{area}.journal"
 
-    def read_journal(self, area: str, remote: str) -> dict[str, tuple[Blob, ...]]:
-        known: dict[str, tuple[Blob, ...]] = {}
+    def _records(self, area: str, remote: str) -> Iterator[dict[str, Any]]:
+        """The journal's records for ``remote``, up to a torn last line of a killed push."""
         try:
             with open(self.journal_path(area)) as f:
                 for line in f:
                     try:
                         rec = json.loads(line)
                     except ValueError:
-                        break  # torn last line of a killed push
-                    if rec.get("remote") != remote:
-                        continue
-                    for digest, blobs in rec.get("blobs", {}).items():
-                        known[digest] = tuple(Blob(*b) for b in blobs)
+                        return
+                    if isinstance(rec, dict) and rec.get("remote") == remote:
+                        yield rec
         except FileNotFoundError:
-            pass
+            return
+
+    def _append(self, area: str, record: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.journal_path(area), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_journal(self, area: str, remote: str) -> dict[str, tuple[Blob, ...]]:
+        known: dict[str, tuple[Blob, ...]] = {}
+        for rec in self._records(area, remote):
+            for digest, blobs in rec.get("blobs", {}).items():
+                known[digest] = tuple(Blob(*b) for b in blobs)
         return known
 
     def append_journal(self, area: str, remote: str, blobs: dict[str, list[Blob]]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"remote": remote, "blobs": {d: [list(b) for b in bl]
-                                                       for d, bl in blobs.items()}})
-        with open(self.journal_path(area), "a") as f:
-            f.write(line + "\n")
+        self._append(area, {"remote": remote,
+                            "blobs": {d: [list(b) for b in bl] for d, bl in blobs.items()}})
 
     # Snapshot ids this root is about to commit ({"remote", "snapshot"} lines in the journal):
     # if the push dies after the PUT, the next push names the snapshot as a parent.
     def append_pending(self, area: str, remote: str, snap_id: str) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.journal_path(area), "a") as f:
-            f.write(json.dumps({"remote": remote, "snapshot": snap_id}) + "\n")
+        self._append(area, {"remote": remote, "snapshot": snap_id})
 
     def read_pending(self, area: str, remote: str) -> list[str]:
-        ids: list[str] = []
-        try:
-            with open(self.journal_path(area)) as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        break  # torn last line of a killed push
-                    if rec.get("remote") == remote and isinstance(rec.get("snapshot"), str):
-                        ids.append(rec["snapshot"])
-        except FileNotFoundError:
-            pass
-        return ids
+        return [r["snapshot"] for r in self._records(area, remote)
+                if isinstance(r.get("snapshot"), str)]
 
     def clear_journal(self, area: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -102,21 +102,21 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
     fetching: dict[str, Entry] = {}
     for path in sorted(target):
         t = target[path]
-        item = local.get(path)
+        cur: LocalItem | None = local.get(path)
         gone = path in removing or any(a in removing for a in _ancestors(path))
         if gone:
-            item = None
+            cur = None
         if t.kind == "d":
             plan.dirs.append(t)
-            if item is None:
+            if cur is None:
                 plan.mkdirs.append(t)
         elif t.kind == "l":
-            if item is None or item.target != t.target or item.mtime_ns != t.mtime_ns:
+            if cur is None or cur.target != t.target or cur.mtime_ns != t.mtime_ns:
                 plan.links.append(t)
         else:
-            digest = known_digest(item, index)
+            digest = known_digest(cur, index)
             if digest == t.digest:
-                if item is not None and (item.mode != t.mode or item.mtime_ns != t.mtime_ns):
+                if cur is not None and (cur.mode != t.mode or cur.mtime_ns != t.mtime_ns):
                     plan.meta.append(t)
                 continue
             plan.keep.pop(path, None)
@@ -126,7 +126,7 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
                 plan.dups.setdefault(t.digest, []).append(t)
             elif t.digest in have and have[t.digest] != path:
                 plan.copies.append((t, have[t.digest]))
-            elif item is not None and item.kind == "f" and item.size == t.size and digest is None:
+            elif cur is not None and cur.kind == "f" and cur.size == t.size and digest is None:
                 plan.check.append(t)  # probably ours already: hash it before downloading
             else:
                 fetching[t.digest] = t

@@ -32,6 +32,7 @@ CODEC_RAW = 0
 CODEC_ZSTD = 1
 MAX_MANIFEST_BYTES = 1 << 30  # decompressed; a bigger manifest is refused, not parsed
 MAX_PATH = 4096
+SPECIAL_BITS = 0o6000  # setuid, setgid
 MAX_DEPTH = 256
 
 
@@ -164,13 +165,13 @@ def from_dict(doc: Any, *, what: str = "snapshot") -> Snapshot:
     if not isinstance(rows, list):
         raise FormatError(f"{what} has no entry list")
     entries = validate_rows(rows, what=what)
-    meta = {k: doc.get(k, "") for k in ("time", "host", "tool")}
+    meta = {k: str(doc.get(k, ""))[:200] for k in ("time", "host", "tool")}
     return Snapshot(
         id=snap_id,
         area=area,
         parents=tuple(parents),
         entries=entries,
-        **{k: str(v)[:200] for k, v in meta.items()},
+        time=meta["time"], host=meta["host"], tool=meta["tool"],
     )
 
 
@@ -191,6 +192,9 @@ def _parse_row(row: Any, what: str) -> Entry:
         raise bad
     if not 0 <= mode <= 0o7777:
         raise bad
+    # setuid/setgid bits are never planted (cache-sync often runs as root in a container);
+    # dropping them here keeps the local tree equal to the state, so no push churns on it.
+    mode &= ~SPECIAL_BITS
     check_path(path, what)
     if kind == "d" and len(row) == 4:
         return Entry(path, "d", mode, mtime)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import random
@@ -25,12 +26,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import zstandard
 
 from cache_sync.errors import (
     CacheSyncError,
     DiskSpaceError,
+    FormatError,
     IntegrityError,
     TransientStorageError,
 )
@@ -74,13 +77,35 @@ class _Range:
 
 @dataclass
 class _Chunked:
+    """A chunked file being assembled. Its chunks land in any order; the whole-file SHA-256
+    is computed in file order as soon as the next chunk is in (reading it back from the page
+    cache while later chunks still download), and checked before the rename."""
+
     entry: Entry
     final: str
     tmp: str = ""
     fd: int = -1
     left: int = 0
-    failed: bool = False
+    offsets: list[int] = field(default_factory=list)  # file offset of each chunk, in order
+    landed: set[int] = field(default_factory=set)
+    hashed: int = 0  # chunks folded into the hasher so far
+    hasher: Any = field(default_factory=hashlib.sha256)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fold(self) -> None:
+        """Hash every chunk that is next in file order and already on disk (lock held)."""
+        while self.hashed in self.landed:
+            start = self.offsets[self.hashed]
+            end = (self.offsets[self.hashed + 1] if self.hashed + 1 < len(self.offsets)
+                   else self.entry.size)
+            pos = start
+            while pos < end:
+                data = os.pread(self.fd, min(READ * 4, end - pos), pos)
+                if not data:
+                    break
+                self.hasher.update(data)
+                pos += len(data)
+            self.hashed += 1
 
 
 def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
@@ -136,15 +161,16 @@ class Fetcher:
         ranges, chunked = plan_ranges(entries)
         jobs: list[tuple[int, Callable[[], None]]] = []
         for r in ranges:
-            jobs.append((r.size, lambda r=r: self._retry(self._range, r)))
+            jobs.append((r.size, functools.partial(self._retry, self._range, r)))
         files: list[_Chunked] = []
         for e in chunked:
             cf = _Chunked(e, self._final(e))
             files.append(cf)
             offset = 0
-            for blob in e.blobs:
+            for i, blob in enumerate(e.blobs):
+                cf.offsets.append(offset)
                 jobs.append((blob.stored,
-                             lambda cf=cf, b=blob, o=offset: self._retry(self._chunk, cf, b, o)))
+                             functools.partial(self._retry, self._chunk, cf, blob, offset, i)))
                 offset += blob.raw
             cf.left = len(e.blobs)
         jobs.sort(key=lambda j: -j[0])  # big first: the long poles start early
@@ -260,7 +286,7 @@ class Fetcher:
                 os.unlink(cf.tmp)
             cf.tmp = ""
 
-    def _chunk(self, cf: _Chunked, blob: Blob, file_off: int) -> None:
+    def _chunk(self, cf: _Chunked, blob: Blob, file_off: int, index: int) -> None:
         e = cf.entry
         if blob.offset != 0:
             raise IntegrityError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
@@ -304,9 +330,19 @@ class Fetcher:
                 "match its SHA-256"
             )
         with cf.lock:
+            if index in cf.landed:  # a retried chunk that had landed already
+                return
+            cf.landed.add(index)
+            cf.fold()
             cf.left -= 1
             last = cf.left == 0
         if last:
+            if cf.hasher.hexdigest() != e.digest:
+                # Every chunk matched its object id, so this is the manifest lying (chunks
+                # swapped, wrong digest): permanent, not retried.
+                raise FormatError(
+                    f"snapshot entry {e.path!r}: its chunks do not add up to its SHA-256 "
+                    "(chunks swapped, or the entry's hash is wrong); nothing was put in place")
             self._finish_chunked(cf)
 
     def _finish_chunked(self, cf: _Chunked) -> None:

@@ -113,7 +113,7 @@ CASES = hostile.cases("/OUTSIDE")  # names only; the real outside path is bound 
 # digest. Fixing it costs a re-read + hash of every large file (~460 MB/s here) or a format
 # change; strict xfail so the fix flips these to failures to be cleaned up.
 CHUNK_DIGEST = pytest.mark.xfail(strict=True, reason="defect: chunked file digest unchecked")
-XFAIL = {("chunks_swapped", "fresh"), ("wrong_hash_chunked", "fresh")}
+XFAIL: set[tuple[str, str]] = set()  # fixed: chunked files are now hashed whole
 
 
 # Cases refused by the parser behave the same from both starting states; the default run
@@ -254,7 +254,6 @@ def test_hostile_through_the_subprocess(template, tmp_path, name):
     assert crash.diff_trees(case.area_before, case.ws.tree(), mtime=True) == []
 
 
-@pytest.mark.xfail(strict=True, reason="defect: pull applies setuid/setgid bits from the store")
 def test_setuid_bits_are_not_planted(template, tmp_path, capsys):
     """A snapshot asking for setuid/setgid executables (cache-sync often runs as root in a
     container): the pull must refuse them or drop those bits."""

@@ -22,7 +22,7 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(6))  # the fault suite adds 200+ kill points
 def test_push_killed_anywhere_leaves_previous_snapshot_pullable(tmp_path, seed):
     """SIGKILL a push at a random instant: the previous snapshot still pulls byte for byte,
     and the next push completes (and converges)."""

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cache_sync import __version__
 from cache_sync.cli.output import Output
@@ -29,7 +30,7 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as argparse does, plus a hint
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, as argparse does, plus a hint
         self.exit(EXIT_USAGE, f"cache-sync: error: {message} (see 'cache-sync --help')\n")
 
 

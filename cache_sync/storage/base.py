@@ -5,7 +5,7 @@ it translates its own failures into ``cache_sync.errors`` (permanent vs transien
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,7 +45,7 @@ class Store(ABC):
         """Every key under ``prefix``, in no particular order."""
 
     @abstractmethod
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: Sequence[str]) -> None:
         """Delete keys; absent keys are not an error."""
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -55,5 +55,5 @@ class Store(ABC):
                 return info
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from cache_sync.errors import AccessDenied, DiskSpaceError, ObjectNotFound, StorageError
 from cache_sync.storage.base import ObjectInfo, Readable, Store
@@ -101,7 +101,7 @@ class LocalStore(Store):
                     continue
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             try:
                 os.unlink(self._path(key))

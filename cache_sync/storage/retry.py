@@ -5,7 +5,7 @@ object, bad request) fail at once."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
@@ -74,7 +74,7 @@ class RetryingStore(Store):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         return iter(self.call(lambda: list(self.inner.list(prefix))))
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: Sequence[str]) -> None:
         self.call(lambda: self.inner.delete(keys))
 
     def head(self, key: str) -> ObjectInfo | None:

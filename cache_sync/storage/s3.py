@@ -8,7 +8,7 @@ S3-compatible stores reject.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -215,7 +215,7 @@ class S3Store(Store):
                 return
             token = resp.get("NextContinuationToken")
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: Sequence[str]) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": self._k(k)} for k in keys[i : i + 1000]]
             try:
