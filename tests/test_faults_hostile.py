@@ -107,15 +107,6 @@ def _env(monkeypatch):
 CASES = hostile.cases("/OUTSIDE")  # names only; the real outside path is bound per case
 
 
-# Known engine defects, reported to the lead (docs/faults.md "Defects"): a chunked file's
-# whole-file SHA-256 is never checked on pull (each chunk is checked against its object id),
-# so a snapshot whose chunk list and digest disagree places bytes that do not match the
-# digest. Fixing it costs a re-read + hash of every large file (~460 MB/s here) or a format
-# change; strict xfail so the fix flips these to failures to be cleaned up.
-CHUNK_DIGEST = pytest.mark.xfail(strict=True, reason="defect: chunked file digest unchecked")
-XFAIL: set[tuple[str, str]] = set()  # fixed: chunked files are now hashed whole
-
-
 # Cases refused by the parser behave the same from both starting states; the default run
 # tries the fresh root only where content is fetched (long mode: every case both ways).
 FETCHING = ("size_", "raw_", "wrong_hash_", "chunks_", "missing_", "offset_", "bad_oid",
@@ -127,8 +118,7 @@ def _params():
         for start in ("pulled", "fresh"):
             if start == "fresh" and not fk.long_mode() and not name.startswith(FETCHING):
                 continue
-            marks = [CHUNK_DIGEST] if (name, start) in XFAIL else []
-            yield pytest.param(name, start, marks=marks, id=f"{name}-{start}")
+            yield pytest.param(name, start, id=f"{name}-{start}")
 
 
 @pytest.mark.parametrize("name,start", list(_params()))
