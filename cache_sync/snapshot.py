@@ -30,7 +30,9 @@ from cache_sync.layout import FORMAT_VERSION, is_oid, is_snapshot_id
 KIND = "cache-sync-snapshot"
 CODEC_RAW = 0
 CODEC_ZSTD = 1
-MAX_MANIFEST_BYTES = 1 << 30  # decompressed; a bigger manifest is refused, not parsed
+# Decompressed manifest cap: ~150 bytes an entry, so ~800,000 files. A bigger one (or a
+# zstd bomb) is refused after reading at most this much, never held whole.
+MAX_MANIFEST_BYTES = 128 << 20
 MAX_PATH = 4096
 SPECIAL_BITS = 0o6000  # setuid, setgid
 MAX_DEPTH = 256
@@ -127,14 +129,21 @@ def encode_entries(entries: Iterable[Entry]) -> list[list[Any]]:
 
 def decode(data: bytes, *, what: str = "snapshot") -> Snapshot:
     """Parse and validate a manifest. Raises FormatError naming ``what`` on anything wrong."""
+    too_big = FormatError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse")
     try:
-        dctx = zstandard.ZstdDecompressor()
-        reader = dctx.stream_reader(data)
-        raw = reader.read(MAX_MANIFEST_BYTES + 1)
+        declared = zstandard.frame_content_size(data)
+        if declared > MAX_MANIFEST_BYTES:
+            raise too_big
+        reader = zstandard.ZstdDecompressor().stream_reader(data)
+        buf = bytearray()
+        while piece := reader.read(8 << 20):
+            buf += piece
+            if len(buf) > MAX_MANIFEST_BYTES:
+                raise too_big
+        raw = bytes(buf)
+        del buf
     except zstandard.ZstdError as exc:
         raise FormatError(f"{what} is not valid zstd data ({exc})") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse")
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:

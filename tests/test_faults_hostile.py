@@ -276,7 +276,6 @@ def test_push_skips_links_that_escape_through_links(tmp_path):
 
 
 @pytest.mark.skipif(not fk.long_mode(), reason="long mode: FAULTS_LONG=1 (allocates ~1 GiB)")
-@pytest.mark.xfail(strict=True, reason="defect: a 37 KB zstd bomb manifest costs ~1 GiB of RSS")
 def test_manifest_bomb_memory_is_bounded(template, tmp_path):
     """A 37 KB manifest that decompresses to 1.1 GiB of whitespace: the pull must refuse it
     without holding it in memory (issue 2: peak RSS under 300 MB)."""
