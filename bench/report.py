@@ -130,7 +130,8 @@ def render(records: list[dict], meta: dict, peers: set[str]) -> str:
             lines.append("")
     lines += ["## Tuning", ""] + [f"- {k}: {v}" for k, v in meta.get("tuning", {}).items()]
     if meta.get("measured_rtt_ms"):
-        lines.append(f"- latency proxy: TCP connect + one HTTP request (2 round trips) took {meta["measured_rtt_ms"]} ms")
+        lines.append("- latency proxy: TCP connect + one HTTP request (2 round trips) took "
+                     f"{meta['measured_rtt_ms']} ms (by RTT setting)")
     lines += ["", "## Targets (issue 5)", ""] + targets(summ, meta) + [""]
     return "\n".join(lines)
 
