@@ -84,6 +84,17 @@ def _tiny_packages(target: Path) -> None:
     os.rename(tmp, target)
 
 
+def _tiny_extra(target: Path) -> None:
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "extra_pkg").mkdir(parents=True)
+    for i in range(5):
+        (tmp / "extra_pkg" / f"m{i}.py").write_bytes(os.urandom(2000 + i))
+    (tmp / "extra_pkg-1.0.dist-info").mkdir()
+    (tmp / "extra_pkg-1.0.dist-info" / "METADATA").write_text("Name: extra_pkg\n")
+    os.rename(tmp, target)
+
+
 def _write_random(path: Path, size: int) -> str:
     """Random (incompressible, like real weights) bytes; returns their sha256."""
     h = hashlib.sha256()
@@ -133,13 +144,17 @@ def build_pieces(data_dir: Path, size: str) -> Pieces:
     pieces.mkdir(parents=True, exist_ok=True)
     packages = pieces / f"packages-{size}"
     models = pieces / f"models-{size}"
-    extra = pieces / "extra-package"
+    # tiny stays offline (no pip at all) so the smoke test is hermetic and fast.
+    extra = pieces / ("extra-package-tiny" if size == "tiny" else "extra-package")
     if not packages.exists():
         _tiny_packages(packages) if size == "tiny" else _pip_target(packages, PACKAGES[size])
     if not models.exists():
         _hf_models(models, BLOB_BYTES[size])
     if not extra.exists():
-        _pip_target(extra, ["--no-deps", EXTRA_PACKAGE])
+        if size == "tiny":
+            _tiny_extra(extra)
+        else:
+            _pip_target(extra, ["--no-deps", EXTRA_PACKAGE])
     return Pieces(packages, models, extra)
 
 
