@@ -98,6 +98,8 @@ class Settings:
     areas: tuple[str, ...] = DEFAULT_AREAS
     transfers: int = 16
     retries: int = 5
+    retry_base: float = 0.2
+    retry_max: float = 20.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     pack_size: int = 16 * MiB
@@ -203,6 +205,8 @@ class Settings:
             areas=areas,
             transfers=num("transfers", _parse_int, 16, minimum=1),
             retries=num("retries", _parse_int, 5, minimum=1),
+            retry_base=num("retry_base", _parse_float, 0.2),
+            retry_max=num("retry_max", _parse_float, 20.0),
             connect_timeout=num("connect_timeout", _parse_float, 10.0, minimum=0.1),
             read_timeout=num("read_timeout", _parse_float, 60.0, minimum=0.1),
             pack_size=num("pack_size", _parse_size, 16 * MiB),

@@ -49,7 +49,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     g.add_argument("--endpoint-url", help="S3 endpoint [CACHE_SYNC_ENDPOINT_URL, AWS_ENDPOINT_URL]")
     g.add_argument("--region", help="S3 region [CACHE_SYNC_REGION, AWS_REGION, B2_REGION]")
     g.add_argument("--profile", help="AWS profile [CACHE_SYNC_PROFILE, AWS_PROFILE]")
-    g.add_argument("--areas", help="comma-separated areas [CACHE_SYNC_AREAS]")
+    g.add_argument("--areas", dest="areas_opt", help="comma-separated areas [CACHE_SYNC_AREAS]")
     g.add_argument("--transfers", type=int, help="parallel requests [CACHE_SYNC_TRANSFERS]")
     g.add_argument("--json", action="store_true", default=None, help="machine output")
     g.add_argument("-v", "--verbose", action="count", default=None, help="more detail")
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoint_url=args.endpoint_url,
             region=args.region,
             profile=args.profile,
-            areas=args.areas,
+            areas=args.areas_opt,
             transfers=args.transfers,
             json=args.json,
             verbose=args.verbose,

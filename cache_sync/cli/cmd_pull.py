@@ -1,0 +1,19 @@
+"""cache-sync pull [AREA...]: restore the current state of each area from the store."""
+
+from __future__ import annotations
+
+from cache_sync import sync
+from cache_sync.cli._sync_common import report
+
+NAME = "pull"
+HELP = "restore areas from the store (merging concurrent pushes)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("areas", nargs="*", metavar="AREA", help="areas (default: all configured)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be fetched")
+
+
+def run(args, settings, out) -> int:
+    report(out, NAME, sync.pull(settings, args.areas, dry_run=args.dry_run))
+    return 0

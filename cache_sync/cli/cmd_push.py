@@ -1,0 +1,24 @@
+"""cache-sync push [AREA...]: send local changes as a new immutable snapshot."""
+
+from __future__ import annotations
+
+import time
+
+from cache_sync import sync
+from cache_sync.cli._sync_common import report
+
+NAME = "push"
+HELP = "send local changes to the store as new snapshots"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("areas", nargs="*", metavar="AREA", help="areas (default: all configured)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be read and sent")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="give up after S seconds, leaving the store consistent")
+
+
+def run(args, settings, out) -> int:
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    report(out, NAME, sync.push(settings, args.areas, dry_run=args.dry_run, deadline=deadline))
+    return 0

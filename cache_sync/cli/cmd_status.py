@@ -1,0 +1,38 @@
+"""cache-sync status [AREA...]: local vs remote snapshot, pending transfers, free disk."""
+
+from __future__ import annotations
+
+from cache_sync import maintenance
+from cache_sync.cli.output import human_bytes
+
+NAME = "status"
+HELP = "show local and remote snapshots, what pull/push would transfer, free disk"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("areas", nargs="*", metavar="AREA")
+
+
+def _ids(ids: list[str]) -> str:
+    return "+".join(ids) if ids else "-"
+
+
+def run(args, settings, out) -> int:
+    data = maintenance.status(settings, args.areas)
+    rows = []
+    for a in data["areas"]:
+        pull = a["pull"]
+        push = a["push"]
+        rows.append([
+            a["area"], _ids(a["local"]), _ids(a["remote"]),
+            "yes" if a["in_sync"] else "no",
+            f"{pull['fetch_files']} files {human_bytes(pull['fetch_bytes'])}",
+            (f"{push['files_to_read']} files {human_bytes(push['bytes_to_read'])}"
+             if push["changed"] else "nothing"),
+        ])
+    text = (f"root   {data['root']} ({human_bytes(data['free_bytes'])} free)\n"
+            f"remote {data['remote']}\n\n"
+            + out.table(["area", "local", "remote", "in sync", "pull would fetch",
+                         "push would read"], rows))
+    out.result(data, text)
+    return 0

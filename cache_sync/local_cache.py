@@ -1,0 +1,224 @@
+"""The on-disk cache: scanning an area, the stat index, per-area state, the lock, and atomic
+file writes. Layout under the cache root::
+
+    <area>/...                          the synced trees
+    .cache-sync/lock                    flock'd by the running cache-sync process
+    .cache-sync/<area>.state.zst        what the area was last synced to (ids + entries)
+    .cache-sync/<area>.index.zst        path -> (size, mtime_ns, ino, ctime_ns, sha256)
+    .cache-sync/<area>.journal          objects uploaded by an unfinished push (resume)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from cache_sync.errors import DiskSpaceError, LockedError
+from cache_sync.snapshot import Blob, Entry, validate_rows
+
+TMP_PREFIX = ".cs-tmp-"
+
+
+@dataclass(slots=True)
+class LocalItem:
+    path: str
+    kind: str  # f d l
+    mode: int
+    mtime_ns: int
+    size: int
+    ino: int
+    ctime_ns: int
+    target: str = ""
+
+    def stat_key(self) -> list[int]:
+        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
+
+
+def item_from_stat(rel: str, st: os.stat_result, target: str = "") -> LocalItem:
+    if stat.S_ISDIR(st.st_mode):
+        kind = "d"
+    elif stat.S_ISLNK(st.st_mode):
+        kind = "l"
+    else:
+        kind = "f"
+    return LocalItem(rel, kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                     st.st_size if kind == "f" else 0, st.st_ino, st.st_ctime_ns, target)
+
+
+def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
+    """Every directory, regular file and symlink below ``area_dir`` (lstat only: no file is
+    opened, symlinks are never followed). Leftover temporary files of a killed pull are
+    removed when ``clean_tmp``."""
+    items: dict[str, LocalItem] = {}
+    if not area_dir.is_dir():
+        return items
+    stack = [("", str(area_dir))]
+    while stack:
+        rel_dir, abs_dir = stack.pop()
+        try:
+            it = os.scandir(abs_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for de in it:
+                name = de.name
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if name.startswith(TMP_PREFIX):
+                    if clean_tmp:
+                        with contextlib.suppress(OSError):
+                            os.unlink(de.path)
+                    continue
+                st = de.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    items[rel] = item_from_stat(rel, st)
+                    stack.append((rel, de.path))
+                elif stat.S_ISREG(mode):
+                    items[rel] = item_from_stat(rel, st)
+                elif stat.S_ISLNK(mode):
+                    items[rel] = item_from_stat(rel, st, os.readlink(de.path))
+                # sockets, fifos, devices: not part of a cache, skipped
+    return items
+
+
+# --- small atomic helpers ------------------------------------------------------------------
+def tmp_name(directory: str) -> str:
+    return os.path.join(directory, TMP_PREFIX + os.urandom(8).hex())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(str(path.parent))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise DiskSpaceError(f"no space left writing {path}") from None
+        raise
+
+
+def _dump(obj: Any) -> bytes:
+    return zstandard.ZstdCompressor(level=1).compress(json.dumps(obj).encode())
+
+
+def _load(path: Path) -> Any | None:
+    try:
+        raw = path.read_bytes()
+        return json.loads(zstandard.ZstdDecompressor().stream_reader(raw).read())
+    except FileNotFoundError:
+        return None
+    except (ValueError, zstandard.ZstdError, OSError):
+        return None  # a damaged state file only costs a re-hash, never wrong data
+
+
+# --- per-area state ----------------------------------------------------------------------
+@dataclass
+class AreaState:
+    remote: str = ""
+    based_on: tuple[str, ...] = ()
+    entries: dict[str, Entry] | None = None  # None: never synced with this remote
+
+
+class CacheState:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / ".cache-sync"
+
+    def load_state(self, area: str, remote: str) -> AreaState:
+        doc = _load(self.dir / f"{area}.state.zst")
+        if not isinstance(doc, dict) or doc.get("remote") != remote:
+            return AreaState(remote=remote)
+        try:
+            entries = validate_rows(doc.get("entries", []), what="local state")
+        except Exception:
+            return AreaState(remote=remote)
+        return AreaState(remote, tuple(doc.get("based_on", ())), entries)
+
+    def save_state(self, area: str, st: AreaState) -> None:
+        rows = [e.to_row() for e in sorted((st.entries or {}).values(), key=lambda e: e.path)]
+        doc = {"remote": st.remote, "based_on": list(st.based_on), "entries": rows}
+        write_atomic(self.dir / f"{area}.state.zst", _dump(doc))
+
+    def load_index(self, area: str) -> dict[str, list[Any]]:
+        doc = _load(self.dir / f"{area}.index.zst")
+        return doc if isinstance(doc, dict) else {}
+
+    def save_index(self, area: str, index: dict[str, list[Any]]) -> None:
+        write_atomic(self.dir / f"{area}.index.zst", _dump(index))
+
+    # The journal: one JSON line per uploaded object, naming the digests it holds.
+    def journal_path(self, area: str) -> Path:
+        return self.dir / f"{area}.journal"
+
+    def read_journal(self, area: str, remote: str) -> dict[str, tuple[Blob, ...]]:
+        known: dict[str, tuple[Blob, ...]] = {}
+        try:
+            with open(self.journal_path(area)) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        break  # torn last line of a killed push
+                    if rec.get("remote") != remote:
+                        continue
+                    for digest, blobs in rec.get("blobs", {}).items():
+                        known[digest] = tuple(Blob(*b) for b in blobs)
+        except FileNotFoundError:
+            pass
+        return known
+
+    def append_journal(self, area: str, remote: str, blobs: dict[str, list[Blob]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"remote": remote, "blobs": {d: [list(b) for b in bl]
+                                                       for d, bl in blobs.items()}})
+        with open(self.journal_path(area), "a") as f:
+            f.write(line + "\n")
+
+    def clear_journal(self, area: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path(area))
+
+
+# --- the lock ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def cache_lock(root: Path, timeout: float = 0.0) -> Iterator[None]:
+    """One cache-sync process per cache root. A second one waits up to ``timeout`` seconds
+    and then refuses with the holder's pid; the lock dies with its process (flock)."""
+    state_dir = root / ".cache-sync"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise LockedError(
+                        f"another cache-sync process (pid {holder}) is using {root}",
+                        hint="wait for it to finish, or set CACHE_SYNC_LOCK_TIMEOUT to wait",
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock

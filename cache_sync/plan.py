@@ -1,0 +1,174 @@
+"""Diffing a local tree against a target state (pure, no I/O).
+
+``plan_pull`` decides, from the target entries, a scan of the local area and the stat index,
+what a pull must do; ``local_entries`` turns a scan into entries for a push, naming the files
+whose contents must be read because the index cannot vouch for them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from cache_sync.local_cache import LocalItem
+from cache_sync.snapshot import Entry, FormatError, check_link
+
+Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
+
+
+def known_digest(item: LocalItem | None, index: Index) -> str | None:
+    """The file's SHA-256 if the index vouches for it (its stat is unchanged)."""
+    if item is None or item.kind != "f":
+        return None
+    rec = index.get(item.path)
+    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
+        return str(rec[4])
+    return None
+
+
+@dataclass
+class PullPlan:
+    remove: list[str] = field(default_factory=list)  # local paths, deepest first
+    mkdirs: list[Entry] = field(default_factory=list)
+    fetch: list[Entry] = field(default_factory=list)  # one per distinct digest
+    copies: list[tuple[Entry, str]] = field(default_factory=list)  # (entry, source rel path)
+    check: list[Entry] = field(default_factory=list)  # local file of the right size, unknown hash
+    meta: list[Entry] = field(default_factory=list)  # right content, mode/mtime to fix
+    links: list[Entry] = field(default_factory=list)
+    dirs: list[Entry] = field(default_factory=list)  # every target dir, for mode/mtime at the end
+    keep: Index = field(default_factory=dict)  # index records still valid
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(e.size for e in self.fetch)
+
+    @property
+    def write_bytes(self) -> int:
+        return self.fetch_bytes + sum(e.size for e, _ in self.copies) + sum(
+            e.size for e in self.check)
+
+    @property
+    def changes(self) -> int:
+        return (len(self.remove) + len(self.mkdirs) + len(self.fetch) + len(self.copies)
+                + len(self.check) + len(self.meta) + len(self.links))
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "fetch_files": len(self.fetch) + len(self.check),
+            "fetch_bytes": self.fetch_bytes + sum(e.size for e in self.check),
+            "copy_files": len(self.copies),
+            "remove": len(self.remove),
+            "changes": self.changes,
+        }
+
+
+def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Index,
+              base: dict[str, Entry]) -> PullPlan:
+    plan = PullPlan()
+    # Local digests the index vouches for: content we can copy instead of download.
+    have: dict[str, str] = {}
+    for path, item in local.items():
+        d = known_digest(item, index)
+        if d is not None:
+            have.setdefault(d, path)
+            rec = index[path]
+            plan.keep[path] = rec
+
+    removing: set[str] = set()
+    for path, item in local.items():
+        t = target.get(path)
+        if t is None:
+            if path in base:  # deleted remotely since our last sync; untracked files stay
+                removing.add(path)
+        elif t.kind != item.kind:
+            removing.add(path)
+    # Removing a directory removes what is below it: list only the top-most paths.
+    plan.remove = sorted(
+        (p for p in removing if not any(a in removing for a in _ancestors(p))),
+        key=lambda p: -p.count("/"),
+    )
+    for p in removing:
+        plan.keep.pop(p, None)
+
+    fetching: dict[str, Entry] = {}
+    for path in sorted(target):
+        t = target[path]
+        item = local.get(path)
+        gone = path in removing or any(a in removing for a in _ancestors(path))
+        if gone:
+            item = None
+        if t.kind == "d":
+            plan.dirs.append(t)
+            if item is None:
+                plan.mkdirs.append(t)
+        elif t.kind == "l":
+            if item is None or item.target != t.target or item.mtime_ns != t.mtime_ns:
+                plan.links.append(t)
+        else:
+            digest = known_digest(item, index)
+            if digest == t.digest:
+                if item is not None and (item.mode != t.mode or item.mtime_ns != t.mtime_ns):
+                    plan.meta.append(t)
+                continue
+            plan.keep.pop(path, None)
+            if t.size == 0:
+                plan.copies.append((t, ""))  # nothing to download: an empty file
+            elif t.digest in fetching:
+                plan.copies.append((t, fetching[t.digest].path))
+            elif t.digest in have and have[t.digest] != path:
+                plan.copies.append((t, have[t.digest]))
+            elif item is not None and item.kind == "f" and item.size == t.size and digest is None:
+                plan.check.append(t)  # probably ours already: hash it before downloading
+            else:
+                fetching[t.digest] = t
+                plan.fetch.append(t)
+    return plan
+
+
+def _ancestors(path: str) -> list[str]:
+    out = []
+    while "/" in path:
+        path = path.rsplit("/", 1)[0]
+        out.append(path)
+    return out
+
+
+@dataclass
+class LocalTree:
+    entries: dict[str, Entry]  # files still to hash have digest ""
+    to_hash: list[LocalItem]
+    skipped: list[str]  # symlinks that leave the area
+
+
+def local_entries(local: dict[str, LocalItem], index: Index) -> LocalTree:
+    entries: dict[str, Entry] = {}
+    to_hash: list[LocalItem] = []
+    skipped: list[str] = []
+    for path in sorted(local):
+        item = local[path]
+        parent = posixpath.dirname(path)
+        if parent and parent not in entries:
+            continue  # under a skipped entry
+        if item.kind == "d":
+            entries[path] = Entry(path, "d", item.mode, item.mtime_ns)
+        elif item.kind == "l":
+            try:
+                check_link(path, item.target, "local tree")
+            except FormatError:
+                skipped.append(f"{path} -> {item.target}")
+                continue
+            entries[path] = Entry(path, "l", item.mode, item.mtime_ns, target=item.target)
+        else:
+            digest = known_digest(item, index)
+            if digest is None:
+                to_hash.append(item)
+                digest = ""
+            entries[path] = Entry(path, "f", item.mode, item.mtime_ns, item.size, digest)
+    return LocalTree(entries, to_hash, skipped)
+
+
+def same_tree(a: dict[str, Entry], b: dict[str, Entry]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(a[p].same_content(b[p]) for p in a)

@@ -1,0 +1,328 @@
+"""Snapshots: the manifest of one area at one push (pure, no I/O).
+
+A manifest is zstd-compressed JSON:
+``{"format": 1, "kind": "cache-sync-snapshot", "id", "area", "parents", "time", "host",
+"tool", "summary": {"files", "bytes"}, "entries": [...]}`` with entries as compact arrays,
+sorted by path:
+
+- directory: ``[path, "d", mode, mtime_ns]``
+- symlink:   ``[path, "l", mode, mtime_ns, target]``
+- file:      ``[path, "f", mode, mtime_ns, size, sha256, [[oid, offset, stored, raw, codec], ...]]``
+
+``decode`` is the trust boundary: anything read from a store passes ``validate`` before a
+single byte is written locally (unsafe paths, escaping symlinks, duplicates, a file that is
+also a directory, sizes that do not add up, unknown format versions are all refused).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import zstandard
+
+from cache_sync.errors import FormatError
+from cache_sync.layout import FORMAT_VERSION, is_oid, is_snapshot_id
+
+KIND = "cache-sync-snapshot"
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+MAX_MANIFEST_BYTES = 1 << 30  # decompressed; a bigger manifest is refused, not parsed
+MAX_PATH = 4096
+MAX_DEPTH = 256
+
+
+class Blob(NamedTuple):
+    """Where a piece of a file's bytes lives: ``stored`` bytes at ``offset`` of object ``oid``,
+    ``raw`` bytes once decoded with ``codec``."""
+
+    oid: str
+    offset: int
+    stored: int
+    raw: int
+    codec: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    path: str
+    kind: str  # "f" file, "d" directory, "l" symlink
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    digest: str = ""
+    target: str = ""
+    blobs: tuple[Blob, ...] = ()
+
+    def same_content(self, other: Entry | None) -> bool:
+        """Equal as a tree node (where the bytes live does not matter)."""
+        return (
+            other is not None
+            and self.kind == other.kind
+            and self.mode == other.mode
+            and self.mtime_ns == other.mtime_ns
+            and self.size == other.size
+            and self.digest == other.digest
+            and self.target == other.target
+        )
+
+    def to_row(self) -> list[Any]:
+        if self.kind == "d":
+            return [self.path, "d", self.mode, self.mtime_ns]
+        if self.kind == "l":
+            return [self.path, "l", self.mode, self.mtime_ns, self.target]
+        return [
+            self.path, "f", self.mode, self.mtime_ns, self.size, self.digest,
+            [list(b) for b in self.blobs],
+        ]
+
+
+@dataclass
+class Snapshot:
+    id: str
+    area: str
+    parents: tuple[str, ...]
+    entries: dict[str, Entry]
+    time: str = ""
+    host: str = ""
+    tool: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def files(self) -> int:
+        return sum(1 for e in self.entries.values() if e.kind == "f")
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for e in self.entries.values() if e.kind == "f")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "kind": KIND,
+            "id": self.id,
+            "area": self.area,
+            "parents": list(self.parents),
+            "time": self.time,
+            "host": self.host,
+            "tool": self.tool,
+            "summary": {"files": self.files, "bytes": self.bytes},
+            "entries": [self.entries[p].to_row() for p in sorted(self.entries)],
+        }
+
+
+# --- encoding ----------------------------------------------------------------------------
+def encode(snap: Snapshot) -> bytes:
+    raw = json.dumps(snap.to_dict(), separators=(",", ":")).encode()
+    return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def encode_entries(entries: Iterable[Entry]) -> list[list[Any]]:
+    return [e.to_row() for e in sorted(entries, key=lambda e: e.path)]
+
+
+def decode(data: bytes, *, what: str = "snapshot") -> Snapshot:
+    """Parse and validate a manifest. Raises FormatError naming ``what`` on anything wrong."""
+    try:
+        dctx = zstandard.ZstdDecompressor()
+        reader = dctx.stream_reader(data)
+        raw = reader.read(MAX_MANIFEST_BYTES + 1)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what} is not valid zstd data ({exc})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{what} is not valid JSON ({str(exc)[:80]})") from None
+    return from_dict(doc, what=what)
+
+
+def from_dict(doc: Any, *, what: str = "snapshot") -> Snapshot:
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        raise FormatError(f"{what} is not a cache-sync snapshot")
+    version = doc.get("format")
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"{what} has format version {version!r}; this cache-sync reads version "
+            f"{FORMAT_VERSION}",
+            hint="upgrade cache-sync" if isinstance(version, int) and version > 1 else None,
+        )
+    snap_id, area, parents = doc.get("id"), doc.get("area"), doc.get("parents", [])
+    if not isinstance(snap_id, str) or not is_snapshot_id(snap_id):
+        raise FormatError(f"{what} has an invalid id {str(snap_id)[:40]!r}")
+    if not isinstance(area, str) or not area or "/" in area:
+        raise FormatError(f"{what} has an invalid area name")
+    if not isinstance(parents, list) or not all(
+        isinstance(p, str) and is_snapshot_id(p) for p in parents
+    ):
+        raise FormatError(f"{what} has invalid parents")
+    rows = doc.get("entries")
+    if not isinstance(rows, list):
+        raise FormatError(f"{what} has no entry list")
+    entries = validate_rows(rows, what=what)
+    meta = {k: doc.get(k, "") for k in ("time", "host", "tool")}
+    return Snapshot(
+        id=snap_id,
+        area=area,
+        parents=tuple(parents),
+        entries=entries,
+        **{k: str(v)[:200] for k, v in meta.items()},
+    )
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_row(row: Any, what: str) -> Entry:
+    bad = FormatError(f"{what}: malformed entry {str(row)[:120]!r}")
+    if not isinstance(row, list) or len(row) < 4:
+        raise bad
+    path, kind, mode, mtime = row[0], row[1], row[2], row[3]
+    if not isinstance(path, str) or not _int(mode) or not _int(mtime):
+        raise bad
+    if not 0 <= mode <= 0o7777:
+        raise bad
+    check_path(path, what)
+    if kind == "d" and len(row) == 4:
+        return Entry(path, "d", mode, mtime)
+    if kind == "l" and len(row) == 5 and isinstance(row[4], str):
+        check_link(path, row[4], what)
+        return Entry(path, "l", mode, mtime, target=row[4])
+    if kind == "f" and len(row) == 7:
+        size, digest, blob_rows = row[4], row[5], row[6]
+        if not _int(size) or size < 0 or not isinstance(digest, str) or not is_oid(digest):
+            raise bad
+        if not isinstance(blob_rows, list):
+            raise bad
+        blobs = []
+        total = 0
+        for b in blob_rows:
+            if (
+                not isinstance(b, list)
+                or len(b) != 5
+                or not isinstance(b[0], str)
+                or not is_oid(b[0])
+                or not all(_int(x) and x >= 0 for x in b[1:])
+                or b[4] not in (CODEC_RAW, CODEC_ZSTD)
+                or (b[4] == CODEC_RAW and b[2] != b[3])
+            ):
+                raise bad
+            blobs.append(Blob(*b))
+            total += b[3]
+        if total != size:
+            raise FormatError(f"{what}: {path!r} says {size} bytes but its blobs hold {total}")
+        return Entry(path, "f", mode, mtime, size, digest, blobs=tuple(blobs))
+    raise bad
+
+
+def check_path(path: str, what: str = "snapshot") -> None:
+    """A relative, normalised POSIX path inside the area, or FormatError."""
+    if (
+        not path
+        or len(path) > MAX_PATH
+        or "\x00" in path
+        or path.startswith("/")
+        or "\\" in path
+        or path != posixpath.normpath(path)
+        or path == "."
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or path.count("/") >= MAX_DEPTH
+    ):
+        raise FormatError(f"{what}: unsafe path {path[:200]!r} (absolute, '..' or not normalised)")
+
+
+def check_link(path: str, target: str, what: str = "snapshot") -> None:
+    """A symlink must be relative and resolve, lexically, to a place inside the area."""
+    if not target or "\x00" in target or len(target) > MAX_PATH or target.startswith("/"):
+        raise FormatError(f"{what}: symlink {path!r} -> {target[:200]!r} is absolute or empty")
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if resolved == ".." or resolved.startswith("../") or resolved.startswith("/"):
+        raise FormatError(f"{what}: symlink {path!r} -> {target!r} leads out of the area")
+
+
+def validate_rows(rows: list[Any], what: str = "snapshot") -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
+    for row in rows:
+        entry = _parse_row(row, what)
+        if entry.path in entries:
+            raise FormatError(f"{what}: duplicate path {entry.path!r}")
+        entries[entry.path] = entry
+    check_tree(entries, what)
+    return entries
+
+
+def check_tree(entries: dict[str, Entry], what: str = "snapshot") -> None:
+    """Every entry's parent is a directory entry (so no file is also a directory, and no path
+    runs through a symlink)."""
+    for path in entries:
+        parent = posixpath.dirname(path)
+        if not parent:
+            continue
+        p = entries.get(parent)
+        if p is None:
+            raise FormatError(f"{what}: {path!r} has no parent directory entry")
+        if p.kind != "d":
+            kind = "symlink" if p.kind == "l" else "file"
+            raise FormatError(f"{what}: {path!r} lies under {parent!r}, which is a {kind}")
+
+
+# --- merging heads -----------------------------------------------------------------------
+def merge3(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry]
+           ) -> dict[str, Entry]:
+    """Three-way merge of trees; ``theirs`` is the later writer and wins a conflict."""
+    out: dict[str, Entry] = {}
+    for path in base.keys() | ours.keys() | theirs.keys():
+        b, o, t = base.get(path), ours.get(path), theirs.get(path)
+        if _same(o, t):
+            pick = t
+        elif _same(o, b):
+            pick = t  # only theirs changed it (or deleted it)
+        elif _same(t, b):
+            pick = o  # only ours changed it
+        else:
+            pick = t  # both changed it: last writer wins
+        if pick is not None:
+            out[path] = pick
+    return normalize_tree(out)
+
+
+def _same(a: Entry | None, b: Entry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.same_content(b)
+
+
+def normalize_tree(entries: dict[str, Entry]) -> dict[str, Entry]:
+    """Repair a merged tree: drop entries under a non-directory, add missing parents."""
+    out: dict[str, Entry] = {}
+    for path in sorted(entries, key=lambda p: (p.count("/"), p)):
+        parent = posixpath.dirname(path)
+        if parent:
+            p = out.get(parent)
+            if p is None:
+                if _non_dirs(out, parent):
+                    continue  # it lies under a file or symlink that won the merge
+                _add_parents(out, parent, entries[path].mtime_ns)
+            elif p.kind != "d":
+                continue
+        out[path] = entries[path]
+    return out
+
+
+def _non_dirs(out: dict[str, Entry], path: str) -> list[str]:
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return [q for q in prefixes if q in out and out[q].kind != "d"]
+
+
+def _add_parents(out: dict[str, Entry], path: str, mtime_ns: int) -> None:
+    parts = path.split("/")
+    for i in range(len(parts)):
+        q = "/".join(parts[: i + 1])
+        if q not in out:
+            out[q] = Entry(q, "d", 0o755, mtime_ns)

@@ -1,0 +1,59 @@
+"""The storage contract: bytes under a key. A backend knows nothing of packs or snapshots;
+it translates its own failures into ``cache_sync.errors`` (permanent vs transient) at this edge.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class Store(ABC):
+    """A flat key space. Keys are '/'-separated relative paths."""
+
+    url: str
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object. ObjectNotFound when absent."""
+
+    @abstractmethod
+    def open_range(self, key: str, start: int = 0, length: int | None = None) -> Readable:
+        """A stream of ``length`` bytes from ``start`` (to the end when None). Errors while
+        reading the stream are raised as TransientStorageError."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write the whole object; readers see all of it or none of it."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every key under ``prefix``, in no particular order."""
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Delete keys; absent keys are not an error."""
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and time of one key, or None."""
+        for info in self.list(key):
+            if info.key == key:
+                return info
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass

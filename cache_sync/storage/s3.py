@@ -1,0 +1,247 @@
+"""S3-compatible store over boto3 (AWS, Backblaze B2, R2, MinIO, SeaweedFS, moto).
+
+botocore's own retries are switched off: retries live in one place, ``storage/retry.py``,
+so Retry-After and the attempt budget are honoured the same way for every backend. Checksums
+are sent only when required: boto3 >= 1.36 otherwise adds CRC headers that B2 and other
+S3-compatible stores reject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import boto3
+import botocore.exceptions as bex
+from botocore.config import Config
+
+from cache_sync.config import Settings
+from cache_sync.errors import (
+    AccessDenied,
+    ConfigError,
+    ObjectNotFound,
+    StorageError,
+    TransientStorageError,
+)
+from cache_sync.storage.base import ObjectInfo, Readable, Store
+
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden",
+           "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502",
+              "503", "504", "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+              "OperationAborted"}
+_NETWORK = (
+    bex.EndpointConnectionError,
+    bex.ConnectionClosedError,
+    bex.ReadTimeoutError,
+    bex.ConnectTimeoutError,
+    bex.IncompleteReadError,
+    bex.ResponseStreamingError,
+    bex.ProxyConnectionError,
+    bex.HTTPClientError,
+)
+
+
+def parse_remote(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, 'prefix/')."""
+    rest = url[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"remote {url!r} names no bucket", hint="use s3://bucket/prefix")
+    prefix = prefix.strip("/")
+    return bucket, (prefix + "/" if prefix else "")
+
+
+def make_client(settings: Settings) -> Any:
+    config = Config(
+        max_pool_connections=max(10, settings.transfers * 2),
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+    )
+    session = boto3.session.Session(profile_name=settings.profile) if settings.profile else (
+        boto3.session.Session())
+    return session.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region or ("us-east-1" if settings.endpoint_url else None),
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        aws_session_token=settings.session_token,
+        config=config,
+    )
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            import time
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def translate(exc: Exception, what: str) -> Exception:
+    """Map a botocore failure to our hierarchy; ``what`` names the key or operation."""
+    if isinstance(exc, bex.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        meta = exc.response.get("ResponseMetadata", {})
+        status = str(meta.get("HTTPStatusCode", ""))
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket does not exist ({what})", hint="create it first")
+        if code in _MISSING or (status == "404" and not code):
+            return ObjectNotFound(f"{what} not found")
+        if code in _DENIED or status == "403":
+            return AccessDenied(
+                f"access denied ({code or status}) on {what}",
+                hint="check the key id/secret and that the key may use this bucket",
+            )
+        if code in _TRANSIENT or status.startswith("5"):
+            return TransientStorageError(
+                f"{code or status} on {what}",
+                retry_after=_retry_after(meta.get("HTTPHeaders", {})),
+            )
+        return StorageError(f"{code or status}: {err.get('Message', '')} ({what})".strip())
+    if isinstance(exc, _NETWORK):
+        return TransientStorageError(f"network error on {what}: {type(exc).__name__}")
+    if isinstance(exc, bex.NoCredentialsError):
+        return ConfigError(
+            "no S3 credentials found",
+            hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or B2_APPLICATION_KEY_ID/"
+            "B2_APPLICATION_KEY) or AWS_PROFILE",
+        )
+    if isinstance(exc, bex.ProfileNotFound):
+        return ConfigError(str(exc))
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return TransientStorageError(f"network error on {what}: {type(exc).__name__}")
+    if isinstance(exc, bex.BotoCoreError):
+        return StorageError(f"{type(exc).__name__} on {what}")
+    return exc
+
+
+class _Body:
+    """A streaming body whose read errors become TransientStorageError."""
+
+    def __init__(self, body: Any, what: str, expected: int | None) -> None:
+        self._body = body
+        self._what = what
+        self._left = expected
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._body.read(n if n >= 0 else None)
+        except Exception as exc:  # urllib3/botocore stream errors
+            raise TransientStorageError(
+                f"connection broken while reading {self._what}: {type(exc).__name__}"
+            ) from None
+        if self._left is not None:
+            self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        except Exception:
+            pass
+
+
+class S3Store(Store):
+    def __init__(self, settings: Settings) -> None:
+        self.bucket, self.prefix = parse_remote(settings.remote)
+        self.url = settings.remote
+        try:
+            self.client = make_client(settings)
+        except Exception as exc:  # profile missing, bad region ...
+            raise translate(exc, "client setup") from None
+
+    def _k(self, key: str) -> str:
+        return self.prefix + key
+
+    def _what(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def get(self, key: str) -> bytes:
+        body = self.open_range(key)
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    def open_range(self, key: str, start: int = 0, length: int | None = None) -> Readable:
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
+        if start or length is not None:
+            if length == 0:
+                return _Body(_Empty(), self._what(key), 0)
+            end = "" if length is None else str(start + length - 1)
+            kw["Range"] = f"bytes={start}-{end}"
+        try:
+            resp = self.client.get_object(**kw)
+        except Exception as exc:
+            raise translate(exc, self._what(key)) from None
+        return _Body(resp["Body"], self._what(key), length)
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        except Exception as exc:
+            raise translate(exc, self._what(key)) from None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        token = None
+        while True:
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
+            if token:
+                kw["ContinuationToken"] = token
+            try:
+                resp = self.client.list_objects_v2(**kw)
+            except Exception as exc:
+                raise translate(exc, f"listing {self._what(prefix)}") from None
+            for item in resp.get("Contents", []):
+                key = item["Key"][len(self.prefix):]
+                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
+            if not resp.get("IsTruncated"):
+                return
+            token = resp.get("NextContinuationToken")
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self._k(k)} for k in keys[i : i + 1000]]
+            try:
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except Exception as exc:
+                raise translate(exc, f"deleting {len(batch)} keys") from None
+            errors = resp.get("Errors") or []
+            if errors:
+                raise StorageError(f"could not delete {errors[0].get('Key')}: {errors[0]}")
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except Exception as exc:
+            err = translate(exc, self._what(key))
+            if isinstance(err, ObjectNotFound):
+                return None
+            raise err from None
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
+
+
+class _Empty:
+    def read(self, n: int | None = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass

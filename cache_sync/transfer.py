@@ -1,0 +1,362 @@
+"""Fetching file contents (the pull side): bounded parallel ranged GETs, streaming
+decode-and-write, verification before a file is put in place.
+
+- Files held in packs are fetched by coalesced ranged GETs (neighbouring files in one
+  request), each decoded, checked against its SHA-256, written to a temporary name in its
+  directory and renamed.
+- Chunked files are preallocated under a temporary name; their chunks stream in parallel and
+  are written at their offsets (``os.pwrite``); each chunk is checked against its object id
+  (the SHA-256 of its stored bytes). The file is renamed into place once every chunk is in.
+
+No whole object is ever held in memory; a broken stream is retried from the first file not yet
+in place, with jittered backoff. A file that cannot be verified never reaches its final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import zstandard
+
+from cache_sync.errors import (
+    CacheSyncError,
+    DiskSpaceError,
+    IntegrityError,
+    TransientStorageError,
+)
+from cache_sync.layout import object_key
+from cache_sync.local_cache import tmp_name
+from cache_sync.snapshot import CODEC_ZSTD, Blob, Entry
+from cache_sync.storage.base import Store
+
+READ = 1 << 20
+MAX_GAP = 256 * 1024  # fetch through a gap this small rather than make another request
+MAX_RANGE = 8 << 20
+SMALL_BLOB = 8 << 20  # single-blob files up to this are fetched by range and checked whole
+
+_local = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+Done = Callable[[Entry, str], None]  # (entry, final path) after a file is in place
+
+
+@dataclass
+class _Range:
+    oid: str
+    start: int
+    end: int
+    members: list[tuple[Blob, Entry]]
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class _Chunked:
+    entry: Entry
+    final: str
+    tmp: str = ""
+    fd: int = -1
+    left: int = 0
+    failed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
+    """Split files into coalesced pack ranges and chunked files."""
+    by_oid: dict[str, list[tuple[Blob, Entry]]] = defaultdict(list)
+    chunked: list[Entry] = []
+    for e in entries:
+        if len(e.blobs) == 1 and e.blobs[0].stored <= SMALL_BLOB:
+            by_oid[e.blobs[0].oid].append((e.blobs[0], e))
+        else:
+            chunked.append(e)
+    ranges: list[_Range] = []
+    for oid, members in by_oid.items():
+        members.sort(key=lambda m: m[0].offset)
+        cur: _Range | None = None
+        for blob, e in members:
+            end = blob.offset + blob.stored
+            if (
+                cur is not None
+                and blob.offset >= cur.end
+                and blob.offset - cur.end <= MAX_GAP
+                and end - cur.start <= MAX_RANGE
+            ):
+                cur.end = end
+                cur.members.append((blob, e))
+            else:
+                cur = _Range(oid, blob.offset, end, [(blob, e)])
+                ranges.append(cur)
+    return ranges, chunked
+
+
+class Fetcher:
+    def __init__(self, store: Store, area_dir: str, workers: int, attempts: int,
+                 on_done: Done, on_bytes: Callable[[int], None] | None = None,
+                 backoff: float = 0.2) -> None:
+        self.store = store
+        self.area_dir = area_dir
+        self.workers = workers
+        self.attempts = attempts
+        self.on_done = on_done
+        self.on_bytes = on_bytes or (lambda n: None)
+        self.backoff = backoff
+        self.abort = threading.Event()
+        self.requests = 0
+        self.fetched = 0
+        self._placed: set[str] = set()
+        self._lock = threading.Lock()
+
+    # --- driver ------------------------------------------------------------------------
+    def fetch(self, entries: list[Entry]) -> None:
+        ranges, chunked = plan_ranges(entries)
+        jobs: list[tuple[int, Callable[[], None]]] = []
+        for r in ranges:
+            jobs.append((r.size, lambda r=r: self._retry(self._range, r)))
+        files: list[_Chunked] = []
+        for e in chunked:
+            cf = _Chunked(e, self._final(e))
+            files.append(cf)
+            offset = 0
+            for blob in e.blobs:
+                jobs.append((blob.stored,
+                             lambda cf=cf, b=blob, o=offset: self._retry(self._chunk, cf, b, o)))
+                offset += blob.raw
+            cf.left = len(e.blobs)
+        jobs.sort(key=lambda j: -j[0])  # big first: the long poles start early
+        try:
+            for cf in files:
+                self._open_chunked(cf)
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="get") as pool:
+                futures = [pool.submit(fn) for _, fn in jobs]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is not None:
+                        self.abort.set()
+                        for g in futures:
+                            g.cancel()
+                        raise f.exception()  # type: ignore[misc]
+        finally:
+            for cf in files:
+                self._close_chunked(cf, keep=False)
+
+    def _final(self, e: Entry) -> str:
+        return os.path.join(self.area_dir, e.path)
+
+    def _retry(self, fn: Callable[..., None], *args: object) -> None:
+        for attempt in range(1, self.attempts + 1):
+            if self.abort.is_set():
+                return
+            try:
+                fn(*args)
+                return
+            except (TransientStorageError, IntegrityError):
+                if attempt == self.attempts:
+                    raise
+                delay = random.uniform(0, self.backoff * (2 ** attempt))
+                time.sleep(min(delay, 20.0))
+
+    # --- packed files ------------------------------------------------------------------
+    def _range(self, r: _Range) -> None:
+        # On a retry, start from the first file not yet in place.
+        pending = [(b, e) for b, e in r.members if self._final(e) not in self._placed]
+        if not pending:
+            return
+        start = pending[0][0].offset
+        body = self.store.open_range(object_key(r.oid), start, r.end - start)
+        with self._lock:
+            self.requests += 1
+        try:
+            pos = start
+            for blob, e in pending:
+                if self.abort.is_set():
+                    return
+                if blob.offset > pos:
+                    _read_exact(body, blob.offset - pos, r.oid, e)
+                data = _read_exact(body, blob.stored, r.oid, e)
+                pos = blob.offset + blob.stored
+                self.on_bytes(len(data))
+                raw = self._decode(data, blob, r.oid, e)
+                self._place_small(e, raw)
+        finally:
+            body.close()
+
+    def _decode(self, data: bytes, blob: Blob, oid: str, e: Entry) -> bytes:
+        if blob.codec == CODEC_ZSTD:
+            try:
+                raw = _dctx().decompress(data, max_output_size=blob.raw)
+            except zstandard.ZstdError:
+                raise IntegrityError(
+                    f"object {oid} is corrupt: bytes for {e.path!r} do not decompress"
+                ) from None
+        else:
+            raw = data
+        if len(raw) != blob.raw or hashlib.sha256(raw).hexdigest() != e.digest:
+            raise IntegrityError(
+                f"object {oid} is corrupt: {e.path!r} does not match its SHA-256 in the snapshot"
+            )
+        return raw
+
+    def _place_small(self, e: Entry, raw: bytes) -> None:
+        final = self._final(e)
+        tmp = tmp_name(os.path.dirname(final))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(raw)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fchmod(fd, e.mode)
+            finally:
+                os.close(fd)
+            os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
+            os.replace(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _disk_error(exc, final) from None
+        with self._lock:
+            self._placed.add(final)
+            self.fetched += 1
+        self.on_done(e, final)
+
+    # --- chunked files -----------------------------------------------------------------
+    def _open_chunked(self, cf: _Chunked) -> None:
+        cf.tmp = tmp_name(os.path.dirname(cf.final))
+        try:
+            cf.fd = os.open(cf.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            if cf.entry.size:
+                try:
+                    os.posix_fallocate(cf.fd, 0, cf.entry.size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    os.ftruncate(cf.fd, cf.entry.size)
+        except OSError as exc:
+            self._close_chunked(cf, keep=False)
+            raise _disk_error(exc, cf.final) from None
+
+    def _close_chunked(self, cf: _Chunked, keep: bool) -> None:
+        if cf.fd >= 0:
+            os.close(cf.fd)
+            cf.fd = -1
+        if not keep and cf.tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(cf.tmp)
+            cf.tmp = ""
+
+    def _chunk(self, cf: _Chunked, blob: Blob, file_off: int) -> None:
+        e = cf.entry
+        if blob.offset != 0:
+            raise IntegrityError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
+        body = self.store.open_range(object_key(blob.oid), 0, blob.stored)
+        with self._lock:
+            self.requests += 1
+        h = hashlib.sha256()
+        written = 0
+        dobj = _dctx().decompressobj() if blob.codec == CODEC_ZSTD else None
+        try:
+            left = blob.stored
+            while left:
+                if self.abort.is_set():
+                    return
+                piece = body.read(min(READ, left))
+                if not piece:
+                    raise TransientStorageError(
+                        f"object {blob.oid} ended early while fetching {e.path!r}"
+                    )
+                left -= len(piece)
+                h.update(piece)
+                self.on_bytes(len(piece))
+                out = piece
+                if dobj is not None:
+                    try:
+                        out = dobj.decompress(piece)
+                    except zstandard.ZstdError:
+                        raise IntegrityError(
+                            f"object {blob.oid} is corrupt: it does not decompress ({e.path!r})"
+                        ) from None
+                if written + len(out) > blob.raw:
+                    raise IntegrityError(f"object {blob.oid} is larger than {e.path!r} says")
+                if out:
+                    _pwrite_all(cf.fd, out, file_off + written, cf.final)
+                    written += len(out)
+        finally:
+            body.close()
+        if h.hexdigest() != blob.oid or written != blob.raw:
+            raise IntegrityError(
+                f"object {blob.oid} is corrupt or truncated: chunk of {e.path!r} does not "
+                "match its SHA-256"
+            )
+        with cf.lock:
+            cf.left -= 1
+            last = cf.left == 0
+        if last:
+            self._finish_chunked(cf)
+
+    def _finish_chunked(self, cf: _Chunked) -> None:
+        e = cf.entry
+        try:
+            os.fchmod(cf.fd, e.mode)
+            os.close(cf.fd)
+            cf.fd = -1
+            os.utime(cf.tmp, ns=(e.mtime_ns, e.mtime_ns))
+            os.replace(cf.tmp, cf.final)
+            cf.tmp = ""
+        except OSError as exc:
+            raise _disk_error(exc, cf.final) from None
+        with self._lock:
+            self.fetched += 1
+        self.on_done(e, cf.final)
+
+
+def _read_exact(body, n: int, oid: str, e: Entry) -> bytes:
+    parts = []
+    left = n
+    while left:
+        piece = body.read(min(left, READ))
+        if not piece:
+            raise TransientStorageError(
+                f"object {oid} ended early (truncated?) while fetching {e.path!r}"
+            )
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int, path: str) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+    except OSError as exc:
+        raise _disk_error(exc, path) from None
+
+
+def _disk_error(exc: OSError, path: str) -> Exception:
+    if exc.errno == errno.ENOSPC:
+        return DiskSpaceError(f"no space left on device while writing {path}",
+                              hint="free space or point CACHE_SYNC_ROOT at a bigger disk")
+    return CacheSyncError(f"cannot write {path}: {exc.strerror or exc}")
