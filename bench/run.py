@@ -11,12 +11,14 @@ Everything started here is stopped on exit, including on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -85,9 +87,7 @@ def _drop_bucket(server, bucket: str) -> None:
 class Bench:
     def __init__(self, args: argparse.Namespace, server) -> None:
         self.args, self.server = args, server
-        self.work = args.data_dir / "work"
-        shutil.rmtree(self.work, ignore_errors=True)
-        self.work.mkdir(parents=True)
+        self.work = Path(tempfile.mkdtemp(prefix="work-", dir=args.data_dir))
         self.records: list[dict] = []
         self.seq = 0
 
@@ -159,6 +159,39 @@ class Bench:
             out.unlink(missing_ok=True)
 
 
+def _run_all(args, server, bench: Bench, pieces, tools: list[Tool], modes: list[float],
+             meta: dict) -> None:
+    for ds in args.datasets:
+        ref_root = datasets.make_root(pieces, ds, bench.work / "reference")
+        datasets.add_extra_package(pieces, ref_root)
+        reference = scan(ref_root)
+        nbytes = sum(e.size for e in reference.values() if e.kind == "file")
+        meta.setdefault("datasets", {})[ds] = {
+            "files": sum(e.kind == "file" for e in reference.values()),
+            "links": sum(e.kind == "link" for e in reference.values()), "bytes": nbytes}
+        _log(f"dataset {ds} ({datasets.DATASET_TITLES[ds]}): {meta['datasets'][ds]}")
+        shutil.rmtree(ref_root)
+        limit_bucket = server.make_bucket(f"bench-limit-{ds}")
+        if not args.no_limit:
+            limit.upload(server.client(), limit_bucket, nbytes)
+        for rtt in modes:
+            ctx = (latency_proxy.start(server.endpoint, rtt) if rtt
+                   else contextlib.nullcontext(server.endpoint))
+            with ctx as endpoint:
+                if rtt:
+                    meta.setdefault("measured_rtt_ms", {})[str(rtt)] = round(
+                        1000 * latency_proxy.measure_rtt(endpoint), 1)
+                for run in range(args.runs):
+                    base = {"dataset": ds, "rtt_ms": rtt, "run": run}
+                    order = tools[run % len(tools):] + tools[: run % len(tools)]
+                    for tool in order:  # rotate so no tool always runs first/last
+                        _log(f"{ds} rtt={rtt:g}ms run {run + 1}/{args.runs}: {tool.name}")
+                        bench.tool_run(tool, pieces, ds, reference, endpoint, base)
+                    if not args.no_limit:
+                        bench.limit_runs(ds, nbytes, endpoint, limit_bucket, base)
+        _drop_bucket(server, limit_bucket)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     sys.path.insert(0, str(REPO))
@@ -172,43 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     modes = {"none": [0.0], "20ms": [args.rtt_ms], "both": [0.0, args.rtt_ms]}[args.latency]
     started = datetime.datetime.now(datetime.timezone.utc)
     pieces = datasets.build_pieces(args.data_dir, args.size)
-    weed_dir = args.data_dir / "weed"
-    shutil.rmtree(weed_dir, ignore_errors=True)
-    weed_dir.mkdir(parents=True)
+    # Per-invocation scratch (never a fixed path: two benches at once must not share one).
+    weed_dir = Path(tempfile.mkdtemp(prefix="weed-", dir=args.data_dir))
     meta = {"started": started.isoformat(timespec="seconds"), "size": args.size,
             "runs": args.runs, "machine": report.machine(), "python": platform.python_version(),
             "tuning": {t.name: t.tuning() for t in tools}, "rtt_ms": modes}
-    with seaweedfs_server(str(weed_dir)) as server:
-        bench = Bench(args, server)
-        for ds in args.datasets:
-            ref_root = datasets.make_root(pieces, ds, bench.work / "reference")
-            datasets.add_extra_package(pieces, ref_root)
-            reference = scan(ref_root)
-            nbytes = sum(e.size for e in reference.values() if e.kind == "file")
-            meta.setdefault("datasets", {})[ds] = {
-                "files": sum(e.kind == "file" for e in reference.values()),
-                "links": sum(e.kind == "link" for e in reference.values()), "bytes": nbytes}
-            _log(f"dataset {ds} ({datasets.DATASET_TITLES[ds]}): {meta['datasets'][ds]}")
-            shutil.rmtree(ref_root)
-            limit_bucket = server.make_bucket(f"bench-limit-{ds}")
-            if not args.no_limit:
-                limit.upload(server.client(), limit_bucket, nbytes)
-            for rtt in modes:
-                ctx = latency_proxy.start(server.endpoint, rtt) if rtt else _direct(server)
-                with ctx as endpoint:
-                    if rtt:
-                        meta.setdefault("measured_rtt_ms", {})[str(rtt)] = round(
-                            1000 * latency_proxy.measure_rtt(endpoint), 1)
-                    for run in range(args.runs):
-                        base = {"dataset": ds, "rtt_ms": rtt, "run": run}
-                        order = tools[run % len(tools):] + tools[: run % len(tools)]
-                        for tool in order:  # rotate so no tool always runs first/last
-                            _log(f"{ds} rtt={rtt:g}ms run {run + 1}/{args.runs}: {tool.name}")
-                            bench.tool_run(tool, pieces, ds, reference, endpoint, base)
-                        if not args.no_limit:
-                            bench.limit_runs(ds, nbytes, endpoint, limit_bucket, base)
-            _drop_bucket(server, limit_bucket)
-        shutil.rmtree(bench.work, ignore_errors=True)
+    try:
+        with seaweedfs_server(str(weed_dir)) as server:
+            bench = Bench(args, server)
+            try:
+                _run_all(args, server, bench, pieces, tools, modes, meta)
+            except BaseException:  # keep what was measured before a failure or Ctrl-C
+                args.results.mkdir(parents=True, exist_ok=True)
+                (args.results / f"{started:%Y%m%dT%H%M%SZ}-{args.size}-partial.json").write_text(
+                    json.dumps({"meta": meta, "records": bench.records}, indent=1))
+                raise
+            finally:
+                shutil.rmtree(bench.work, ignore_errors=True)
+    finally:
+        shutil.rmtree(weed_dir, ignore_errors=True)
     meta["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     table = report.render(bench.records, meta, peers={TOOLS[p]().name for p in PEERS})
     print(table)
@@ -220,17 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"results: {args.results}/{stamp}-{args.size}.{{json,md}}")
     failed = [r for r in bench.records if r["returncode"] or not r.get("fidelity", {"ok": 1})["ok"]]
     return 1 if any(r["tool"] == "cache-sync" for r in failed) else 0
-
-
-class _direct:
-    def __init__(self, server) -> None:
-        self.endpoint = server.endpoint
-
-    def __enter__(self) -> str:
-        return self.endpoint
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 if __name__ == "__main__":
