@@ -99,7 +99,7 @@ def _read(endpoint: str, bucket: str, out: str, size: int, parallel: int) -> Non
                 os.pwrite(fd, data, pos)
                 pos += len(data)
             if pos != end + 1:
-                raise IOError(f"short range at {off}: got {pos - off} bytes")
+                raise OSError(f"short range at {off}: got {pos - off} bytes")
 
         with ThreadPoolExecutor(parallel) as pool:
             list(pool.map(fetch, range(0, size, PART)))

@@ -15,6 +15,8 @@ OP_TITLES = {"upload": "first upload", "noop_push": "no-op push",
              "incr_push": "incremental push (+1 pkg)", "cold_pull": "cold pull",
              "warm_pull": "pull, up to date"}
 CS = "cache-sync"
+HEADER = ("| operation | tool | median s | min-max | vs best peer | vs limit | peak RSS MB "
+          "| peak extra disk MB | read MB | notes |")
 
 
 def machine() -> str:
@@ -67,7 +69,7 @@ def summarize(records: list[dict], peers: set[str]) -> dict:
         if st is None:
             st = {"failed": len(rows)}
         out.setdefault((ds, rtt, op), {})[tool] = st
-    for key, tools in out.items():
+    for tools in out.values():
         peer_times = [s["median"] for t, s in tools.items() if t in peers and "median" in s
                       and (s["fidelity"] is None or s["fidelity"]["ok"])]
         limit_times = [s["median"] for t, s in tools.items() if t.startswith("limit") and
@@ -91,22 +93,21 @@ def _note(op: str, st: dict) -> str:
 
 def render(records: list[dict], meta: dict, peers: set[str]) -> str:
     summ = summarize(records, peers)
-    lines = [f"# cache-sync benchmark ({meta['size']} datasets, {meta['runs']} runs)", "",
-             f"Run {meta['started']} to {meta.get('finished', '?')} UTC on {meta['machine']}; "
-             f"SeaweedFS on 127.0.0.1. Times are median seconds (min-max). "
+    intro = (f"Run {meta['started']} to {meta.get('finished', '?')} UTC on {meta['machine']}; "
+             "SeaweedFS on 127.0.0.1. Times are median seconds (min-max). "
              "'vs best peer' = best peer's median / this tool's (>1: faster than every peer); "
-             "'vs limit' = this tool's median / the one-object ranged-GET limit's.", ""]
+             "'vs limit' = this tool's median / the one-object ranged-GET limit's.")
+    lines = [f"# cache-sync benchmark ({meta['size']} datasets, {meta['runs']} runs)", "",
+             intro, ""]
     for ds in sorted({k[0] for k in summ}):
         info = meta.get("datasets", {}).get(ds, {})
         for rtt in sorted({k[1] for k in summ if k[0] == ds}):
             lat = f"+{rtt:g} ms RTT (proxy)" if rtt else "no added latency"
-            lines += [f"## ({ds}) {DATASET_TITLES[ds]}: {info.get('files', '?'):,} files, "
-                      f"{info.get('links', 0)} symlinks, {info.get('bytes', 0) / MB:,.0f} MB; "
-                      f"{lat}", "",
-                      "| operation | tool | median s | min-max | vs best peer | vs limit "
-                      "| peak RSS MB | peak extra disk MB | read MB | notes |",
-                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-            for op in OP_TITLES:
+            title = (f"## ({ds}) {DATASET_TITLES[ds]}: {info.get('files', '?'):,} files, "
+                     f"{info.get('links', 0)} symlinks, {info.get('bytes', 0) / MB:,.0f} MB; "
+                     f"{lat}")
+            lines += [title, "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+            for op, op_title in OP_TITLES.items():
                 tools = summ.get((ds, rtt, op))
                 if not tools:
                     continue
@@ -115,7 +116,7 @@ def render(records: list[dict], meta: dict, peers: set[str]) -> str:
                 for t in names:
                     st = tools[t]
                     if "median" not in st:
-                        lines.append(f"| {OP_TITLES[op]} | {t} | FAILED | | | | | | | |")
+                        lines.append(f"| {op_title} | {t} | FAILED | | | | | | | |")
                         continue
                     best, lim = tools["_best_peer"], tools["_limit"]
                     vs_peer = f"x{best / st['median']:.2f}" if best and not t.startswith(
@@ -123,7 +124,7 @@ def render(records: list[dict], meta: dict, peers: set[str]) -> str:
                     vs_lim = f"{st['median'] / lim:.2f}" if lim and op == "cold_pull" else ""
                     fail = f" ({st['failed']} failed)" if st["failed"] else ""
                     lines.append(
-                        f"| {OP_TITLES[op]} | {t} | {st['median']:.2f} | {st['min']:.2f}-"
+                        f"| {op_title} | {t} | {st['median']:.2f} | {st['min']:.2f}-"
                         f"{st['max']:.2f} | {vs_peer} | {vs_lim} | {st['rss'] / MB:,.0f} | "
                         f"{st['extra_disk'] / MB:,.0f} | {st['read'] / MB:,.1f} | "
                         f"{_note(op, st)}{fail} |")
