@@ -15,8 +15,9 @@ OP_TITLES = {"upload": "first upload", "noop_push": "no-op push",
              "incr_push": "incremental push (+1 pkg)", "cold_pull": "cold pull",
              "warm_pull": "pull, up to date"}
 CS = "cache-sync"
+PUSH_OPS = ("upload", "noop_push", "incr_push")
 HEADER = ("| operation | tool | median s | min-max | vs best peer | vs limit | peak RSS MB "
-          "| peak extra disk MB | read MB | notes |")
+          "| peak extra disk MB | push read MB | notes |")
 
 
 def machine() -> str:
@@ -97,7 +98,9 @@ def render(records: list[dict], meta: dict, peers: set[str]) -> str:
              "SeaweedFS on 127.0.0.1. Times are median seconds (min-max). "
              "'vs best peer' = best peer's median / this tool's (>1: faster than every peer); "
              "'vs limit' = this tool's median / the one-object ranged-GET limit's.")
-    lines = [f"# cache-sync benchmark ({meta['size']} datasets, {meta['runs']} runs)", "",
+    runs = f"{meta['runs']} runs" + (f" x {meta['pulls']} pulls" if meta.get("pulls", 1) > 1
+                                      else "")
+    lines = [f"# cache-sync benchmark ({meta['size']} datasets, {runs})", "",
              intro, ""]
     for ds in sorted({k[0] for k in summ}):
         info = meta.get("datasets", {}).get(ds, {})
@@ -123,10 +126,12 @@ def render(records: list[dict], meta: dict, peers: set[str]) -> str:
                         "limit") else ""
                     vs_lim = f"{st['median'] / lim:.2f}" if lim and op == "cold_pull" else ""
                     fail = f" ({st['failed']} failed)" if st["failed"] else ""
+                    # rchar counts socket read()s of Go tools too: only pushes are comparable.
+                    read = f"{st['read'] / MB:,.1f}" if op in PUSH_OPS else ""
                     lines.append(
                         f"| {op_title} | {t} | {st['median']:.2f} | {st['min']:.2f}-"
                         f"{st['max']:.2f} | {vs_peer} | {vs_lim} | {st['rss'] / MB:,.0f} | "
-                        f"{st['extra_disk'] / MB:,.0f} | {st['read'] / MB:,.1f} | "
+                        f"{st['extra_disk'] / MB:,.0f} | {read} | "
                         f"{_note(op, st)}{fail} |")
             lines.append("")
     lines += ["## Tuning", ""] + [f"- {k}: {v}" for k, v in meta.get("tuning", {}).items()]

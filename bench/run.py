@@ -40,6 +40,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--datasets", default="abc", help="any of a, b, c (default: abc)")
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
     ap.add_argument("--runs", type=int, default=3, help="runs per measurement (median shown)")
+    ap.add_argument("--pulls", type=int, default=1,
+                    help="cold+warm pulls per upload (e.g. --runs 1 --pulls 3 for a full-size "
+                         "run: 3 samples of each pull for one costly upload)")
     ap.add_argument("--latency", choices=("none", "20ms", "both"), default="none",
                     help="add ~20 ms RTT through a TCP proxy (20ms), or run both modes")
     ap.add_argument("--rtt-ms", type=float, default=20.0)
@@ -129,12 +132,16 @@ class Bench:
             after, objects = _bucket_bytes(client, bucket)
             row.update(new_bytes=extra, uploaded_bytes=after - up["stored_bytes"],
                        uploaded_objects=objects - up["stored_objects"])
-            dst.mkdir()
-            row = self._measure(tool.pull(dst, target), env, pull_disk, op="cold_pull", **rec)
-            if row["returncode"] == 0:
-                row["fidelity"] = compare(reference, dst).to_dict()
-                _log(f"    verify: {row['fidelity']['summary']}")
-            self._measure(tool.pull(dst, target), env, pull_disk, op="warm_pull", **rec)
+            for k in range(self.args.pulls):  # pulls are cheap to repeat; uploads are not
+                shutil.rmtree(dst, ignore_errors=True)
+                dst.mkdir()
+                prec = {**rec, "pull": k}
+                row = self._measure(tool.pull(dst, target), env, pull_disk, op="cold_pull",
+                                    **prec)
+                if row["returncode"] == 0:
+                    row["fidelity"] = compare(reference, dst).to_dict()
+                    _log(f"    verify: {row['fidelity']['summary']}")
+                self._measure(tool.pull(dst, target), env, pull_disk, op="warm_pull", **prec)
         finally:
             shutil.rmtree(tdir, ignore_errors=True)
             _drop_bucket(self.server, bucket)
@@ -187,8 +194,8 @@ def _run_all(args, server, bench: Bench, pieces, tools: list[Tool], modes: list[
                     for tool in order:  # rotate so no tool always runs first/last
                         _log(f"{ds} rtt={rtt:g}ms run {run + 1}/{args.runs}: {tool.name}")
                         bench.tool_run(tool, pieces, ds, reference, endpoint, base)
-                    if not args.no_limit:
-                        bench.limit_runs(ds, nbytes, endpoint, limit_bucket, base)
+                    for k in range(args.pulls if not args.no_limit else 0):
+                        bench.limit_runs(ds, nbytes, endpoint, limit_bucket, {**base, "pull": k})
         _drop_bucket(server, limit_bucket)
 
 
@@ -208,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     # Per-invocation scratch (never a fixed path: two benches at once must not share one).
     weed_dir = Path(tempfile.mkdtemp(prefix="weed-", dir=args.data_dir))
     meta = {"started": started.isoformat(timespec="seconds"), "size": args.size,
-            "runs": args.runs, "machine": report.machine(), "python": platform.python_version(),
+            "runs": args.runs, "pulls": args.pulls, "machine": report.machine(),
+            "python": platform.python_version(),
             "tuning": {t.name: t.tuning() for t in tools}, "rtt_ms": modes}
     try:
         with seaweedfs_server(str(weed_dir)) as server:
