@@ -31,27 +31,43 @@ def _frame(f: str) -> str:
     return f"{name} ({where.rsplit('/', 1)[-1].split(':')[0].rstrip(')')})"
 
 
-def summarize_collapsed(path: Path, top: int = 25) -> str:
-    """Own and inclusive sample counts per function from py-spy's collapsed (raw) output."""
-    own: collections.Counter[str] = collections.Counter()
-    incl: collections.Counter[str] = collections.Counter()
-    total = 0
+IDLE_LEAVES = ("_worker (thread.py)", "Condition.wait (threading.py)", "wait (threading.py)",
+               "Event.wait (threading.py)")
+
+
+def summarize_collapsed(path: Path, rate: int, top: int = 22) -> str:
+    """Where the time goes, from py-spy's collapsed output recorded with --idle --threads:
+    the main thread's wall time by function (inclusive), and the worker threads' busy time
+    (samples whose leaf is not an idle wait) by own and inclusive function."""
+    main_incl: collections.Counter[str] = collections.Counter()
+    busy_own: collections.Counter[str] = collections.Counter()
+    busy_incl: collections.Counter[str] = collections.Counter()
+    main_total = busy_total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)
-        total += n
-        frames = [_frame(f) for f in stack.split(";") if f and not f.startswith(("process ",
-                                                                                  "thread "))]
-        if frames:
-            own[frames[-1]] += n
-        for f in set(frames):
-            incl[f] += n
-    out = [f"{total} samples", "", "own (self) time:"]
-    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
-    out += ["", "inclusive time:"]
-    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in incl.most_common(top)]
+        parts = stack.split(";")
+        is_main = any("<module>" in f for f in parts)
+        frames = [_frame(f) for f in parts if f and not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        if is_main:
+            main_total += n
+            for f in set(frames):
+                main_incl[f] += n
+        elif frames[-1] not in IDLE_LEAVES:
+            busy_total += n
+            busy_own[frames[-1]] += n
+            for f in set(frames):
+                busy_incl[f] += n
+    out = [f"main thread: {main_total / rate:.2f} s of wall time; inclusive share:"]
+    out += [f"  {100 * n / main_total:5.1f}%  {f}" for f, n in main_incl.most_common(top)]
+    out += ["", f"worker threads: {busy_total / rate:.2f} thread-seconds busy; own share:"]
+    out += [f"  {100 * n / busy_total:5.1f}%  {f}" for f, n in busy_own.most_common(top)]
+    out += ["", "worker threads, inclusive share:"]
+    out += [f"  {100 * n / busy_total:5.1f}%  {f}" for f, n in busy_incl.most_common(top)]
     return "\n".join(out)
 
 
@@ -72,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     try:
+        (scratch / "weed").mkdir()
         with seaweedfs_server(str(scratch / "weed")) as server:
             bucket = server.make_bucket("profile")
             tool = CacheSync()
@@ -102,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(str(out)).sort_stats("cumulative").print_stats(30)
         pstats.Stats(str(out)).sort_stats("tottime").print_stats(20)
     else:
-        summary = summarize_collapsed(out)
+        summary = summarize_collapsed(out, args.rate)
         out.with_suffix(".txt").write_text(summary)
         print(summary)
     print(f"profile: {out}", file=sys.stderr)

@@ -29,6 +29,7 @@ from bench.peers import PEERS, TOOLS, Target, Tool
 from bench.verify import compare, scan
 
 REPO = Path(__file__).resolve().parent.parent
+FLOOR = "floor: create the files, empty"
 OPS = ("upload", "noop_push", "incr_push", "cold_pull", "warm_pull")
 
 
@@ -41,8 +42,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
     ap.add_argument("--runs", type=int, default=3, help="runs per measurement (median shown)")
     ap.add_argument("--pulls", type=int, default=1,
-                    help="cold+warm pulls per upload (e.g. --runs 1 --pulls 3 for a full-size "
-                         "run: 3 samples of each pull for one costly upload)")
+                    help="no-op pushes and cold+warm pulls per upload (e.g. --runs 1 --pulls 3 "
+                         "for a full-size run: 3 samples of each for one costly upload)")
     ap.add_argument("--latency", choices=("none", "20ms", "both"), default="none",
                     help="add ~20 ms RTT through a TCP proxy (20ms), or run both modes")
     ap.add_argument("--rtt-ms", type=float, default=20.0)
@@ -126,7 +127,9 @@ class Bench:
             rec = {**base, "tool": tool.name}
             up = self._measure(tool.push(src, target), env, push_disk, op="upload", **rec)
             up["stored_bytes"], up["stored_objects"] = _bucket_bytes(client, bucket)
-            self._measure(tool.push(src, target), env, push_disk, op="noop_push", **rec)
+            for k in range(self.args.pulls):  # idempotent and cheap: repeat with the pulls
+                self._measure(tool.push(src, target), env, push_disk, op="noop_push",
+                              **rec, pull=k)
             extra = datasets.add_extra_package(pieces, src)
             row = self._measure(tool.push(src, target), env, push_disk, op="incr_push", **rec)
             after, objects = _bucket_bytes(client, bucket)
@@ -155,6 +158,12 @@ class Bench:
             readers["limit (s5cmd cp)"] = limit.s5cmd_reader_cmd(
                 endpoint, bucket, out, self.args.parallel or 16)
         env = {**os.environ, **self.server.env(), "PYTHONPATH": str(REPO)}
+        floor_dir = self.work / "floor"
+        shutil.rmtree(floor_dir, ignore_errors=True)
+        floor_dir.mkdir()
+        self._measure(limit.floor_cmd(self.work / "listing.json", floor_dir), env, [floor_dir],
+                      op="cold_pull", tool=FLOOR, **base)
+        shutil.rmtree(floor_dir, ignore_errors=True)
         for name, cmd in readers.items():
             out.unlink(missing_ok=True)
             row = self._measure(cmd, env, [out.parent], op="cold_pull", tool=name, **base)
@@ -173,6 +182,9 @@ def _run_all(args, server, bench: Bench, pieces, tools: list[Tool], modes: list[
         datasets.add_extra_package(pieces, ref_root)
         reference = scan(ref_root)
         nbytes = sum(e.size for e in reference.values() if e.kind == "file")
+        (bench.work / "listing.json").write_text(json.dumps({
+            "dirs": sorted(p for p, e in reference.items() if e.kind == "dir"),
+            "files": sorted(p for p, e in reference.items() if e.kind != "dir")}))
         meta.setdefault("datasets", {})[ds] = {
             "files": sum(e.kind == "file" for e in reference.values()),
             "links": sum(e.kind == "link" for e in reference.values()), "bytes": nbytes}
