@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -108,26 +107,6 @@ def _read(endpoint: str, bucket: str, out: str, size: int, parallel: int) -> Non
         os.close(fd)
 
 
-def floor_cmd(listing: Path, out: Path) -> list:
-    return [sys.executable, "-m", "bench.limit", "floor", "--list", str(listing), "--out",
-            str(out)]
-
-
-def _floor(listing: str, out: str, threads: int) -> None:
-    """Create the tree's directories and its files, empty: what any pull pays in filesystem
-    metadata on this disk before a single byte is written (inode creation was measured at
-    0.4-1 ms per file on this VM's ext4, and does not get faster with more threads)."""
-    entries = json.loads(Path(listing).read_text())
-    for d in entries["dirs"]:
-        os.makedirs(os.path.join(out, d), exist_ok=True)
-
-    def create(rel: str) -> None:
-        os.close(os.open(os.path.join(out, rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(create, entries["files"], chunksize=64))
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.limit")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -137,15 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--size", type=int, required=True)
     r.add_argument("--parallel", type=int, default=8)
-    f = sub.add_parser("floor", help="create a tree's dirs and files, empty")
-    f.add_argument("--list", required=True, help="json: {dirs: [...], files: [...]}")
-    f.add_argument("--out", required=True)
-    f.add_argument("--threads", type=int, default=4)
     a = ap.parse_args(argv)
-    if a.cmd == "floor":
-        _floor(a.list, a.out, a.threads)
-    else:
-        _read(a.endpoint, a.bucket, a.out, a.size, a.parallel)
+    _read(a.endpoint, a.bucket, a.out, a.size, a.parallel)
 
 
 if __name__ == "__main__":

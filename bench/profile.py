@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=datasets.SIZES, default="quick")
     ap.add_argument("--dataset", choices=tuple(datasets.DATASETS), default="a")
     ap.add_argument("--cprofile", action="store_true", help="cProfile instead of py-spy")
-    ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/cache-sync-bench"))
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             src = datasets.make_root(pieces, args.dataset, scratch / "src")
             env = tool.env(t)
             subprocess.run(tool.push(src, t), env=env, check=True)
+            plain = scratch / "plain"
+            plain.mkdir()
+            start = time.perf_counter()
+            subprocess.run(tool.pull(plain, t), env=env, check=True)
+            print(f"cold pull of ({args.dataset}) {args.size}: "
+                  f"{time.perf_counter() - start:.2f}s without a profiler")
+            shutil.rmtree(plain)
             dst = scratch / "dst"
             dst.mkdir()
             cmd = tool.pull(dst, t)
@@ -105,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [cmd[0], "-m", "cProfile", "-o", str(out), *cmd[1:]]
             else:
                 out = args.results / f"{stamp}-pull-{args.size}-{args.dataset}.collapsed"
-                cmd = ["py-spy", "record", "--idle", "--threads", "--rate", str(args.rate),
+                # --nonblocking: do not pause the process per sample (it distorts a 2-core run)
+                cmd = ["py-spy", "record", "--idle", "--threads", "--nonblocking",
+                       "--rate", str(args.rate),
                        "--format", "raw", "-o", str(out), "--", *cmd]
             start = time.perf_counter()
             subprocess.run(cmd, env=env, check=True)

@@ -29,7 +29,7 @@ from bench.peers import PEERS, TOOLS, Target, Tool
 from bench.verify import compare, scan
 
 REPO = Path(__file__).resolve().parent.parent
-FLOOR = "floor: create the files, empty"
+FLOOR = "floor: cp -a of the tree (disk only)"
 OPS = ("upload", "noop_push", "incr_push", "cold_pull", "warm_pull")
 
 
@@ -161,8 +161,9 @@ class Bench:
         floor_dir = self.work / "floor"
         shutil.rmtree(floor_dir, ignore_errors=True)
         floor_dir.mkdir()
-        self._measure(limit.floor_cmd(self.work / "listing.json", floor_dir), env, [floor_dir],
-                      op="cold_pull", tool=FLOOR, **base)
+        # What the disk allows with no network at all: a local copy of the same tree.
+        self._measure(["cp", "-a", f"{self.work / 'reference'}/.", str(floor_dir)], env,
+                      [floor_dir], op="cold_pull", tool=FLOOR, **base)
         shutil.rmtree(floor_dir, ignore_errors=True)
         for name, cmd in readers.items():
             out.unlink(missing_ok=True)
@@ -182,14 +183,10 @@ def _run_all(args, server, bench: Bench, pieces, tools: list[Tool], modes: list[
         datasets.add_extra_package(pieces, ref_root)
         reference = scan(ref_root)
         nbytes = sum(e.size for e in reference.values() if e.kind == "file")
-        (bench.work / "listing.json").write_text(json.dumps({
-            "dirs": sorted(p for p, e in reference.items() if e.kind == "dir"),
-            "files": sorted(p for p, e in reference.items() if e.kind != "dir")}))
         meta.setdefault("datasets", {})[ds] = {
             "files": sum(e.kind == "file" for e in reference.values()),
             "links": sum(e.kind == "link" for e in reference.values()), "bytes": nbytes}
         _log(f"dataset {ds} ({datasets.DATASET_TITLES[ds]}): {meta['datasets'][ds]}")
-        shutil.rmtree(ref_root)
         limit_bucket = server.make_bucket(f"bench-limit-{ds}")
         if not args.no_limit:
             limit.upload(server.client(), limit_bucket, nbytes)
@@ -209,6 +206,7 @@ def _run_all(args, server, bench: Bench, pieces, tools: list[Tool], modes: list[
                     for k in range(args.pulls if not args.no_limit else 0):
                         bench.limit_runs(ds, nbytes, endpoint, limit_bucket, {**base, "pull": k})
         _drop_bucket(server, limit_bucket)
+        shutil.rmtree(ref_root)  # kept until here: the floor copies it
 
 
 def main(argv: list[str] | None = None) -> int:
