@@ -66,15 +66,6 @@ class PullPlan:
 def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Index,
               base: dict[str, Entry]) -> PullPlan:
     plan = PullPlan()
-    # Local digests the index vouches for: content we can copy instead of download.
-    have: dict[str, str] = {}
-    for path, item in local.items():
-        d = known_digest(item, index)
-        if d is not None:
-            have.setdefault(d, path)
-            rec = index[path]
-            plan.keep[path] = rec
-
     removing: set[str] = set()
     for path, item in local.items():
         t = target.get(path)
@@ -88,8 +79,17 @@ def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Inde
         (p for p in removing if not any(a in removing for a in _ancestors(p))),
         key=lambda p: -p.count("/"),
     )
-    for p in removing:
-        plan.keep.pop(p, None)
+    # Local files the index vouches for and this pull leaves untouched: content we can copy
+    # instead of download (a file that is removed or rewritten by the pull is no source).
+    have: dict[str, str] = {}
+    for path, item in local.items():
+        d = known_digest(item, index)
+        if d is None or path in removing or any(a in removing for a in _ancestors(path)):
+            continue
+        plan.keep[path] = index[path]
+        t = target.get(path)
+        if t is not None and t.kind == "f" and t.digest == d:
+            have.setdefault(d, path)
 
     fetching: dict[str, Entry] = {}
     for path in sorted(target):
