@@ -53,6 +53,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help="datasets are cached here between runs; scratch space too")
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--timeout", type=float, default=3600, help="per tool invocation")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only print the table of an earlier results .json")
     return ap.parse_args(argv)
 
 
@@ -211,6 +213,10 @@ def _run_all(args, server, bench: Bench, pieces, tools: list[Tool], modes: list[
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.render:
+        data = json.loads(args.render.read_text())
+        print(report.render(data["records"], data["meta"], peers={TOOLS[p]().name for p in PEERS}))
+        return 0
     sys.path.insert(0, str(REPO))
     from tests.s3servers import seaweedfs_server
 
