@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import datasets
+from bench import datasets, latency_proxy
 from bench.peers import CacheSync, Target
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile")
     ap.add_argument("--size", choices=datasets.SIZES, default="quick")
     ap.add_argument("--dataset", choices=tuple(datasets.DATASETS), default="a")
+    ap.add_argument("--rtt-ms", type=float, default=0.0, help="pull through the latency proxy")
     ap.add_argument("--cprofile", action="store_true", help="cProfile instead of py-spy")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/cache-sync-bench"))
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             src = datasets.make_root(pieces, args.dataset, scratch / "src")
             env = tool.env(t)
             subprocess.run(tool.push(src, t), env=env, check=True)
+            stack = contextlib.ExitStack()
+            if args.rtt_ms:
+                t.endpoint = stack.enter_context(latency_proxy.start(server.endpoint, args.rtt_ms))
+                env = tool.env(t)
             plain = scratch / "plain"
             plain.mkdir()
             start = time.perf_counter()
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--format", "raw", "-o", str(out), "--", *cmd]
             start = time.perf_counter()
             subprocess.run(cmd, env=env, check=True)
+            stack.close()
             print(f"cold pull of ({args.dataset}) {args.size}: "
                   f"{time.perf_counter() - start:.2f}s under the profiler")
     finally:
