@@ -111,42 +111,56 @@ class Bench:
         self.records.append(row)
         return row
 
-    def tool_run(self, tool: Tool, pieces, ds: str, reference, endpoint: str, base: dict):
+    def tool_run(self, tool: Tool, pieces, ds: str, reference, endpoints: dict[float, str],
+                 base: dict):
+        """One tool, one bucket. The first upload and the incremental push go through the
+        first endpoint; no-op pushes and pulls are measured through every endpoint (direct and
+        proxied), so ``--latency both`` pays for the costly upload once."""
         self.seq += 1
         bucket = self.server.make_bucket(f"bench-{self.seq}")
         tdir = self.work / f"t{self.seq}"
         tdir.mkdir()
-        target = Target(endpoint, bucket, "cache", self.server.env(), datasets.DATASETS[ds], tdir)
         client = self.server.client()
         src, dst = tdir / "src", tdir / "dst"
         datasets.make_root(pieces, ds, src)
-        env = tool.env(target)
         tmp = tdir / "tmp"  # the tool's TMPDIR: staging there counts as extra disk
         tmp.mkdir()
-        env.update(TMPDIR=str(tmp), TMP=str(tmp), TEMP=str(tmp))
         push_disk, pull_disk = [tmp, src / ".cache-sync"], [tmp, dst]
+
+        def via(rtt: float) -> tuple[Target, dict]:
+            t = Target(endpoints[rtt], bucket, "cache", self.server.env(),
+                       datasets.DATASETS[ds], tdir)
+            return t, {**tool.env(t), "TMPDIR": str(tmp), "TMP": str(tmp), "TEMP": str(tmp)}
+
+        first = next(iter(endpoints))
         try:
-            rec = {**base, "tool": tool.name}
-            up = self._measure(tool.push(src, target), env, push_disk, op="upload", **rec)
+            t, env = via(first)
+            rec = {**base, "tool": tool.name, "rtt_ms": first}
+            up = self._measure(tool.push(src, t), env, push_disk, op="upload", **rec)
             up["stored_bytes"], up["stored_objects"] = _bucket_bytes(client, bucket)
-            for k in range(self.args.pulls):  # idempotent and cheap: repeat with the pulls
-                self._measure(tool.push(src, target), env, push_disk, op="noop_push",
-                              **rec, pull=k)
+            for rtt in endpoints:
+                t, env = via(rtt)
+                for k in range(self.args.pulls):  # idempotent and cheap: repeat like pulls
+                    self._measure(tool.push(src, t), env, push_disk, op="noop_push",
+                                  **{**rec, "rtt_ms": rtt, "pull": k})
+            t, env = via(first)
             extra = datasets.add_extra_package(pieces, src)
-            row = self._measure(tool.push(src, target), env, push_disk, op="incr_push", **rec)
+            row = self._measure(tool.push(src, t), env, push_disk, op="incr_push", **rec)
             after, objects = _bucket_bytes(client, bucket)
             row.update(new_bytes=extra, uploaded_bytes=after - up["stored_bytes"],
                        uploaded_objects=objects - up["stored_objects"])
-            for k in range(self.args.pulls):  # pulls are cheap to repeat; uploads are not
-                shutil.rmtree(dst, ignore_errors=True)
-                dst.mkdir()
-                prec = {**rec, "pull": k}
-                row = self._measure(tool.pull(dst, target), env, pull_disk, op="cold_pull",
-                                    **prec)
-                if row["returncode"] == 0:
-                    row["fidelity"] = compare(reference, dst).to_dict()
-                    _log(f"    verify: {row['fidelity']['summary']}")
-                self._measure(tool.pull(dst, target), env, pull_disk, op="warm_pull", **prec)
+            for rtt in endpoints:
+                t, env = via(rtt)
+                for k in range(self.args.pulls):  # pulls are cheap to repeat; uploads are not
+                    shutil.rmtree(dst, ignore_errors=True)
+                    dst.mkdir()
+                    prec = {**rec, "rtt_ms": rtt, "pull": k}
+                    row = self._measure(tool.pull(dst, t), env, pull_disk, op="cold_pull",
+                                        **prec)
+                    if row["returncode"] == 0:
+                        row["fidelity"] = compare(reference, dst).to_dict()
+                        _log(f"    verify: {row['fidelity']['summary']}")
+                    self._measure(tool.pull(dst, t), env, pull_disk, op="warm_pull", **prec)
         finally:
             shutil.rmtree(tdir, ignore_errors=True)
             _drop_bucket(self.server, bucket)
@@ -192,21 +206,23 @@ def _run_all(args, server, bench: Bench, pieces, tools: list[Tool], modes: list[
         limit_bucket = server.make_bucket(f"bench-limit-{ds}")
         if not args.no_limit:
             limit.upload(server.client(), limit_bucket, nbytes)
-        for rtt in modes:
-            ctx = (latency_proxy.start(server.endpoint, rtt) if rtt
-                   else contextlib.nullcontext(server.endpoint))
-            with ctx as endpoint:
+        with contextlib.ExitStack() as stack:
+            endpoints = {rtt: (stack.enter_context(latency_proxy.start(server.endpoint, rtt))
+                               if rtt else server.endpoint) for rtt in modes}
+            for rtt, ep in endpoints.items():
                 if rtt:
                     meta.setdefault("measured_rtt_ms", {})[str(rtt)] = round(
-                        1000 * latency_proxy.measure_rtt(endpoint), 1)
-                for run in range(args.runs):
-                    base = {"dataset": ds, "rtt_ms": rtt, "run": run}
-                    order = tools[run % len(tools):] + tools[: run % len(tools)]
-                    for tool in order:  # rotate so no tool always runs first/last
-                        _log(f"{ds} rtt={rtt:g}ms run {run + 1}/{args.runs}: {tool.name}")
-                        bench.tool_run(tool, pieces, ds, reference, endpoint, base)
+                        1000 * latency_proxy.measure_rtt(ep), 1)
+            for run in range(args.runs):
+                base = {"dataset": ds, "run": run}
+                for rtt, ep in endpoints.items():  # the references first: always in the table
                     for k in range(args.pulls if not args.no_limit else 0):
-                        bench.limit_runs(ds, nbytes, endpoint, limit_bucket, {**base, "pull": k})
+                        bench.limit_runs(ds, nbytes, ep, limit_bucket,
+                                         {**base, "rtt_ms": rtt, "pull": k})
+                order = tools[run % len(tools):] + tools[: run % len(tools)]
+                for tool in order:  # rotate so no tool always runs first/last
+                    _log(f"{ds} run {run + 1}/{args.runs}: {tool.name}")
+                    bench.tool_run(tool, pieces, ds, reference, endpoints, base)
         _drop_bucket(server, limit_bucket)
         shutil.rmtree(ref_root)  # kept until here: the floor copies it
 
