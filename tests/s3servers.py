@@ -73,6 +73,7 @@ class S3Server:
     secret_key: str = SECRET_KEY
     region: str = "us-east-1"
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    admin_url: str | None = None  # SeaweedFS master (e.g. /vol/vacuum to reclaim deleted bytes)
 
     def env(self) -> dict[str, str]:
         """Environment for a client process (cache-sync, awscli, ...)."""
@@ -158,12 +159,16 @@ def seaweedfs_server(data_dir: str | None = None) -> Iterator[S3Server]:
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}", "-master.volumeSizeLimitMB=1024",
         "-volume.max=0",
-        # Listeners on fixed default ports would collide with a second server (parallel runs).
+        # 4.48 also opens Iceberg (8181) and Lance (9101) listeners on FIXED ports, so a second
+        # server on the machine dies at start-up; nothing here uses them.
         "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     log = open(os.path.join(data_dir, "weed.log"), "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server("seaweedfs", f"http://127.0.0.1:{ports['s3']}", proc=proc)
+    server = S3Server(
+        "seaweedfs", f"http://127.0.0.1:{ports['s3']}", proc=proc,
+        admin_url=f"http://127.0.0.1:{ports['master']}",
+    )
     try:
         _wait_port(ports["s3"], proc, 60)
         # The S3 port opens before the filer is ready: wait until a bucket can be made.

@@ -1,0 +1,1 @@
+"""The cache-sync benchmark: ``python -m bench --help``; see docs/benchmark.md."""
