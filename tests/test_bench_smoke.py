@@ -38,6 +38,7 @@ def test_bench_tiny_cache_sync_and_a_peer(tmp_path):
     peer_cli, peer = PEER
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": REPO}
+    before = {c.pid for c in psutil.Process().children(recursive=True)}  # e.g. session servers
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--size", "tiny", "--runs", "1", "--datasets", "c",
          "--tools", f"cache-sync,{peer_cli}", "--data-dir", str(tmp_path / "data"),
@@ -68,5 +69,11 @@ def test_bench_tiny_cache_sync_and_a_peer(tmp_path):
     table = (results / json_file.name.replace(".json", ".md")).read_text()
     assert "| cold pull | cache-sync |" in table and "## Targets" in table
     assert "| cold pull | cache-sync |" in proc.stdout
-    # Nothing left running: the SeaweedFS server and any proxy were stopped.
-    assert not psutil.Process().children(recursive=True)
+    # Nothing left running: the SeaweedFS server and any proxy were stopped (none is still our
+    # child, and no process anywhere still works in the benchmark's data dir).
+    assert not [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(str(tmp_path) in part for part in (p.info["cmdline"] or [])):
+            left.append(p)
+    assert not left, left

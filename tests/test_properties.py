@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -137,12 +136,22 @@ def test_noop_push_opens_no_file_and_writes_nothing(tmp_path):
     assert out["areas"][0]["files"] == 1 and out["areas"][0]["objects"] == 0
 
 
+_MEASURE = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stderr.write(p.stderr)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(p.returncode)\n"
+)
+
+
 def _peak_rss_of(cmd: list[str], env: dict[str, str]) -> int:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    """Peak RSS of ``cmd`` alone: a fresh wrapper whose only child it is reports its
+    RUSAGE_CHILDREN (this process's own counter also holds every earlier test's children)."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) * 1024  # ru_maxrss is KiB on Linux
+    return int(proc.stdout.split()[-1]) * 1024  # ru_maxrss is KiB on Linux
 
 
 def test_one_gib_file_pushes_and_pulls_in_bounded_memory(tmp_path):

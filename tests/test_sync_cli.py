@@ -187,7 +187,7 @@ def test_pull_refuses_when_it_will_not_fit(tmp_path):
     try:
         proc = run_cli(["--root", str(mnt / "cache"), "pull"], env, check=False)
         assert proc.returncode == 4
-        assert "8,388,608 of files" in proc.stderr and "free" in proc.stderr
+        assert "needs 8,388,608 bytes" in proc.stderr and "free" in proc.stderr
         assert not list((mnt / "cache").rglob("w.bin"))
     finally:
         subprocess.run(["umount", str(mnt)])
