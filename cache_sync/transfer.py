@@ -46,6 +46,7 @@ READ = 1 << 20
 MAX_GAP = 256 * 1024  # fetch through a gap this small rather than make another request
 MAX_RANGE = 2 << 20
 SMALL_BLOB = 8 << 20  # single-blob files up to this are fetched by range and checked whole
+STREAM_OVER = 1 << 20  # a ranged file bigger than this is decoded piece by piece, not in memory
 
 _local = threading.local()
 
@@ -223,8 +224,11 @@ class Fetcher:
                     return
                 if blob.offset > pos:
                     _read_exact(body, blob.offset - pos, r.oid, e)
-                data = _read_exact(body, blob.stored, r.oid, e)
                 pos = blob.offset + blob.stored
+                if blob.raw > STREAM_OVER:
+                    self._place_streamed(body, blob, r.oid, e)
+                    continue
+                data = _read_exact(body, blob.stored, r.oid, e)
                 self.on_bytes(len(data))
                 raw = self._decode(data, blob, r.oid, e)
                 self._place_small(e, raw)
@@ -256,6 +260,63 @@ class Fetcher:
                 self.fetched += 1
             self.on_done(target, final, st)
         self.primary[e.digest] = e.path
+
+    def _place_streamed(self, body: Any, blob: Blob, oid: str, e: Entry) -> None:
+        """A bigger single-blob file: decode and write it piece by piece (memory stays at one
+        read), hashing as it goes; renamed into place only once its SHA-256 matches.
+        Duplicates of it are copied by the caller afterwards."""
+        final = self._final(e)
+        tmp = tmp_name(os.path.dirname(final))
+        h = hashlib.sha256()
+        dobj = _dctx().decompressobj() if blob.codec == CODEC_ZSTD else None
+        written = 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, e.mode & 0o777)
+            try:
+                left = blob.stored
+                while left:
+                    piece = body.read(min(READ, left))
+                    if not piece:
+                        raise TransientStorageError(
+                            f"object {oid} ended early (truncated?) while fetching {e.path!r}")
+                    left -= len(piece)
+                    self.on_bytes(len(piece))
+                    out = piece
+                    if dobj is not None:
+                        try:
+                            out = dobj.decompress(piece)
+                        except zstandard.ZstdError:
+                            raise IntegrityError(f"object {oid} is corrupt: bytes for "
+                                                 f"{e.path!r} do not decompress") from None
+                    written += len(out)
+                    if written > blob.raw:
+                        raise IntegrityError(f"object {oid} is corrupt: {e.path!r} decodes to "
+                                             "more bytes than the snapshot says")
+                    h.update(out)
+                    view = memoryview(out)
+                    while view:
+                        view = view[os.write(fd, view):]
+                if written != blob.raw or h.hexdigest() != e.digest:
+                    raise IntegrityError(f"object {oid} is corrupt: {e.path!r} does not match "
+                                         "its SHA-256 in the snapshot")
+                if e.mode & _UMASK or e.mode > 0o777:
+                    os.fchmod(fd, e.mode)
+                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, CacheSyncError):
+                raise _disk_error(exc, final) from None
+            raise
+        with self._lock:
+            self._placed.add(final)
+            self.fetched += 1
+        self.primary[e.digest] = e.path
+        self.on_done(e, final, st)
 
     def placed_path(self, digest: str) -> str:
         """Relative path where the content ``digest`` was fetched (for duplicates)."""
