@@ -8,6 +8,7 @@ same credentials (``S3Server.env()``).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 import shutil
 import sys
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ class Target:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-class Tool:
+class Tool(ABC):
     name = ""
     binary = ""
 
@@ -43,11 +44,13 @@ class Tool:
     def env(self, t: Target) -> dict[str, str]:
         return {**os.environ, **t.env}
 
+    @abstractmethod
     def push(self, root: Path, t: Target) -> list[str]:
-        raise NotImplementedError
+        """The command line that uploads ``root`` to the target."""
 
+    @abstractmethod
     def pull(self, root: Path, t: Target) -> list[str]:
-        raise NotImplementedError
+        """The command line that downloads the target into ``root``."""
 
     def tuning(self) -> str:
         return ""
