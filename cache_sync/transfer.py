@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,6 +261,35 @@ class Fetcher:
             self.on_done(target, final, st)
         self.primary[e.digest] = e.path
 
+    def _decoded(self, body: Any, blob: Blob, oid: str, e: Entry
+                 ) -> Iterator[tuple[bytes, bytes]]:
+        """(stored piece, decoded piece) pairs for one blob read from ``body``, one read at
+        a time; refuses a body that ends early, does not decompress, or decodes to more
+        bytes than the snapshot says."""
+        dobj = _dctx().decompressobj() if blob.codec == CODEC_ZSTD else None
+        left = blob.stored
+        decoded = 0
+        while left:
+            piece = body.read(min(READ, left))
+            if not piece:
+                raise TransientStorageError(
+                    f"object {oid} ended early (truncated?) while fetching {e.path!r}")
+            left -= len(piece)
+            self.on_bytes(len(piece))
+            out = piece
+            if dobj is not None:
+                try:
+                    out = dobj.decompress(piece)
+                except zstandard.ZstdError:
+                    raise IntegrityError(
+                        f"object {oid} is corrupt: bytes for {e.path!r} do not decompress"
+                    ) from None
+            decoded += len(out)
+            if decoded > blob.raw:
+                raise IntegrityError(f"object {oid} is corrupt: {e.path!r} decodes to more "
+                                     "bytes than the snapshot says")
+            yield piece, out
+
     def _place_streamed(self, body: Any, blob: Blob, oid: str, e: Entry) -> None:
         """A bigger single-blob file: decode and write it piece by piece (memory stays at one
         read), hashing as it goes; renamed into place only once its SHA-256 matches.
@@ -268,30 +297,12 @@ class Fetcher:
         final = self._final(e)
         tmp = tmp_name(os.path.dirname(final))
         h = hashlib.sha256()
-        dobj = _dctx().decompressobj() if blob.codec == CODEC_ZSTD else None
         written = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, e.mode & 0o777)
             try:
-                left = blob.stored
-                while left:
-                    piece = body.read(min(READ, left))
-                    if not piece:
-                        raise TransientStorageError(
-                            f"object {oid} ended early (truncated?) while fetching {e.path!r}")
-                    left -= len(piece)
-                    self.on_bytes(len(piece))
-                    out = piece
-                    if dobj is not None:
-                        try:
-                            out = dobj.decompress(piece)
-                        except zstandard.ZstdError:
-                            raise IntegrityError(f"object {oid} is corrupt: bytes for "
-                                                 f"{e.path!r} do not decompress") from None
+                for _piece, out in self._decoded(body, blob, oid, e):
                     written += len(out)
-                    if written > blob.raw:
-                        raise IntegrityError(f"object {oid} is corrupt: {e.path!r} decodes to "
-                                             "more bytes than the snapshot says")
                     h.update(out)
                     view = memoryview(out)
                     while view:
@@ -356,30 +367,11 @@ class Fetcher:
             self.requests += 1
         h = hashlib.sha256()
         written = 0
-        dobj = _dctx().decompressobj() if blob.codec == CODEC_ZSTD else None
         try:
-            left = blob.stored
-            while left:
+            for piece, out in self._decoded(body, blob, blob.oid, e):
                 if self.abort.is_set():
                     return
-                piece = body.read(min(READ, left))
-                if not piece:
-                    raise TransientStorageError(
-                        f"object {blob.oid} ended early while fetching {e.path!r}"
-                    )
-                left -= len(piece)
                 h.update(piece)
-                self.on_bytes(len(piece))
-                out = piece
-                if dobj is not None:
-                    try:
-                        out = dobj.decompress(piece)
-                    except zstandard.ZstdError:
-                        raise IntegrityError(
-                            f"object {blob.oid} is corrupt: it does not decompress ({e.path!r})"
-                        ) from None
-                if written + len(out) > blob.raw:
-                    raise IntegrityError(f"object {blob.oid} is larger than {e.path!r} says")
                 if out:
                     _pwrite_all(cf.fd, out, file_off + written, cf.final)
                     written += len(out)
