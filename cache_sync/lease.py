@@ -187,7 +187,7 @@ class Renewer(threading.Thread):
                 self.failures += 1
                 self.log(f"lease renewal failed ({exc}); retrying")
 
-    def __enter__(self) -> Renewer:
+    def __enter__(self) -> Renewer:  # noqa: PYI034
         self.start()
         return self
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from cache_sync.errors import ObjectNotFound
 from cache_sync.lease import (
-    LeaseWaitTimeout,
     Lease,
+    LeaseWaitTimeout,
     Timing,
     acquire,
     interpret,
@@ -62,8 +62,11 @@ class MemStore(Store):
             self.objects.pop(k, None)
 
 
+TIMING = Timing(expiry=10, renew=2, settle=2)
+
+
 def make(world: World, store: MemStore, worker: str, skew: float = 0.0,
-         timing: Timing = Timing(expiry=10, renew=2, settle=2)) -> Lease:
+         timing: Timing = TIMING) -> Lease:
     """A candidate whose local clock is off by ``skew`` seconds (it never matters: only
     differences of one machine's own clock are used)."""
     return Lease(store, "bootstrap", worker, timing, clock=lambda: world.t + skew)
