@@ -26,6 +26,7 @@ from typing import Any
 
 from cache_sync import __version__
 from cache_sync.config import Settings, validate_area_name
+from cache_sync.contents import SmallFiles
 from cache_sync.errors import (
     CacheSyncError,
     DeadlineExceeded,
@@ -33,7 +34,6 @@ from cache_sync.errors import (
     FormatError,
     ObjectNotFound,
 )
-from cache_sync.contents import SmallFiles
 from cache_sync.history import History
 from cache_sync.layout import (
     FORMAT_VERSION,

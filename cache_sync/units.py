@@ -151,8 +151,7 @@ def canonical_name(meta_dir: str) -> str:
     """``Foo_Bar-1.0.dist-info`` -> ``foo-bar`` (PEP 503 normalisation of the name part)."""
     stem = meta_dir
     for suffix in _META_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
+        stem = stem.removesuffix(suffix)
     return _CANON.sub("-", stem.split("-", 1)[0]).lower()
 
 
