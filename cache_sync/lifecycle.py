@@ -1,8 +1,9 @@
 """``cache-sync run -- CMD``: the worker's supervisor.
 
-preflight (free space, fresh ``tmp/`` and ``build/``) -> pull -> env -> start CMD -> wait,
+preflight (free space, a fresh ``tmp/<worker>/`` and ``build/<worker>/``, dead workers' dirs
+swept: ``workers.py``) -> pull the serving areas (``roles.py``) -> env -> start CMD -> wait,
 forwarding SIGTERM/SIGINT/SIGHUP (SIGKILL after a grace period) -> push within a budget ->
-remove ``tmp/`` and ``build/`` -> exit with CMD's status.
+remove this worker's scratch dirs -> exit with CMD's status.
 
 It is written to be PID 1 in a container, like tini: the kernel ignores default-action signals
 sent to PID 1, so handlers are installed for every signal we forward; orphans are reparented to
@@ -12,9 +13,9 @@ us, so every child is reaped (``waitpid(-1)``). Outside PID 1 we ask to be a chi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -23,11 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache_sync import diskguard
-from cache_sync.config import EPHEMERAL_DIRS, Settings
+from cache_sync import diskguard, workers
+from cache_sync.config import Settings
 from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import CacheSyncError, ConfigError, DeadlineExceeded
+from cache_sync.roles import serving_areas
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
@@ -67,14 +69,6 @@ def _become_subreaper() -> None:
         pass
 
 
-def wipe_ephemeral(settings: Settings, recreate: bool) -> None:
-    for name in EPHEMERAL_DIRS:
-        path = settings.root / name
-        shutil.rmtree(path, ignore_errors=True)
-        if recreate:
-            path.mkdir(parents=True, exist_ok=True)
-
-
 def exit_code_of(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code  # killed by signal N -> 128+N, as shells do
@@ -98,7 +92,8 @@ class _PeriodicPush(threading.Thread):
             lock_timeout=min(self.settings.lock_timeout, self.interval))
         while not self.stop.wait(self.interval):
             try:
-                sync.push(settings, deadline=time.monotonic() + self.interval)
+                sync.push(settings, serving_areas(settings),
+                          deadline=time.monotonic() + self.interval)
                 self.count += 1
             except CacheSyncError as exc:  # keep the worker running; the final push follows
                 self.log(f"periodic push failed: {exc}")
@@ -133,10 +128,12 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     # Handlers go in before the pull: as PID 1 an unhandled SIGTERM would be dropped, and a
     # signal during the pull must stop the worker from starting rather than be lost.
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
+    scratch = contextlib.ExitStack()
     try:
-        wipe_ephemeral(settings, recreate=True)
+        # this worker's own tmp/<worker>/ and build/<worker>/, its liveness marker, heartbeat
+        scratch.enter_context(workers.session(settings, owner=True))
         if opts.pull:
-            result.pulled = [r.to_dict() for r in sync.pull(settings)]
+            result.pulled = [r.to_dict() for r in sync.pull(settings, serving_areas(settings))]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
         if pending:
             result.exit_code = 128 + pending[0]
@@ -170,7 +167,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        wipe_ephemeral(settings, recreate=False)
+        scratch.close()
     return result
 
 
@@ -236,7 +233,8 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
         log(result.push_error)
         return
     try:
-        result.pushed = [r.to_dict() for r in sync.push(settings, deadline=deadline)]
+        result.pushed = [r.to_dict() for r in sync.push(settings, serving_areas(settings),
+                                                        deadline=deadline)]
         log("pushed: " + ", ".join(
             f"{r['area']} ({'up to date' if r.get('up_to_date') else r.get('snapshot')})"
             for r in result.pushed))

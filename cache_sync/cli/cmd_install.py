@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from cache_sync import flashattn
+from cache_sync import flashattn, workers
 from cache_sync.cli.output import Output
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env
@@ -103,7 +103,10 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         return [parse_spec(url, optional=True, no_deps=True,
                            timeout=settings.install_big_timeout)]
 
-    report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
+    # Its own scratch dirs on a shared root; under `run` (CACHE_SYNC_WORKER inherited) the
+    # dirs are run's, and run cleans them.
+    with workers.session(settings, owner=workers.owns_its_id(settings)):
+        report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
     report.notes += notes
     error: CacheSyncError | None = None
     if report.failed_required:
