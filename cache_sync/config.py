@@ -126,6 +126,13 @@ class Settings:
     push_pip: bool = False
     flash_attn_base_url: str = (
         "https://github.com/Dao-AILab/flash-attention/releases/download")
+    # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
+    requirements: str | None = None
+    hf_models: tuple[str, ...] = ()
+    hf_models_hook: str | None = None
+    lease_expiry: float = 60.0
+    lease_settle: float = 2.0
+    lease_wait: float = 1800.0
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -------------------------------------------------------------------
@@ -234,6 +241,7 @@ class Settings:
             secret_access_key=secret,
             session_token=env.get("AWS_SESSION_TOKEN"),
             **_install_settings(pick, num),
+            **_bootstrap_settings(pick, num),
             sources=sources,
         )
 
@@ -271,6 +279,19 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
                              ).rstrip("/"),
+    )
+
+
+def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
+    """Settings of the self-bootstrapping worker (``run --requirements``, docs/design.md 8)."""
+    models = pick("hf_models", "hf_models") or ""
+    return dict(
+        requirements=pick("requirements", "requirements"),
+        hf_models=tuple(m for m in models.replace(",", " ").split() if m),
+        hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
+        lease_settle=num("lease_settle", _parse_float, 2.0),
+        lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),
     )
 
 
