@@ -138,7 +138,7 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
 
     store = open_store(settings)
     timing = lease.Timing.for_expiry(settings.lease_expiry, settings.lease_settle)
-    claim = lease.Lease(store, LEASE_NAME, lease.worker_id(dict(base_env)), timing)
+    claim = lease.Lease(store, LEASE_NAME, settings.worker, timing)
     heads = _Heads(settings, log)
     heads.seen = heads.current(store)  # what our pull already brought
 

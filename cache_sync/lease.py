@@ -81,13 +81,6 @@ class View:
         return self.live[0] if self.live else None
 
 
-def worker_id(environ: dict[str, str] | None = None) -> str:
-    """``RUNPOD_POD_ID`` inside RunPod, else host and pid: unique among live workers."""
-    env = os.environ if environ is None else environ
-    raw = env.get("RUNPOD_POD_ID") or f"{socket.gethostname()}-{os.getpid()}"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:64]
-
-
 def interpret(infos: list[ObjectInfo], prefix: str, expiry: float) -> View:
     """Pure: turn a LIST of ``prefix`` into live and expired claims (see module docstring)."""
     placed: dict[str, float] = {}
