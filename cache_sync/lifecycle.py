@@ -143,7 +143,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             result.pulled = [r.to_dict() for r in sync.pull(settings)]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
         if not plan.empty and not pending:
-            result.bootstrap = bootstrap.run(settings, plan, os.environ, log).to_dict()
+            result.bootstrap = bootstrap.run(settings, plan, os.environ, log,
+                                             stop=lambda: bool(pending)).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
