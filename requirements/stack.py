@@ -34,36 +34,43 @@ TORCHAUDIO = "2.9.1"
 CUDA_TAG = "cu128"  # the CUDA build of PyPI's torch 2.9.1 wheel for Linux x86_64
 TORCH_INDEX = f"https://download.pytorch.org/whl/{CUDA_TAG}"
 
-# (requirement, cache-sync options) in install order. Exact pins for what the worker's code
-# touches; the rest are f5-tts's own lower bounds (its METADATA), resolved at install time.
+# (requirement, cache-sync options) in install order. Every f5-tts runtime dependency is
+# pinned to the version the f5 tier ran (resolved together with `uv pip compile`); the
+# install goes one unit at a time, so huggingface-hub comes before datasets (a newer datasets
+# would pull huggingface-hub 1.x, which transformers 4.57 refuses).
 PINNED: list[tuple[str, str]] = [
-    ("runpod>=1.12,<2", ""),
+    ("runpod==1.12.0", ""),
     ("f5-tts==1.1.22", "no-deps"),
     ("transformers==4.57.6", ""),
+    ("huggingface-hub==0.36.2", ""),
     ("vocos==0.1.0", ""),
-    ("accelerate>=0.33.0", ""),
-    ("cached_path", ""),
-    ("click", ""),
-    ("datasets", ""),
-    ("ema_pytorch>=0.5.2", ""),
-    ("hydra-core>=1.3.0", ""),
-    ("librosa", ""),
-    ("matplotlib", ""),
+    ("accelerate==1.15.0", ""),
+    ("cached-path==1.8.10", ""),
+    ("click==8.5.1", ""),
+    ("datasets==5.0.1", ""),
+    ("ema-pytorch==0.8.3", ""),
+    ("hydra-core==1.3.8", ""),
+    ("librosa==0.11.0", ""),
+    ("matplotlib==3.11.2", ""),
     ('numpy<=1.26.4; python_version <= "3.10"', ""),
-    ('numpy; python_version > "3.10"', ""),
-    ("pydub", ""),
-    ("pypinyin", ""),
-    ("rjieba", ""),
-    ("safetensors", ""),
-    ("soundfile", ""),
-    ("tomli", ""),
-    ("torchdiffeq", ""),
-    ("tqdm>=4.65.0", ""),
-    ("transformers_stream_generator", ""),
-    ("unidecode", ""),
-    ("wandb", ""),
-    ("x_transformers>=1.31.14", ""),
+    ('numpy==2.4.6; python_version > "3.10"', ""),
+    ("pydub==0.25.1", ""),
+    ("pypinyin==0.55.0", ""),
+    ("rjieba==0.2.2", ""),
+    ("safetensors==0.8.0", ""),
+    ("soundfile==0.14.0", ""),
+    ("tomli==2.5.0", ""),
+    ("torchdiffeq==0.2.5", ""),
+    ("tqdm==4.70.1", ""),
+    ("unidecode==1.4.0", ""),
+    ("wandb==0.31.0", ""),
+    ("x-transformers==2.31.10", ""),
 ]
+# Left out of f5-tts 1.1.22's Requires-Dist, each never imported by the worker's f5_tts code
+# path: gradio (web UI), bitsandbytes (the trainer's 8-bit optimizer, imported lazily),
+# torchcodec (torchaudio.load only) and transformers_stream_generator (imported nowhere in
+# f5_tts; it needs transformers' BeamSearchScorer, which 4.57 no longer has).
+LEFT_OUT = ("gradio", "bitsandbytes", "torchcodec", "transformers-stream-generator")
 
 TARGETS = {
     "gpu": {
@@ -85,8 +92,8 @@ HEADER = """\
 # {title}.
 # The worker's curated install set for `cache-sync install -r` (see docs/install.md, "The
 # runpod requirements"); per-line options after "# cache-sync:". f5-tts goes in with no-deps
-# (its gradio pin conflicts with runpod's tomlkit); its runtime dependencies follow, without
-# gradio (web UI), bitsandbytes (8-bit trainer) and torchcodec (torchaudio.load only).
+# (its gradio pin conflicts with runpod's tomlkit); its runtime dependencies follow, pinned,
+# without gradio, bitsandbytes, torchcodec, transformers_stream_generator (see stack.py).
 """
 
 
