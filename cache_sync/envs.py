@@ -93,6 +93,13 @@ def describe(name: str) -> str:
     }.get(name, "")
 
 
+def fish_quote(value: str) -> str:
+    """Single quotes as fish reads them: unlike POSIX shells, fish treats ``\\'`` and
+    ``\\\\`` inside single quotes as escapes, so POSIX quoting (``'...'\\''...'``) of a
+    value holding ``\\'`` ends the quote early and can run what follows."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def render(env: Mapping[str, str], shell: str) -> str:
     """Shell code that sets ``env`` when evaluated (or JSON)."""
     if shell == "json":
@@ -101,10 +108,10 @@ def render(env: Mapping[str, str], shell: str) -> str:
     for name, value in env.items():
         if shell == "fish":
             if name in PATH_LIKE:  # fish keeps PATH as a list
-                parts = " ".join(shlex.quote(p) for p in value.split(":") if p)
+                parts = " ".join(fish_quote(p) for p in value.split(":") if p)
                 lines.append(f"set -gx {name} {parts}")
             else:
-                lines.append(f"set -gx {name} {shlex.quote(value)}")
+                lines.append(f"set -gx {name} {fish_quote(value)}")
         else:  # bash and zsh share POSIX quoting
             lines.append(f"export {name}={shlex.quote(value)}")
     return "\n".join(lines)
