@@ -15,6 +15,7 @@ import errno
 import fcntl
 import itertools
 import json
+import logging
 import os
 import stat
 import time
@@ -28,6 +29,7 @@ import zstandard
 from cache_sync.errors import DiskSpaceError, LockedError
 from cache_sync.snapshot import Blob, Entry
 
+log = logging.getLogger("cache_sync.scan")
 TMP_PREFIX = ".cs-tmp-"
 
 
@@ -66,6 +68,7 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
     items: dict[str, LocalItem] = {}
     if not area_dir.is_dir():
         return items
+    special: list[str] = []
     stack = [("", str(area_dir))]
     while stack:
         rel_dir, abs_dir = stack.pop()
@@ -91,7 +94,14 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
                     items[rel] = item_from_stat(rel, st)
                 elif stat.S_ISLNK(mode):
                     items[rel] = item_from_stat(rel, st, os.readlink(de.path))
-                # sockets, fifos, devices: not part of a cache, skipped
+                else:  # FIFOs, sockets, device nodes: not part of a cache
+                    special.append(rel)
+    if special:
+        special.sort()
+        shown = ", ".join(special[:3]) + (f" and {len(special) - 3} more" if len(special) > 3
+                                          else "")
+        log.warning("%s: skipped %d FIFO, socket or device node%s (not synced): %s",
+                    area_dir, len(special), "" if len(special) == 1 else "s", shown)
     return items
 
 

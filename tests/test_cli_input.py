@@ -61,3 +61,33 @@ def test_global_options_after_the_command(tmp_path):
     p = run_cli(["--root", "/nonexistent/elsewhere", "status", "--root", str(dst),
                  "--remote", remote, "deps"], env)
     assert "deps" in p.stdout
+
+
+def test_fifos_sockets_and_devices_are_skipped_with_one_warning(tmp_path):
+    import os
+    import socket
+    import stat
+    area = tmp_path / "root" / "deps"
+    area.mkdir(parents=True)
+    (area / "real.txt").write_text("data")
+    specials = ["a.fifo", "b.fifo", "c.sock"]
+    os.mkfifo(area / "a.fifo")
+    os.mkfifo(area / "b.fifo")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(area / "c.sock"))
+    try:
+        try:
+            os.mknod(area / "d.dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+            specials.append("d.dev")
+        except (PermissionError, OSError):
+            pass  # no CAP_MKNOD here: FIFOs and sockets still cover the rule
+        env = cli_env(f"file://{tmp_path}/store", {"CACHE_SYNC_ROOT": str(tmp_path / "root")})
+        p = run_cli(["push", "deps"], env)  # never blocks opening a FIFO
+        warnings = [ln for ln in p.stderr.splitlines() if "FIFO, socket or device" in ln]
+        assert len(warnings) == 1, p.stderr
+        assert f"skipped {len(specials)} " in warnings[0] and "a.fifo" in warnings[0]
+    finally:
+        s.close()
+    dst = cli_env(f"file://{tmp_path}/store", {"CACHE_SYNC_ROOT": str(tmp_path / "dst")})
+    run_cli(["pull", "deps"], dst)
+    assert sorted(os.listdir(tmp_path / "dst" / "deps")) == ["real.txt"]
