@@ -12,6 +12,7 @@ long before the packages land. So every cache and every temporary directory is r
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 from collections.abc import Mapping
@@ -104,10 +105,15 @@ def describe(name: str) -> str:
     }.get(name, "")
 
 
+_FISH_BARE = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")  # words fish reads literally
+
+
 def fish_quote(value: str) -> str:
     """Single quotes as fish reads them: unlike POSIX shells, fish treats ``\\'`` and
     ``\\\\`` inside single quotes as escapes, so POSIX quoting (``'...'\\''...'``) of a
     value holding ``\\'`` ends the quote early and can run what follows."""
+    if value and _FISH_BARE.match(value):
+        return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
