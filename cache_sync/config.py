@@ -9,10 +9,11 @@ beats the default. Secrets are kept out of ``repr`` and ``explain()``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,13 @@ class Settings:
     runpod_volume: str = RUNPOD_VOLUME
     runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
     allow_local: bool = False
+    # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
+    requirements: str | None = None
+    hf_models: tuple[str, ...] = ()
+    hf_models_hook: str | None = None
+    lease_expiry: float = 60.0
+    lease_settle: float = 2.0
+    lease_wait: float = 1800.0
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -------------------------------------------------------------------
@@ -211,6 +219,7 @@ class Settings:
                     f"remote {remote!r} is not a supported URL",
                     hint="use s3://bucket/prefix or file:///absolute/path",
                 )
+        check_remote(remote)
         region = pick("region", "region", "AWS_REGION", "AWS_DEFAULT_REGION", "B2_REGION")
         endpoint = pick("endpoint_url", "endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
         if endpoint is None and remote.startswith("s3://"):
@@ -233,6 +242,13 @@ class Settings:
             missing = "B2_APPLICATION_KEY" if env.get("B2_APPLICATION_KEY_ID") else (
                 "B2_APPLICATION_KEY_ID")
             raise ConfigError(f"{missing} is not set", hint="set both B2 key variables, or neither")
+
+        if remote.startswith("s3://") and bool(env.get("AWS_ACCESS_KEY_ID")) != bool(
+                env.get("AWS_SECRET_ACCESS_KEY")):
+            missing = ("AWS_SECRET_ACCESS_KEY" if env.get("AWS_ACCESS_KEY_ID")
+                       else "AWS_ACCESS_KEY_ID")
+            raise ConfigError(f"{missing} is not set", hint="set both AWS key variables, or "
+                              "neither (to use a profile or an instance role)")
 
         areas_raw = pick("areas", "areas")
         areas: tuple[str, ...] = DEFAULT_AREAS
@@ -280,6 +296,7 @@ class Settings:
             session_token=env.get("AWS_SESSION_TOKEN"),
             **_install_settings(pick, num),
             **_fleet_settings(pick, num, env),
+            **_bootstrap_settings(pick, num),
             sources=sources,
         )
 
@@ -330,6 +347,38 @@ def process_worker_id() -> str:
     return sanitize_worker(f"{socket.gethostname()}-{os.getpid()}")
 
 
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")  # what botocore itself accepts
+
+
+def check_remote(remote: str) -> None:
+    """A file:// remote names an absolute path; an s3:// one a bucket S3 can name."""
+    if remote.startswith("file://"):
+        path = remote[len("file://"):]
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"remote {remote!r} has {'no' if not path else 'a relative'} path",
+                hint="write file:///absolute/path (three slashes)")
+    elif remote.startswith("s3://"):
+        bucket = remote[len("s3://"):].partition("/")[0]
+        if not _BUCKET_RE.match(bucket):
+            raise ConfigError(
+                f"remote {remote!r}: {bucket!r} is not a valid bucket name",
+                hint="bucket names use lowercase letters, digits, '.' and '-' (3-63 characters)")
+
+
+def check_areas(chosen: Sequence[str], configured: Sequence[str]) -> None:
+    """Areas named on the command line must be configured ones: a misspelled name would
+    otherwise pull nothing and exit 0, or push a new area nobody syncs."""
+    for area in chosen:
+        validate_area_name(area)
+        if area not in configured:
+            close = difflib.get_close_matches(area, configured, n=1)
+            raise ConfigError(
+                f"{area!r} is not one of the areas ({', '.join(configured)})",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + "set CACHE_SYNC_AREAS to sync other directories")
+
+
 def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:
     """Who this worker is on a shared root, and whether it runs inside RunPod."""
     worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or process_worker_id()
@@ -341,6 +390,19 @@ def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, An
         "runpod_var": runpod_var,
         "allow_local": num("allow_local", _parse_bool, False),
     }
+
+
+def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
+    """Settings of the self-bootstrapping worker (``run --requirements``, docs/design.md 8)."""
+    models = pick("hf_models", "hf_models") or ""
+    return dict(
+        requirements=pick("requirements", "requirements"),
+        hf_models=tuple(m for m in models.replace(",", " ").split() if m),
+        hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
+        lease_settle=num("lease_settle", _parse_float, 2.0),
+        lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),
+    )
 
 
 def validate_area_name(area: str) -> None:

@@ -28,7 +28,13 @@ from cache_sync import diskguard, workers
 from cache_sync.config import Settings
 from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
-from cache_sync.errors import CacheSyncError, ConfigError, DeadlineExceeded
+from cache_sync.errors import (
+    CacheSyncError,
+    CommandNotExecutable,
+    CommandNotFound,
+    ConfigError,
+    DeadlineExceeded,
+)
 from cache_sync.roles import serving_areas
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -43,6 +49,7 @@ class RunOptions:
     push_timeout: float = 60.0
     push_interval: float | None = None
     kill_timeout: float = 30.0  # grace between the forwarded signal and SIGKILL
+    bootstrap: bool = True  # install/download what settings.requirements/hf_models need
 
 
 @dataclass
@@ -56,6 +63,7 @@ class RunResult:
     pushed: list[dict] = field(default_factory=list)
     push_error: str = ""
     periodic_pushes: int = 0
+    bootstrap: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -106,7 +114,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
-    from cache_sync import sync
+    from cache_sync import bootstrap, sync
+
+    plan = bootstrap.plan_from(settings, os.environ) if opts.bootstrap else bootstrap.Plan()
 
     # The child inherits the caller's environment (RUNPOD_*, AWS_*, HANDLER_* ...) with the
     # cache's exports on top.
@@ -135,6 +145,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         if opts.pull:
             result.pulled = [r.to_dict() for r in sync.pull(settings, serving_areas(settings))]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
+        if not plan.empty and not pending:
+            result.bootstrap = bootstrap.run(settings, plan, os.environ, log,
+                                             stop=lambda: bool(pending)).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
@@ -143,10 +156,12 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         try:
             child.append(subprocess.Popen(list(opts.cmd), env=env))
         except FileNotFoundError:
-            raise ConfigError(f"command not found: {opts.cmd[0]}", hint="check PATH in the "
-                              "cache's env (cache-sync env PATH)") from None
+            raise CommandNotFound(f"command not found: {opts.cmd[0]}", hint="check PATH in "
+                                  "the cache's env (cache-sync env PATH)") from None
         except PermissionError:
-            raise ConfigError(f"command not executable: {opts.cmd[0]}") from None
+            raise CommandNotExecutable(f"command not executable: {opts.cmd[0]}",
+                                       hint="chmod +x it, or run it through its interpreter"
+                                       ) from None
         for signum in pending:
             _forward(child[0].pid, signum)
         periodic = None
