@@ -142,6 +142,7 @@ def test_fish_eval_of_a_root_with_quote_and_semicolon(tmp_path):
     root = tmp_path / "r\\';touch PWNED;'x"
     env = hermetic_env(tmp_path)
     env["CACHE_SYNC_ROOT"] = str(root)
+    env["CACHE_SYNC_WORKER"] = "w1"
     out = cli(env, "env", "--shell", "fish")
     assert out.returncode == 0, out.stderr
     script = tmp_path / "env.fish"
@@ -150,4 +151,4 @@ def test_fish_eval_of_a_root_with_quote_and_semicolon(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "PWNED").exists()
-    assert r.stdout.strip() == str(root / "tmp")
+    assert r.stdout.strip() == str(root / "tmp" / "w1")

@@ -257,7 +257,8 @@ def test_child_inherits_the_callers_environment_plus_the_cache_exports(env, tmp_
     """RUNPOD_*, AWS_*, HANDLER_* reach the worker; the cache's TMPDIR/PYTHONPATH override."""
     env = {**env, "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/job", "TMPDIR": "/elsewhere"}
     code = ("import os, sys; ok = os.environ.get('RUNPOD_WEBHOOK_GET_JOB') == "
-            "'http://127.0.0.1:1/job' and os.environ['TMPDIR'].endswith('/tmp') "
+            "'http://127.0.0.1:1/job' "
+            "and os.path.basename(os.path.dirname(os.environ['TMPDIR'])) == 'tmp' "
             "and os.environ['TMPDIR'] != '/elsewhere'; sys.exit(0 if ok else 9)")
     p = cli(env, "run", "--no-pull", "--no-push", "--", sys.executable, "-c", code)
     assert p.returncode == 0, p.stderr
