@@ -80,7 +80,7 @@ def _drop_checksum_context(params: dict[str, Any], **_: Any) -> None:
 
 def _strip_flexible_headers(request: Any, **_: Any) -> None:
     """before-sign: the last word on headers, whatever a future botocore adds elsewhere."""
-    for name in [h for h in request.headers.keys() if is_flexible_checksum(h)]:
+    for name in [h for h in request.headers if is_flexible_checksum(h)]:
         del request.headers[name]
 
 

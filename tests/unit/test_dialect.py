@@ -84,7 +84,7 @@ def test_settings_resolve_and_validate_the_dialect():
     b2 = Settings.from_env({"B2_APPLICATION_KEY_ID": "k", "B2_APPLICATION_KEY": "s",
                             "B2_REGION": "us-west-004", "CACHE_SYNC_REMOTE": "s3://b/p"})
     assert b2.s3_dialect == "b2"
-    assert dict((k, src) for k, _, src in b2.explain())["s3_dialect"].startswith("auto:")
+    assert {k: src for k, _, src in b2.explain()}["s3_dialect"].startswith("auto:")
     forced = Settings.from_env({"CACHE_SYNC_S3_DIALECT": "AWS", "B2_REGION": "us-west-004",
                                 "CACHE_SYNC_REMOTE": "s3://b/p"})
     assert forced.s3_dialect == "aws"
