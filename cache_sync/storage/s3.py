@@ -105,34 +105,48 @@ def _retry_after(headers: dict[str, str]) -> float | None:
 
 
 def translate(exc: Exception, what: str) -> Exception:
-    """Map a botocore failure to our hierarchy; ``what`` names the key or operation."""
+    """Map a botocore failure to our hierarchy; ``what`` names the key or operation. A store's
+    error keeps its code (``StorageError.code``) for ``doctor``'s diagnosis."""
     if isinstance(exc, bex.ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        meta = exc.response.get("ResponseMetadata", {})
-        status = str(meta.get("HTTPStatusCode", ""))
-        if code == "NoSuchBucket":
-            return StorageError(f"bucket does not exist ({what})", hint="create it first")
-        if code in _MISSING or (status == "404" and not code):
-            return ObjectNotFound(f"{what} not found")
-        if code in _DENIED or status == "403":
-            return AccessDenied(
-                f"access denied ({code or status}) on {what}",
-                hint="check the key id/secret and that the key may use this bucket",
-            )
-        if code in _TRANSIENT or status.startswith("5"):
-            return TransientStorageError(
-                f"{code or status} on {what}",
-                retry_after=_retry_after(meta.get("HTTPHeaders", {})),
-            )
-        message = str(err.get("Message", ""))
-        if "nsupported header" in message or code == "NotImplemented":
-            return StorageError(
-                f"the store refused a request header: {message} ({what})",
-                hint="set CACHE_SYNC_S3_DIALECT=compat (or b2 for Backblaze) and run "
-                "`cache-sync doctor`",
-            )
-        return StorageError(f"{code or status}: {message} ({what})".strip())
+        err = _translate_client_error(exc, what)
+        if isinstance(err, StorageError):
+            code = exc.response.get("Error", {}).get("Code") or exc.response.get(
+                "ResponseMetadata", {}).get("HTTPStatusCode", "")
+            err.code = str(code)
+        return err
+    return _translate_other(exc, what)
+
+
+def _translate_client_error(exc: bex.ClientError, what: str) -> Exception:
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    meta = exc.response.get("ResponseMetadata", {})
+    status = str(meta.get("HTTPStatusCode", ""))
+    if code == "NoSuchBucket":
+        return StorageError(f"bucket does not exist ({what})", hint="create it first")
+    if code in _MISSING or (status == "404" and not code):
+        return ObjectNotFound(f"{what} not found")
+    if code in _DENIED or status == "403":
+        return AccessDenied(
+            f"access denied ({code or status}) on {what}",
+            hint="check the key id/secret and that the key may use this bucket",
+        )
+    if code in _TRANSIENT or status.startswith("5"):
+        return TransientStorageError(
+            f"{code or status} on {what}",
+            retry_after=_retry_after(meta.get("HTTPHeaders", {})),
+        )
+    message = str(err.get("Message", ""))
+    if "nsupported header" in message or code == "NotImplemented":
+        return StorageError(
+            f"the store refused a request header: {message} ({what})",
+            hint="set CACHE_SYNC_S3_DIALECT=compat (or b2 for Backblaze) and run "
+            "`cache-sync doctor`",
+        )
+    return StorageError(f"{code or status}: {message} ({what})".strip())
+
+
+def _translate_other(exc: Exception, what: str) -> Exception:
     if isinstance(exc, _NETWORK):
         return TransientStorageError(f"network error on {what}: {type(exc).__name__}")
     if isinstance(exc, bex.NoCredentialsError):
