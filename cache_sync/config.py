@@ -312,8 +312,8 @@ def _s3_dialect(pick: Any, env: Mapping[str, str], endpoint: str | None,
                           hint="use " + "|".join(CHOICES))
     if chosen != "auto":
         return chosen
-    b2_vars = bool(env.get("B2_REGION") or (env.get("B2_APPLICATION_KEY_ID")
-                                             and not env.get("AWS_ACCESS_KEY_ID")))
+    b2_vars = any(env.get(v) for v in ("B2_REGION", "B2_ENDPOINT", "B2_BUCKET")) or bool(
+        env.get("B2_APPLICATION_KEY_ID") and not env.get("AWS_ACCESS_KEY_ID"))
     dialect, why = derive(endpoint, b2_vars)
     sources["s3_dialect"] = f"auto: {why}"
     return dialect
