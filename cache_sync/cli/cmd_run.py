@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "seconds (default 30)")
     p.add_argument("--no-pull", action="store_true", help="skip the pull before CMD")
     p.add_argument("--no-push", action="store_true", help="skip pushes")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="pull every area before starting CMD (default: start CMD once "
+                   "packages/ and deps/ are in place, models/ keeps pulling; the worker waits "
+                   "for it with cache_sync.readiness.wait)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...",
                    help="the command and its arguments")
 
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
     opts = RunOptions(cmd=cmd, pull=not args.no_pull, push=not args.no_push,
                       push_timeout=args.push_timeout, push_interval=args.push_interval,
-                      kill_timeout=args.kill_timeout)
+                      kill_timeout=args.kill_timeout, overlap=not args.no_overlap)
     result = run_worker(settings, opts, lambda line: out.info(f"run: {line}"))
     if out.json_mode:
         out.result(result.to_dict())
