@@ -63,7 +63,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench ready", description=__doc__.splitlines()[0])
     ap.add_argument("--stack", choices=STACKS, default="f5")
     ap.add_argument("--requirements", type=Path, default=None,
-                    help="requirements for the f5 stack (default requirements/cpu.txt)")
+                    help="requirements for the f5 stack (default requirements/runpod-cpu.txt)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency", choices=("none", "20ms", "both"), default="both")

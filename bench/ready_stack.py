@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STACKS = ("f5", "tiny")
-DEFAULT_F5_REQUIREMENTS = REPO / "requirements" / "cpu.txt"
+DEFAULT_F5_REQUIREMENTS = REPO / "requirements" / "runpod-cpu.txt"
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,10 @@ def plain_requirements(reqs: Path) -> tuple[list[str], list[str]]:
 
 
 def _download_wheels(reqs: Path, wheels: Path) -> None:
+    """Every distribution the requirements resolve to, as wheels (``pip wheel`` builds the
+    few that PyPI has only as sdists), so both the installers and the index serve wheels."""
     deps, nodeps = plain_requirements(reqs)
-    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-           "--dest", str(wheels)]
+    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels)]
     if deps:
         _run(pip + deps)
     if nodeps:
@@ -77,7 +78,8 @@ def _cache_sync_install(root: Path, reqs: Path, wheels: Path, scratch: Path) -> 
     env = {**os.environ, "CACHE_SYNC_ROOT": str(root), "CACHE_SYNC_REMOTE":
            f"file://{scratch}/install-store", "PIP_NO_INDEX": "1",
            "PIP_FIND_LINKS": str(wheels), "PYTHONPATH": str(REPO)}
-    _run([sys.executable, "-m", "cache_sync", "install", "--no-push", "-r", str(reqs)], env)
+    _run([sys.executable, "-m", "cache_sync", "install", "--installer", "pip", "--no-push",
+          "-r", str(reqs)], env)
 
 
 def _tiny(base: Path) -> Stack:
