@@ -317,12 +317,13 @@ def _median(rows: list[dict[str, float]], key: str) -> float | None:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"Time to a serving worker, stack `{results['stack']}` "
+    title = (f"Time to a serving worker, stack `{results['stack']}` "
              f"({results['bytes'] / 2**20:,.0f} MiB in {results['files']:,} files), "
              f"{results['date']}, {results['machine']}; median of {results['n']} "
-             "(min-max), seconds", "",
-             "| latency | way | total (min-max) | fetch | import | load | first job | "
-             "vs floor | vs max(limit, floor) |", "|---|---|---|---|---|---|---|---|---|"]
+             "(min-max), seconds")
+    header = ("| latency | way | total (min-max) | fetch | import | load | first job | "
+              "vs floor | vs max(limit, floor) |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|"]
     for lat, per_mode in results["runs"].items():
         floor = _median(per_mode.get("floor", []), "total")
         lim = results["limit"].get(lat)
