@@ -44,11 +44,8 @@ class RunOptions:
     push_timeout: float = 60.0
     push_interval: float | None = None
     kill_timeout: float = 30.0  # grace between the forwarded signal and SIGKILL
-<<<<<<< HEAD
-    overlap: bool = True  # start CMD before the data areas are pulled (see readiness)
-=======
     bootstrap: bool = True  # install/download what settings.requirements/hf_models need
->>>>>>> main
+    overlap: bool = True  # start CMD before the data areas are pulled (see readiness)
 
 
 @dataclass
@@ -99,9 +96,12 @@ class _BackgroundPull(threading.Thread):
     never waits for an area that will not come."""
 
     def __init__(self, settings: Settings, areas: list[str], ready: list[str],
-                 status: Any, log: Callable[[str], None]) -> None:
+                 status: Any, log: Callable[[str], None],
+                 after: Callable[[], dict] | None = None) -> None:
         super().__init__(name="background-pull", daemon=True)
         self.settings, self.areas, self.status, self.log = settings, areas, status, log
+        self.after = after  # the models part of a bootstrap, once models/ is pulled
+        self.bootstrap: dict = {}
         self.ready = list(ready)
         self.pending = list(areas)
         self.failed: dict[str, str] = {}
@@ -110,12 +110,14 @@ class _BackgroundPull(threading.Thread):
     def run(self) -> None:
         from cache_sync import sync
 
-        for area in self.areas:
+        for i, area in enumerate(self.areas):
             start = time.monotonic()
             try:
                 self.reports += [r.to_dict() for r in sync.pull(self.settings, [area])]
-                self.ready.append(area)
                 self.log(f"pulled: {area} (in the background, {time.monotonic() - start:.1f}s)")
+                if self.after is not None and i == len(self.areas) - 1:
+                    self.bootstrap = self.after()
+                self.ready.append(area)
             except Exception as exc:  # noqa: BLE001 (reported to the worker, never lost)
                 self.failed[area] = str(exc) or type(exc).__name__
                 self.log(f"background pull of {area} failed: {self.failed[area]}")
@@ -194,18 +196,15 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     background: _BackgroundPull | None = None
     try:
         wipe_ephemeral(settings, recreate=True)
-<<<<<<< HEAD
         if opts.pull and code:
             result.pulled = [r.to_dict() for r in sync.pull(settings, code)]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled)
                 + (f" ({', '.join(data)} pulling in the background)" if data else ""))
-=======
-        if opts.pull:
-            result.pulled = [r.to_dict() for r in sync.pull(settings)]
-            log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
-        if not plan.empty and not pending:
-            result.bootstrap = bootstrap.run(settings, plan, os.environ, log).to_dict()
->>>>>>> main
+        # With the overlap, the packages part of the bootstrap runs now and the models part
+        # after the background pull of models/ (see _BackgroundPull).
+        now_plan, later_plan = plan.split() if data else (plan, bootstrap.Plan())
+        if not now_plan.empty and not pending:
+            result.bootstrap = bootstrap.run(settings, now_plan, os.environ, log).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
@@ -215,7 +214,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             status_file.parent.mkdir(parents=True, exist_ok=True)
             readiness.write(status_file, data, code, {})
             env[readiness.ENV_VAR] = str(status_file)
-            background = _BackgroundPull(settings, data, code, status_file, log)
+            after = None if later_plan.empty else (
+                lambda: bootstrap.run(settings, later_plan, os.environ, log).to_dict())
+            background = _BackgroundPull(settings, data, code, status_file, log, after)
             background.start()
         try:
             child.append(subprocess.Popen(list(opts.cmd), env=env))
@@ -246,6 +247,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             # with us: the pull's staging and journal make that harmless).
             background.join(max(0.0, opts.push_timeout / 2 - (time.monotonic() - shutdown_start)))
             result.pulled += background.reports
+            if background.bootstrap:
+                result.bootstrap = {**result.bootstrap, "models": background.bootstrap}
             areas = background.complete(areas)
         if opts.push and areas:
             _final_push(settings, opts, shutdown_start, periodic, result, log, areas)
