@@ -11,6 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
+    CACHE_SYNC_OVERLAP=1 \
     RUNPOD_LOG_LEVEL=INFO \
     HANDLER_ENGINE=f5
 # The cache root is left unset on purpose: cache-sync picks /runpod-volume/cache when a

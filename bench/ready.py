@@ -249,7 +249,7 @@ class Bench:
             env.update({"CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache",
                         "PYTHONPATH": str(REPO)})  # `run` puts packages/ on the child's path
             st = Start(env, log)
-            st.serve([sys.executable, "-m", "cache_sync", "run", "--no-push", "--",
+            st.serve([sys.executable, "-m", "cache_sync", "run", "--no-push", "--overlap", "--",
                       *_handler_cmd(port)], port, self.args.timeout)
         elif mode in ("pip", "uv"):
             st = Start({**env, **self._install_env(index_url)}, log)

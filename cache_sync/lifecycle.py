@@ -45,7 +45,7 @@ class RunOptions:
     push_interval: float | None = None
     kill_timeout: float = 30.0  # grace between the forwarded signal and SIGKILL
     bootstrap: bool = True  # install/download what settings.requirements/hf_models need
-    overlap: bool = True  # start CMD before the data areas are pulled (see readiness)
+    overlap: bool = False  # start CMD before the data areas are pulled (see readiness)
 
 
 @dataclass

@@ -59,7 +59,7 @@ def test_worker_starts_while_models_pull_and_waits_for_them(moto, tmp_path):
     run_cli(["push", "packages", "models"], env)
 
     env["CACHE_SYNC_ROOT"] = str(tmp_path / "worker")
-    result, seen = _run_child(env, tmp_path, "--no-push")
+    result, seen = _run_child(env, tmp_path, "--no-push", "--overlap")
     assert result["exit_code"] == 0, result
     assert seen["packages_at_start"] is True
     assert seen["status_at_start"]["pending"] == ["models"]  # started before models arrived
@@ -67,12 +67,12 @@ def test_worker_starts_while_models_pull_and_waits_for_them(moto, tmp_path):
     assert {r["area"] for r in result["pulled"]} >= {"packages", "models"}
 
 
-def test_no_overlap_pulls_everything_first(tmp_path):
+def test_without_overlap_everything_is_pulled_first(tmp_path):
     src = _source(tmp_path, b"w" * 1000)
     env = cli_env(f"file://{tmp_path}/store", {"CACHE_SYNC_ROOT": str(src)})
     run_cli(["push", "packages", "models"], env)
     env["CACHE_SYNC_ROOT"] = str(tmp_path / "worker")
-    _, seen = _run_child(env, tmp_path, "--no-push", "--no-overlap")
+    _, seen = _run_child(env, tmp_path, "--no-push")  # the default: a generic CMD
     assert seen["status_at_start"] is None  # nothing to wait for: all was in place
     assert seen["models_sha"] == hashlib.sha256(b"w" * 1000).hexdigest()
 
@@ -88,7 +88,7 @@ def test_failed_models_pull_reaches_the_worker_and_is_not_pushed(tmp_path):
         obj.write_bytes(b"corrupt" + obj.read_bytes()[7:])  # every models object damaged
     models_snapshots = sorted((store / "snapshots" / "models").iterdir())
 
-    env["CACHE_SYNC_ROOT"] = str(tmp_path / "worker")
+    env.update({"CACHE_SYNC_ROOT": str(tmp_path / "worker"), "CACHE_SYNC_OVERLAP": "1"})
     result, seen = _run_child(env, tmp_path)
     assert result["exit_code"] == 0, result
     assert "models area did not arrive" in seen["not_ready"]
