@@ -15,7 +15,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from pkgindex import hermetic_env, wait_until
+
+from tests.support.pkgindex import hermetic_env, wait_until
 
 # The child: marks itself ready, writes a file into models/ when SIGTERM arrives, exits 7.
 CHILD = textwrap.dedent("""

@@ -4,8 +4,8 @@ suite: the copy ran after its source had been removed or overwritten, so the pul
 
 from __future__ import annotations
 
-import crash
-import faultkit as fk
+from tests.support import crash
+from tests.support import faultkit as fk
 
 
 def _two_roots(tmp_path):

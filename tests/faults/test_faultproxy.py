@@ -9,8 +9,9 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from faultproxy import FaultProxy, fault_proxy
-from s3servers import S3Server
+
+from tests.support.faultproxy import FaultProxy, fault_proxy
+from tests.support.s3servers import S3Server
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, every byte position distinguishable
 

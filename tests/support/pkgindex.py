@@ -16,6 +16,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support import REPO
+
 
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -172,7 +174,7 @@ def hermetic_env(tmp: Path, index_url: str | None = None) -> dict[str, str]:
         "CACHE_SYNC_ROOT": str(tmp / "cache"), "CACHE_SYNC_REMOTE": f"file://{tmp}/store",
         "CACHE_SYNC_MIN_FREE": "1M", "CACHE_SYNC_MIN_FREE_OS": "1M",
         "CACHE_SYNC_INSTALL_BACKOFF": "0.1",
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "PYTHONPATH": str(REPO),
     })
     (tmp / "home").mkdir(parents=True, exist_ok=True)
     if index_url:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 
-import crash
-import faultkit as fk
 import pytest
-from smallfs import can_mount, fill, merge_pythonpath, small_fs
+
+from tests.support import crash
+from tests.support import faultkit as fk
+from tests.support.smallfs import can_mount, fill, merge_pythonpath, small_fs
 
 MiB = 1 << 20
 needs_mount = pytest.mark.skipif(not can_mount(), reason="tmpfs mounts not permitted here")

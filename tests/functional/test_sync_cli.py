@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from helpers import cli_env, describe, disk_usage, make_tree, run_cli, run_json
+from tests.support.helpers import cli_env, describe, disk_usage, make_tree, run_cli, run_json
 
 
 def test_round_trip_is_faithful(remote, tmp_path):

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from pkgindex import build_index, hermetic_env, make_wheel, serve
 
 from cache_sync.flashattn import RELEASES, Target, select
+from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
 
 
 @pytest.mark.parametrize("fa,target,name", [

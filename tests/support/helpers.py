@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
 
 
 def cli_env(remote: str, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -11,13 +11,13 @@ import subprocess
 import threading
 import time
 
-import crash
-import faultkit as fk
 import pytest
-from faultproxy import FaultProxy
 
 from cache_sync.history import History
 from cache_sync.sync import list_refs
+from tests.support import crash
+from tests.support import faultkit as fk
+from tests.support.faultproxy import FaultProxy
 
 WORKERS = 8
 
@@ -150,7 +150,7 @@ def test_eight_workers_install_packages_through_faults(tmp_path, moto):
     ``cache-sync install`` of a different local wheel (which pushes packages/ afterwards),
     through the fault proxy with conditional writes unavailable; a final pull has every
     package importable from packages/."""
-    from pkgindex import hermetic_env, make_wheel
+    from tests.support.pkgindex import hermetic_env, make_wheel
 
     bucket = moto.make_bucket()
     wheels = [make_wheel(tmp_path / "wheels", f"fzpkg{i}", "1.0",

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pkgindex import build_index, hermetic_env, make_wheel, serve
-
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env, render
+from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
 
 
 def cli(env, *args):

@@ -8,16 +8,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from pkgindex import build_index, hermetic_env, make_wheel, serve
 
 from cache_sync.reqs import parse_file
+from tests.support import REPO
+from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
 
-REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "setup-backblaze-storage.sh"
 INSTALL = REPO / "scripts" / "install-runpod-deps.sh"
 

@@ -1,7 +1,7 @@
 """Build a tiny, randomly initialised F5-TTS (DiT dim 64, depth 2) and Vocos vocoder, and save
 them in the layout production uses under ``models/``. Needs torch, f5_tts and vocos.
 
-Run as a script (``python tests/handler/f5_tiny.py MODELS_DIR``) so it can execute in the
+Run as a script (``python tests/support/f5_tiny.py MODELS_DIR``) so it can execute in the
 interpreter that has the heavy stack, not the test runner's.
 """
 

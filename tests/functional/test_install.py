@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pkgindex import build_index, hermetic_env, make_wheel, serve
+
+from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
 
 HAVE_UV = subprocess.run(["uv", "--version"], capture_output=True).returncode == 0 if (
     __import__("shutil").which("uv")) else False

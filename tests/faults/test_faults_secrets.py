@@ -6,13 +6,13 @@ manifests, journal) or the store's objects."""
 
 from __future__ import annotations
 
-import faultkit as fk
-import leakcheck
 import pytest
-from faultproxy import FaultProxy
-from s3servers import free_port
 
 from cache_sync.cli.main import COMMANDS
+from tests.support import faultkit as fk
+from tests.support import leakcheck
+from tests.support.faultproxy import FaultProxy
+from tests.support.s3servers import free_port
 
 SECRETS = (leakcheck.FAKE_KEY_ID, leakcheck.FAKE_SECRET, leakcheck.FAKE_TOKEN)
 MODES = {"v": ["-v"], "vv": ["-vv"], "json": ["--json"], "json_vv": ["--json", "-vv"]}

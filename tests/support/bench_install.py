@@ -1,5 +1,5 @@
 """pip vs uv through `cache-sync install`, cold and warm, on a small real requirement set from
-PyPI (network). Not a test: `python tests/bench_install.py [--reps N]` prints a markdown table
+PyPI (network). Not a test: `python tests/support/bench_install.py [--reps N]` prints a markdown table
 for docs/install.md.
 
 cold        empty pip/ cache and empty packages/ (first worker ever)
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # run as a script: no package imports
 SPECS = ["requests", "rich", "pyyaml", "jinja2"]
 
 

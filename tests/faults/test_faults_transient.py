@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 
-import crash
-import faultkit as fk
 import pytest
-from faultproxy import FaultProxy
+
+from tests.support import crash
+from tests.support import faultkit as fk
+from tests.support.faultproxy import FaultProxy
 
 TRANSIENT = {
     "status500": {"kind": "status", "status": 500},

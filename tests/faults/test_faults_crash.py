@@ -19,12 +19,12 @@ import random
 import shutil
 import time
 
-import crash
-import faultkit as fk
 import pytest
-from faultproxy import FaultProxy
 
 from cache_sync import sync
+from tests.support import crash
+from tests.support import faultkit as fk
+from tests.support.faultproxy import FaultProxy
 
 # Kill points that must LAND per test (a kill that comes after the command finished does not
 # count; the loop tries up to 3x as often).

@@ -14,9 +14,6 @@ import os
 import shutil
 from pathlib import Path
 
-import crash
-import faultkit as fk
-import hostile
 import pytest
 
 from cache_sync import sync
@@ -24,6 +21,8 @@ from cache_sync.cli.main import main
 from cache_sync.layout import STORE_KEY
 from cache_sync.snapshot import decode
 from cache_sync.sync import list_refs
+from tests.support import crash, hostile
+from tests.support import faultkit as fk
 
 OUTSIDE = "outside"
 

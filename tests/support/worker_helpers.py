@@ -17,10 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
 from handler.audio import b64encode, encode_wav
+from tests.support import REPO
 
 # Without these the SDK probes the network and the GPU before the first job and exits here.
 BASE_ENV = {

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
-import crash
-import faultkit as fk
+from tests.support import crash
+from tests.support import faultkit as fk
 
 
 def test_resumed_push_after_gc_of_its_orphans(tmp_path):
@@ -70,7 +70,7 @@ def test_deleted_file_stays_deleted_after_a_push_killed_past_its_commit(tmp_path
     push from the same root makes S1' (same content, parent S0). Later the file is deleted
     and pushed (S2, parent S1'). Merging the heads S1 and S2 against their common ancestor S0
     must not bring the deleted file back."""
-    from faultproxy import FaultProxy
+    from tests.support.faultproxy import FaultProxy
 
     bucket = moto.make_bucket()
     with FaultProxy(moto.endpoint, seed=73, max_seconds=200) as proxy:

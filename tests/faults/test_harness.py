@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 
-import crash
-import leakcheck
 import pytest
 import zstandard
-from faultproxy import fault_proxy
-from smallfs import merge_pythonpath, small_fs
+
+from tests.support import crash, leakcheck
+from tests.support.faultproxy import fault_proxy
+from tests.support.smallfs import merge_pythonpath, small_fs
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"]
 

@@ -1,5 +1,5 @@
 """Sum the counts the fault suite appends to $FAULTS_STATS (one JSON line per test) into the
-totals docs/faults.md reports: ``python tests/faultstats.py stats.jsonl [...]``."""
+totals docs/faults.md reports: ``python tests/support/faultstats.py stats.jsonl [...]``."""
 
 from __future__ import annotations
 

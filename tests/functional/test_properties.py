@@ -10,10 +10,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
-from helpers import REPO, cli_env, describe, make_tree, run_cli, run_json
+
+from tests.support.helpers import REPO, cli_env, describe, make_tree, run_cli, run_json
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:

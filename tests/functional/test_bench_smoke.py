@@ -13,7 +13,9 @@ import sys
 import psutil
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import REPO as _REPO
+
+REPO = str(_REPO)
 
 pytestmark = pytest.mark.bench
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import crash
 import zstandard
 
 from cache_sync.config import Settings
@@ -22,6 +21,7 @@ from cache_sync.local_cache import TMP_PREFIX
 from cache_sync.snapshot import CODEC_ZSTD, Snapshot, decode
 from cache_sync.storage import Store, open_store
 from cache_sync.sync import list_refs
+from tests.support import crash
 
 # Small pack/chunk sizes so a few MiB of test data make many objects (many kill points) and
 # exercise both the pack path and the chunk path.

@@ -20,7 +20,6 @@ import tempfile
 import time
 from typing import Any
 
-import faultkit as fk
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +28,7 @@ from hypothesis import strategies as st
 from cache_sync.errors import FormatError
 from cache_sync.layout import new_snapshot_id
 from cache_sync.snapshot import Snapshot, decode
+from tests.support import faultkit as fk
 
 SID = new_snapshot_id(1_700_000_000)
 OID = "ab" * 32
