@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +90,33 @@ def b2_endpoint(region: str) -> str:
     return f"https://s3.{region}.backblazeb2.com"
 
 
+def _b2_remote(env: Mapping[str, str], sources: dict[str, str]) -> str | None:
+    """``s3://$B2_BUCKET/$B2_PREFIX`` (prefix default ``cache-sync``, as
+    scripts/setup-backblaze-storage.sh uses) when ``CACHE_SYNC_REMOTE`` is unset: a worker
+    configured with the B2 variables alone must push to its bucket, not into its container."""
+    bucket = env.get("B2_BUCKET", "").strip().strip("/")
+    if not bucket:
+        return None
+    if "/" in bucket:
+        raise ConfigError(f"B2_BUCKET={bucket!r} is not a bucket name",
+                          hint="put the path inside the bucket in B2_PREFIX")
+    prefix = env.get("B2_PREFIX", "cache-sync").strip("/")
+    sources["remote"] = "B2_BUCKET"
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+def _b2_endpoint(env: Mapping[str, str], sources: dict[str, str]) -> str | None:
+    if env.get("B2_ENDPOINT"):
+        sources["endpoint_url"] = "B2_ENDPOINT"
+        raw = env["B2_ENDPOINT"].strip().rstrip("/")
+        # Backblaze's console shows the endpoint without a scheme
+        return raw if raw.startswith(("http://", "https://")) else "https://" + raw
+    if env.get("B2_REGION"):
+        sources["endpoint_url"] = "B2_REGION"
+        return b2_endpoint(env["B2_REGION"])
+    return None
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path
@@ -110,7 +139,7 @@ class Settings:
     progress: str = "auto"
     json: bool = False
     verbose: int = 0
-    lock_timeout: float = 0.0
+    lock_timeout: float = 600.0
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -126,6 +155,12 @@ class Settings:
     push_pip: bool = False
     flash_attn_base_url: str = (
         "https://github.com/Dao-AILab/flash-attention/releases/download")
+    # fleet (issue 11): see docs/design.md "Workers sharing a root"
+    worker: str = "local"
+    worker_grace: float = 900.0
+    runpod_volume: str = RUNPOD_VOLUME
+    runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
+    allow_local: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -------------------------------------------------------------------
@@ -135,6 +170,11 @@ class Settings:
 
     def area_path(self, area: str) -> Path:
         return self.root / area
+
+    @property
+    def remote_is_default(self) -> bool:
+        """No remote was configured: the embedded store in the user's (container's) home."""
+        return "remote" not in self.sources
 
     def secrets(self) -> list[str]:
         """Values that must never be printed."""
@@ -162,7 +202,7 @@ class Settings:
             return None
 
         root = pick("root", "root") or default_root(env)
-        remote = pick("remote", "remote") or default_remote(env)
+        remote = pick("remote", "remote") or _b2_remote(env, sources) or default_remote(env)
         if not (remote.startswith("s3://") or remote.startswith("file://")):
             if remote.startswith("/"):
                 remote = "file://" + remote
@@ -173,9 +213,14 @@ class Settings:
                 )
         region = pick("region", "region", "AWS_REGION", "AWS_DEFAULT_REGION", "B2_REGION")
         endpoint = pick("endpoint_url", "endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-        if endpoint is None and env.get("B2_REGION") and remote.startswith("s3://"):
-            endpoint = b2_endpoint(env["B2_REGION"])
-            sources["endpoint_url"] = "B2_REGION"
+        if endpoint is None and remote.startswith("s3://"):
+            endpoint = _b2_endpoint(env, sources)
+        if endpoint is None and sources.get("remote") == "B2_BUCKET":
+            raise ConfigError(
+                "B2_BUCKET is set but the Backblaze endpoint is unknown",
+                hint="set B2_REGION (e.g. us-west-004) or B2_ENDPOINT, or CACHE_SYNC_REMOTE "
+                "with CACHE_SYNC_ENDPOINT_URL",
+            )
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
             raise ConfigError(
                 f"endpoint URL {endpoint!r} has no scheme",
@@ -229,11 +274,12 @@ class Settings:
             progress=progress,
             json=json_out,
             verbose=int(verbose),
-            lock_timeout=num("lock_timeout", _parse_float, 0.0),
+            lock_timeout=num("lock_timeout", _parse_float, 600.0),
             access_key_id=key_id,
             secret_access_key=secret,
             session_token=env.get("AWS_SESSION_TOKEN"),
             **_install_settings(pick, num),
+            **_fleet_settings(pick, num, env),
             sources=sources,
         )
 
@@ -271,6 +317,21 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
                              ).rstrip("/"),
+    )
+
+
+def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:
+    """Who this worker is on a shared root, and whether it runs inside RunPod."""
+    worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or (
+        f"{socket.gethostname()}-{os.getpid()}")
+    worker = re.sub(r"[^A-Za-z0-9._-]", "_", worker).lstrip(".") or "worker"
+    runpod_var = next((v for v in ("RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID") if env.get(v)), "")
+    return dict(
+        worker=worker[:100],
+        worker_grace=num("worker_grace", _parse_float, 900.0, minimum=1.0),
+        runpod_volume=env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
+        runpod_var=runpod_var,
+        allow_local=num("allow_local", _parse_bool, False),
     )
 
 

@@ -12,6 +12,7 @@ long before the packages land. So every cache and every temporary directory is r
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Mapping
 
@@ -65,11 +66,21 @@ def cache_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict
     return env
 
 
+# Exports that name a directory a program may write into directly (without creating it first:
+# tempfile falls back to /tmp when TMPDIR is missing, a library opening $TORCH_HOME/x fails).
+EXPORTED_DIRS = ("TMPDIR", "PIP_BUILD_DIR", "PIP_CACHE_DIR", "UV_CACHE_DIR", "PIP_TARGET",
+                 "HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "TORCH_HOME",
+                 "XDG_CACHE_HOME")
+
+
 def ensure_layout(settings: Settings) -> None:
-    """Create the directories the exports name (the one function here that touches disk)."""
+    """Create the areas and every directory the exports name (the one function here that
+    touches disk)."""
     root = settings.root
-    for sub in (*settings.areas, "tmp", "build", "packages/bin", "deps/xdg-cache"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    env = cache_env(settings, {})
+    dirs = [str(root / a) for a in settings.areas] + [str(root / "packages" / "bin")]
+    for path in dirs + [env[name] for name in EXPORTED_DIRS]:
+        os.makedirs(path, exist_ok=True)
 
 
 def describe(name: str) -> str:

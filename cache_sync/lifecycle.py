@@ -25,6 +25,7 @@ from typing import Any
 
 from cache_sync import diskguard
 from cache_sync.config import EPHEMERAL_DIRS, Settings
+from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import CacheSyncError, ConfigError, DeadlineExceeded
 
@@ -92,9 +93,12 @@ class _PeriodicPush(threading.Thread):
     def run(self) -> None:
         from cache_sync import sync
 
+        # a push by another worker on a shared root: wait for it at most one interval
+        settings = self.settings.with_overrides(
+            lock_timeout=min(self.settings.lock_timeout, self.interval))
         while not self.stop.wait(self.interval):
             try:
-                sync.push(self.settings, deadline=time.monotonic() + self.interval)
+                sync.push(settings, deadline=time.monotonic() + self.interval)
                 self.count += 1
             except CacheSyncError as exc:  # keep the worker running; the final push follows
                 self.log(f"periodic push failed: {exc}")
@@ -103,6 +107,7 @@ class _PeriodicPush(threading.Thread):
 def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> RunResult:
     if not opts.cmd:
         raise ConfigError("no command to run", hint="cache-sync run -- python -m handler")
+    check_worker_store(settings)
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
@@ -224,7 +229,7 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
     # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
     # may still hold it. The deadline still bounds the whole push.
     settings = settings.with_overrides(
-        lock_timeout=max(settings.lock_timeout, opts.push_timeout / 4))
+        lock_timeout=min(settings.lock_timeout, opts.push_timeout / 4))
     if periodic is not None and periodic.is_alive():
         result.push_error = (f"push cut short: a periodic push was still running after "
                              f"--push-timeout {opts.push_timeout:g}s; the store is consistent")
