@@ -161,6 +161,13 @@ class Settings:
     runpod_volume: str = RUNPOD_VOLUME
     runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
     allow_local: bool = False
+    # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
+    requirements: str | None = None
+    hf_models: tuple[str, ...] = ()
+    hf_models_hook: str | None = None
+    lease_expiry: float = 60.0
+    lease_settle: float = 2.0
+    lease_wait: float = 1800.0
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -------------------------------------------------------------------
@@ -280,6 +287,7 @@ class Settings:
             session_token=env.get("AWS_SESSION_TOKEN"),
             **_install_settings(pick, num),
             **_fleet_settings(pick, num, env),
+            **_bootstrap_settings(pick, num),
             sources=sources,
         )
 
@@ -332,6 +340,19 @@ def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, An
         runpod_volume=env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
         runpod_var=runpod_var,
         allow_local=num("allow_local", _parse_bool, False),
+    )
+
+
+def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
+    """Settings of the self-bootstrapping worker (``run --requirements``, docs/design.md 8)."""
+    models = pick("hf_models", "hf_models") or ""
+    return dict(
+        requirements=pick("requirements", "requirements"),
+        hf_models=tuple(m for m in models.replace(",", " ").split() if m),
+        hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
+        lease_settle=num("lease_settle", _parse_float, 2.0),
+        lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),
     )
 
 

@@ -41,6 +41,7 @@ class RunOptions:
     push_timeout: float = 60.0
     push_interval: float | None = None
     kill_timeout: float = 30.0  # grace between the forwarded signal and SIGKILL
+    bootstrap: bool = True  # install/download what settings.requirements/hf_models need
 
 
 @dataclass
@@ -54,6 +55,7 @@ class RunResult:
     pushed: list[dict] = field(default_factory=list)
     push_error: str = ""
     periodic_pushes: int = 0
+    bootstrap: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,7 +113,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
-    from cache_sync import sync
+    from cache_sync import bootstrap, sync
+
+    plan = bootstrap.plan_from(settings, os.environ) if opts.bootstrap else bootstrap.Plan()
 
     # The child inherits the caller's environment (RUNPOD_*, AWS_*, HANDLER_* ...) with the
     # cache's exports on top.
@@ -138,6 +142,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         if opts.pull:
             result.pulled = [r.to_dict() for r in sync.pull(settings)]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
+        if not plan.empty and not pending:
+            result.bootstrap = bootstrap.run(settings, plan, os.environ, log).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"

@@ -25,6 +25,10 @@ DEFAULT_F5_DIR = "F5TTS_v1_Base"
 DEFAULT_F5_CKPT = "model_1250000.safetensors"
 DEFAULT_VOCOS_DIR = "vocos-mel-24khz"
 DEFAULT_LIGHT_MODEL = "light-tts/model.json"
+# The transcriber upstream F5-TTS uses (utils_infer.initialize_asr_pipeline), as an HF id found
+# in the HF cache layout under models/huggingface/hub (cache-sync env's HF_HUB_CACHE).
+DEFAULT_ASR_MODEL = "openai/whisper-large-v3-turbo"
+DEFAULT_ASR_REVISION = "main"
 
 
 class HandlerConfigError(ValueError):
@@ -44,14 +48,18 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float,
+           minimum: float | None = None) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise HandlerConfigError(f"{name}={raw!r} is not a number") from None
+    if minimum is not None and not value >= minimum:  # also refuses nan
+        raise HandlerConfigError(f"{name}={raw} is below the minimum {minimum:g}")
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -86,6 +94,10 @@ class HandlerConfig:
     url_timeout: float
     output_url: str | None  # s3://bucket/prefix for "output": "s3"
     output_url_expires: int
+    asr_model: str  # HF id (looked up in hf_hub_dir) or a model directory path
+    asr_revision: str  # branch/tag name (refs/<name>) or a 40-hex commit
+    asr_keep_seconds: float  # keep the transcriber this long after its last use; 0 = free now
+    hf_hub_dir: Path
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HandlerConfig:
@@ -122,6 +134,10 @@ class HandlerConfig:
             url_timeout=_float(env, "HANDLER_URL_TIMEOUT", 20.0),
             output_url=output_url,
             output_url_expires=_int(env, "HANDLER_OUTPUT_URL_EXPIRES", 3600, minimum=1),
+            asr_model=env.get("HANDLER_ASR_MODEL") or DEFAULT_ASR_MODEL,
+            asr_revision=env.get("HANDLER_ASR_REVISION") or DEFAULT_ASR_REVISION,
+            asr_keep_seconds=_float(env, "HANDLER_ASR_KEEP_SECONDS", 0.0, minimum=0.0),
+            hf_hub_dir=Path(env.get("HF_HUB_CACHE") or models / "huggingface" / "hub"),
         )
 
 
