@@ -9,10 +9,11 @@ beats the default. Secrets are kept out of ``repr`` and ``explain()``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,7 @@ class Settings:
                     f"remote {remote!r} is not a supported URL",
                     hint="use s3://bucket/prefix or file:///absolute/path",
                 )
+        check_remote(remote)
         region = pick("region", "region", "AWS_REGION", "AWS_DEFAULT_REGION", "B2_REGION")
         endpoint = pick("endpoint_url", "endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
         if endpoint is None and remote.startswith("s3://"):
@@ -240,6 +242,13 @@ class Settings:
             missing = "B2_APPLICATION_KEY" if env.get("B2_APPLICATION_KEY_ID") else (
                 "B2_APPLICATION_KEY_ID")
             raise ConfigError(f"{missing} is not set", hint="set both B2 key variables, or neither")
+
+        if remote.startswith("s3://") and bool(env.get("AWS_ACCESS_KEY_ID")) != bool(
+                env.get("AWS_SECRET_ACCESS_KEY")):
+            missing = ("AWS_SECRET_ACCESS_KEY" if env.get("AWS_ACCESS_KEY_ID")
+                       else "AWS_ACCESS_KEY_ID")
+            raise ConfigError(f"{missing} is not set", hint="set both AWS key variables, or "
+                              "neither (to use a profile or an instance role)")
 
         areas_raw = pick("areas", "areas")
         areas: tuple[str, ...] = DEFAULT_AREAS
@@ -326,6 +335,38 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
                              ).rstrip("/"),
     )
+
+
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")  # what botocore itself accepts
+
+
+def check_remote(remote: str) -> None:
+    """A file:// remote names an absolute path; an s3:// one a bucket S3 can name."""
+    if remote.startswith("file://"):
+        path = remote[len("file://"):]
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"remote {remote!r} has {'no' if not path else 'a relative'} path",
+                hint="write file:///absolute/path (three slashes)")
+    elif remote.startswith("s3://"):
+        bucket = remote[len("s3://"):].partition("/")[0]
+        if not _BUCKET_RE.match(bucket):
+            raise ConfigError(
+                f"remote {remote!r}: {bucket!r} is not a valid bucket name",
+                hint="bucket names use lowercase letters, digits, '.' and '-' (3-63 characters)")
+
+
+def check_areas(chosen: Sequence[str], configured: Sequence[str]) -> None:
+    """Areas named on the command line must be configured ones: a misspelled name would
+    otherwise pull nothing and exit 0, or push a new area nobody syncs."""
+    for area in chosen:
+        validate_area_name(area)
+        if area not in configured:
+            close = difflib.get_close_matches(area, configured, n=1)
+            raise ConfigError(
+                f"{area!r} is not one of the areas ({', '.join(configured)})",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + "set CACHE_SYNC_AREAS to sync other directories")
 
 
 def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:

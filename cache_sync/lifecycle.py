@@ -27,7 +27,13 @@ from cache_sync import diskguard
 from cache_sync.config import EPHEMERAL_DIRS, Settings
 from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
-from cache_sync.errors import CacheSyncError, ConfigError, DeadlineExceeded
+from cache_sync.errors import (
+    CacheSyncError,
+    CommandNotExecutable,
+    CommandNotFound,
+    ConfigError,
+    DeadlineExceeded,
+)
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
@@ -143,7 +149,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             result.pulled = [r.to_dict() for r in sync.pull(settings)]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
         if not plan.empty and not pending:
-            result.bootstrap = bootstrap.run(settings, plan, os.environ, log).to_dict()
+            result.bootstrap = bootstrap.run(settings, plan, os.environ, log,
+                                             stop=lambda: bool(pending)).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
@@ -152,10 +159,12 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         try:
             child.append(subprocess.Popen(list(opts.cmd), env=env))
         except FileNotFoundError:
-            raise ConfigError(f"command not found: {opts.cmd[0]}", hint="check PATH in the "
-                              "cache's env (cache-sync env PATH)") from None
+            raise CommandNotFound(f"command not found: {opts.cmd[0]}", hint="check PATH in "
+                                  "the cache's env (cache-sync env PATH)") from None
         except PermissionError:
-            raise ConfigError(f"command not executable: {opts.cmd[0]}") from None
+            raise CommandNotExecutable(f"command not executable: {opts.cmd[0]}",
+                                       hint="chmod +x it, or run it through its interpreter"
+                                       ) from None
         for signum in pending:
             _forward(child[0].pid, signum)
         periodic = None
