@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from helpers import cli_env, run_cli, run_json
+from tests.support.helpers import cli_env, run_cli, run_json
 
 # The child: what it saw at its first instruction, then after waiting for models/.
 CHILD = textwrap.dedent("""
