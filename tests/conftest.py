@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+# The one sys.path entry the tests need: this checkout's root, so ``cache_sync``, ``handler``,
+# ``bench`` and the helper package ``tests.support`` all resolve to this worktree.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from s3servers import S3Server, moto_server, seaweedfs_server, weed_binary  # noqa: E402
+from tests.support.s3servers import S3Server, moto_server, seaweedfs_server, weed_binary  # noqa: E402
 
 
 def pytest_addoption(parser):
