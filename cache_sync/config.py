@@ -168,6 +168,7 @@ class Settings:
     requirements: str | None = None
     hf_models: tuple[str, ...] = ()
     hf_models_hook: str | None = None
+    flash_attn: str | None = None  # a flash-attn version the bootstrap installs last
     lease_expiry: float = 60.0
     lease_settle: float = 2.0
     lease_wait: float = 1800.0
@@ -414,6 +415,7 @@ def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
         requirements=pick("requirements", "requirements"),
         hf_models=tuple(m for m in models.replace(",", " ").split() if m),
         hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        flash_attn=pick("flash_attn", "flash_attn"),
         lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
         lease_settle=num("lease_settle", _parse_float, 2.0),
         lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),
