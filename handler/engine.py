@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from handler.asr import AsrBackend, FakeBackend
 from handler.audio import SAMPLE_RATE, Audio
 from handler.config import HandlerConfig
 
@@ -59,8 +60,9 @@ class EngineError(RuntimeError):
 @dataclass
 class SynthesisRequest:
     text: str
-    ref_audio: Audio
-    ref_text: str
+    ref_audio: Audio  # preprocessed as upstream does (handler.refprep)
+    ref_text: str  # given or transcribed, ending a sentence (refprep.finish_ref_text)
+    chunks: list[str]  # text split with upstream's chunk rule (refprep.plan_chunks)
     speed: float = 1.0
     nfe_step: int = 32
     seed: int | None = None
@@ -84,6 +86,9 @@ class Engine(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Versions, device, memory: reported by the health job."""
+
+    def asr_backend(self, model_dir: Path) -> AsrBackend:
+        """Load this engine's transcriber from ``model_dir`` (called on demand, per use)."""
 
 
 @contextmanager
@@ -145,6 +150,9 @@ class LightEngine:
         return {"engine": self.name, "device": "cpu",
                 "note": "synthetic test tones, not speech"}
 
+    def asr_backend(self, model_dir: Path) -> AsrBackend:
+        return FakeBackend(model_dir)
+
     def synthesize(self, req: SynthesisRequest) -> SynthesisResult:
         if self.params is None:
             raise EngineError("engine not loaded")
@@ -158,10 +166,11 @@ class LightEngine:
         # Simulated inference time (SIGTERM and concurrency tests), spread over the text so
         # that, like F5-TTS's torch.randn, the draws from the process-wide RNG of jobs running
         # side by side would interleave if seeded() did not keep them apart.
-        pause = self.params["synth_seconds"] / max(1, len(req.text))
         out = array("f")
+        spoken = " ".join(req.chunks)
+        pause = self.params["synth_seconds"] / max(1, len(spoken))
         with seeded(req.seed, random.seed) as seed:
-            for ch in req.text:
+            for ch in spoken:
                 jitter = 1 + random.random() * 0.01
                 hz = self.params["base_hz"] * (1 + (ord(ch) % 24) / 24) * jitter
                 step = 2 * math.pi * hz / SAMPLE_RATE
@@ -169,6 +178,7 @@ class LightEngine:
                 if pause:
                     time.sleep(pause)
         return SynthesisResult(out, SAMPLE_RATE, {"engine": self.name, "seed": seed,
+                                                  "chunks": len(req.chunks),
                                                   "note": "synthetic test tones, not speech"})
 
 

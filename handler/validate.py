@@ -1,7 +1,7 @@
 """Job input validation: every field checked, every problem reported at once, per field.
 
 The result of a bad job is RunPod's ``{"error": "..."}`` with one line such as
-``invalid input: speed: must be a number from 0.3 to 3.0 (got 'fast'); ref_text: is required``.
+``invalid input: speed: must be a number from 0.3 to 3.0 (got 'fast'); text: is required``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class InputError(ValueError):
 class JobInput:
     text: str
     ref_audio: Audio
-    ref_text: str
+    ref_text: str  # "" when absent or blank: transcribe the reference
     speed: float
     nfe_step: int
     seed: int | None
@@ -46,12 +46,17 @@ def _short(value: Any) -> str:
     return echo(value, 40)
 
 
-def estimated_output_seconds(text: str, ref_text: str, ref_seconds: float, speed: float) -> float:
-    """How long the generated speech will be, by F5-TTS's own rule
-    (``utils_infer.infer_batch_process``: the reference's seconds per UTF-8 byte of its text,
-    times the text's bytes, divided by speed)."""
+def check_output_length(text: str, ref_text: str, ref_seconds: float, speed: float,
+                        config: HandlerConfig) -> None:
+    """Refuse a job whose speech would be over ``HANDLER_MAX_OUTPUT_SECONDS``, estimated by
+    F5-TTS's own rule (``utils_infer.infer_batch_process``: the prepared reference's seconds
+    per UTF-8 byte of its text, times the text's bytes, divided by speed), before inference."""
     ref_bytes = len(ref_text.encode("utf-8", "surrogatepass")) or 1
-    return ref_seconds / ref_bytes * len(text.encode("utf-8", "surrogatepass")) / speed
+    seconds = ref_seconds / ref_bytes * len(text.encode("utf-8", "surrogatepass")) / speed
+    if seconds > config.max_output_seconds:
+        raise InputError({"text": f"would make about {seconds:.0f} s of speech at speed "
+                                  f"{speed:g}, the limit is {config.max_output_seconds:g} s: "
+                                  "shorten the text or raise the speed"})
 
 
 def _is_utf8(text: str) -> bool:
@@ -81,10 +86,9 @@ def validate(raw: Any, config: HandlerConfig) -> JobInput:
         errors["text"] = "has a character UTF-8 cannot carry (a lone surrogate such as \\ud800)"
 
     ref_text = raw.get("ref_text")
-    if ref_text is None or (isinstance(ref_text, str) and not ref_text.strip()):
-        # No transcriber ships with this worker: the reference words must be given.
-        errors["ref_text"] = "is required: the words spoken in ref_audio (no transcriber here)"
-    elif not isinstance(ref_text, str):
+    if ref_text is None:
+        ref_text = ""  # absent or empty: the worker transcribes the reference (handler.asr)
+    if not isinstance(ref_text, str):
         errors["ref_text"] = f"must be a string (got {type(ref_text).__name__})"
     elif len(ref_text) > config.max_text_chars:
         errors["ref_text"] = f"is {len(ref_text)} characters, the limit is {config.max_text_chars}"
@@ -124,18 +128,10 @@ def validate(raw: Any, config: HandlerConfig) -> JobInput:
         except InputError as err:
             errors.update(err.fields)
 
-    if audio is not None and "text" not in errors and "ref_text" not in errors \
-            and "speed" not in errors:
-        assert isinstance(text, str) and isinstance(ref_text, str)
-        seconds = estimated_output_seconds(text, ref_text, audio.seconds, float(speed))
-        if seconds > config.max_output_seconds:
-            errors["text"] = (f"would make about {seconds:.0f} s of speech at speed {speed:g}, "
-                              f"the limit is {config.max_output_seconds:g} s: shorten the text "
-                              "or raise the speed")
     if errors:
         raise InputError(errors)
     assert audio is not None and isinstance(text, str) and isinstance(ref_text, str)
-    return JobInput(text, audio, ref_text, float(speed), int(nfe),
+    return JobInput(text, audio, ref_text if ref_text.strip() else "", float(speed), int(nfe),
                     None if seed is None else int(seed), str(output))
 
 

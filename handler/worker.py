@@ -22,13 +22,14 @@ import time
 import traceback
 from typing import Any
 
-from handler.audio import encode_wav
+from handler.asr import AsrModelMissingError, Transcriber, resolve_model_dir
+from handler.audio import Audio, encode_wav
 from handler.config import HandlerConfig
 from handler.engine import Engine, EngineError, ModelMissingError, SynthesisRequest, make_engine
 from handler.jsonsafe import clean, json_safe
 from handler.logs import JOB_ID, log
 from handler.outputs import OutputWriter
-from handler.validate import InputError, validate
+from handler.validate import InputError, JobInput, check_output_length, validate
 
 HANDLER_VERSION = "0.2.0"
 
@@ -47,6 +48,7 @@ class Worker:
         self.config = config
         self.engine: Engine | None = make_engine(config) if config else None
         self.writer = OutputWriter(config) if config else None
+        self.transcriber = self._make_transcriber()
         self.load_error: str | None = startup_error  # for the log: may name paths
         self.public_error: str | None = startup_error  # for replies: no absolute paths
         self.loaded: dict[str, Any] = {}
@@ -89,6 +91,13 @@ class Worker:
             f"({free})")
         return True
 
+    def _make_transcriber(self) -> Transcriber | None:
+        config, engine = self.config, self.engine
+        if config is None or engine is None:
+            return None
+        return Transcriber(lambda: engine.asr_backend(resolve_model_dir(config)),
+                           config.asr_keep_seconds, config.asr_model)
+
     def concurrency(self, current: int) -> int:
         return self.config.concurrency if self.config else 1
 
@@ -117,9 +126,14 @@ class Worker:
         except InputError as err:
             return {"error": str(err), "fields": err.fields}
 
+        tp = time.perf_counter()
+        try:
+            req, prep = await asyncio.to_thread(self._prepare, inp)
+        except InputError as err:
+            return {"error": str(err), "fields": err.fields}
+        except _JobFailed as err:
+            return {"error": str(err)}
         self._progress(job, "synthesizing")
-        req = SynthesisRequest(inp.text, inp.ref_audio, inp.ref_text, inp.speed,
-                               inp.nfe_step, inp.seed)
         t0 = time.perf_counter()
         try:
             # Inference blocks for seconds: run it in a thread so the event loop keeps
@@ -153,13 +167,63 @@ class Worker:
             "bytes": len(wav),
             "engine": self.engine.name,
             "engine_info": result.info,
+            **prep["output"],
             "timings": {
                 "load_seconds": self.load_seconds,  # once, at start-up (warm)
+                "preprocess_seconds": round(t0 - tp - prep["asr_total"], 4),
+                **prep["timings"],
                 "inference_seconds": round(t1 - t0, 4),
                 "encode_seconds": round(t2 - t1, 4),
                 "output_seconds": round(t3 - t2, 4),
             },
         }
+
+    def _prepare(self, inp: JobInput) -> tuple[SynthesisRequest, dict[str, Any]]:
+        """Upstream's reference preprocessing, the transcript when ref_text is empty, and the
+        text chunks (in a thread: numpy, and the transcriber's load and run, block)."""
+        import numpy as np
+
+        from handler import refprep
+
+        audio = inp.ref_audio
+        try:
+            prepared = refprep.preprocess(np.frombuffer(audio.samples, dtype=np.float32),
+                                          audio.sample_rate)
+        except refprep.SilentReferenceError as err:
+            raise InputError({"ref_audio": str(err)}) from None
+        ref_text = inp.ref_text
+        out: dict[str, Any] = {}
+        timings: dict[str, Any] = {}
+        asr_total = 0.0
+        if not ref_text:
+            assert self.transcriber is not None
+            t0 = time.perf_counter()
+            try:
+                got = self.transcriber.transcribe(prepared.samples, prepared.sample_rate)
+            except AsrModelMissingError as err:
+                log(f"transcriber unavailable: {err}")
+                assert self.config is not None
+                public = str(err).replace(str(self.config.cache_root), "<cache root>")
+                raise _JobFailed("ref_text is empty and the transcriber is unavailable: "
+                                 f"{public}") from None
+            except Exception as err:  # noqa: BLE001 (the job's error; the worker goes on)
+                _log_exception("transcription failed")
+                raise _JobFailed(f"transcription failed ({type(err).__name__}); the worker's "
+                                 "log has the details") from None
+            asr_total = time.perf_counter() - t0
+            ref_text = got.text
+            out["transcript"] = got.text
+            out["asr"] = {**self.transcriber.status(), "device": got.device}
+            timings = {"asr_load_seconds": got.load_seconds, "asr_seconds": got.seconds}
+        ref_text = refprep.finish_ref_text(ref_text)
+        assert self.config is not None
+        check_output_length(inp.text, ref_text, prepared.seconds, inp.speed, self.config)
+        chunk_chars = refprep.max_chars(ref_text, prepared.seconds, inp.speed)
+        chunks = refprep.chunk_text(inp.text, chunk_chars)
+        out["reference"] = {**prepared.report(), "chunk_chars": chunk_chars}
+        req = SynthesisRequest(inp.text, Audio(prepared.to_array(), prepared.sample_rate),
+                               ref_text, chunks, inp.speed, inp.nfe_step, inp.seed)
+        return req, {"output": out, "timings": timings, "asr_total": asr_total}
 
     def _progress(self, job: dict[str, Any], message: str) -> None:
         if not _on_runpod():
@@ -184,16 +248,22 @@ class Worker:
             "jobs_done": self.jobs_done,
             "concurrency": self.config.concurrency if self.config else None,
             "url_ref_audio": self.config.allow_url_ref_audio if self.config else None,
+            "asr": self.transcriber.status() if self.transcriber else None,
             "versions": _versions(),
             "gpu": _gpu_memory(),
         }
+
+
+class _JobFailed(RuntimeError):
+    """A job-level failure whose message is the job's error (not an input error)."""
 
 
 def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
     found: dict[str, str | None] = {"python": platform.python_version(), "handler": HANDLER_VERSION}
-    for dist in ("runpod", "cache-sync", "torch", "torchaudio", "f5-tts", "vocos"):
+    for dist in ("runpod", "cache-sync", "torch", "torchaudio", "f5-tts", "vocos",
+                 "transformers"):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
