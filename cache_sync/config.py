@@ -162,6 +162,7 @@ class Settings:
     runpod_volume: str = RUNPOD_VOLUME
     runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
     allow_local: bool = False
+    overlap: bool = False  # run: start CMD before models/ is pulled (docs/design.md)
     # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
     requirements: str | None = None
     hf_models: tuple[str, ...] = ()
@@ -330,6 +331,7 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
         push_pip=num("push_pip", _parse_bool, False),
+        overlap=num("overlap", _parse_bool, False),
         # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"

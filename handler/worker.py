@@ -22,6 +22,7 @@ import time
 import traceback
 from typing import Any
 
+from cache_sync import readiness
 from handler.asr import AsrModelMissingError, Transcriber, resolve_model_dir
 from handler.audio import Audio, encode_wav
 from handler.config import HandlerConfig
@@ -64,9 +65,24 @@ class Worker:
         start = time.perf_counter()
         name = self.engine.name
         try:
+            # Under `cache-sync run`, models/ may still be pulling: import the engine's
+            # libraries meanwhile, then wait for the area. Otherwise check the model files
+            # first, so a missing model fails fast, before seconds of imports.
+            overlapping = readiness.pending("models")
+            if not overlapping:
+                self.engine.check_files()
+            self.engine.import_modules()
+            log(f"imported engine {self.engine.name} in {time.perf_counter() - start:.2f}s")
+            if overlapping:
+                waited = readiness.wait(["models"])
+                log(f"waited {waited:.1f}s for the models area")
             self.loaded = self.engine.load()
         except ModelMissingError as err:  # the message says it all
             self.load_error, self.public_error = str(err), err.public
+        except readiness.AreaNotReady as err:  # the pull's error may name the store: log only
+            self.load_error = str(err)
+            self.public_error = ("the models area did not arrive from the store; the worker's "
+                                 "log has the details")
         except ImportError as err:
             self.load_error = self.public_error = (
                 f"engine {name!r} cannot import {err.name or 'a module it needs'}: install its "
