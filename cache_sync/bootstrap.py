@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache_sync import hfmodels, lease
+from cache_sync import flashattn, hfmodels, lease
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env
 from cache_sync.errors import CacheSyncError
@@ -193,8 +193,12 @@ def _work(settings: Settings, plan: Plan, need: Missing, base_env: Mapping[str, 
 
     if need.specs:
         log(f"bootstrap: this worker installs {plan.requirements}")
+        notes: list[str] = []
+        last = flashattn.last_spec(settings, settings.flash_attn, None, base_env, notes)
         result = install(settings, plan.specset, InstallOptions(installer=settings.installer),
-                         base_env, log=lambda m: log(f"bootstrap: {m}"))
+                         base_env, log=lambda m: log(f"bootstrap: {m}"), extra=last)
+        for note in notes:
+            log(f"bootstrap: {note}")
         if result.failed_required:
             raise InstallError("bootstrap install failed: " + describe_failure(result),
                                hint="fix the requirements file; optional packages may fail")

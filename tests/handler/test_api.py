@@ -12,9 +12,15 @@ import threading
 import urllib.request
 
 import pytest
-from worker_helpers import api_worker, tone_b64, tone_wav, worker_env, write_light_model
 
 from handler.audio import b64encode, decode_wav
+from tests.support.worker_helpers import (
+    api_worker,
+    tone_b64,
+    tone_wav,
+    worker_env,
+    write_light_model,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,6 @@ import struct
 from array import array
 from pathlib import Path
 
-import worker_helpers  # noqa: F401  (puts the repo on sys.path)
 import pytest
 from botocore.exceptions import ClientError
 

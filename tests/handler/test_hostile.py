@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_sites import URL_DEADLINE, Site, open_sites
-from worker_helpers import api_worker, tone_b64, worker_env, write_light_model
+
+from tests.support.hostile_sites import URL_DEADLINE, Site, open_sites
+from tests.support.worker_helpers import api_worker, tone_b64, worker_env, write_light_model
 
 pytestmark = pytest.mark.timeout(180)
 
