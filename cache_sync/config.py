@@ -125,6 +125,7 @@ class Settings:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    s3_dialect: str = "auto"  # aws | b2 | compat (from_env resolves auto); storage/dialect.py
     areas: tuple[str, ...] = DEFAULT_AREAS
     transfers: int = 16
     retries: int = 5
@@ -238,6 +239,7 @@ class Settings:
                 hint="write it as https://host[:port]",
             )
 
+        dialect = _s3_dialect(pick, env, endpoint, sources)
         key_id = env.get("AWS_ACCESS_KEY_ID") or env.get("B2_APPLICATION_KEY_ID")
         secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("B2_APPLICATION_KEY")
         if bool(env.get("B2_APPLICATION_KEY_ID")) != bool(env.get("B2_APPLICATION_KEY")):
@@ -277,6 +279,7 @@ class Settings:
             endpoint_url=endpoint,
             region=region,
             profile=pick("profile", "profile", "AWS_PROFILE"),
+            s3_dialect=dialect,
             areas=areas,
             transfers=num("transfers", _parse_int, 16, minimum=1),
             retries=num("retries", _parse_int, 5, minimum=1),
@@ -315,6 +318,24 @@ class Settings:
                 value = ",".join(value)
             rows.append((f.name, str(value), self.sources.get(f.name, "default")))
         return rows
+
+
+def _s3_dialect(pick: Any, env: Mapping[str, str], endpoint: str | None,
+                sources: dict[str, str]) -> str:
+    """``CACHE_SYNC_S3_DIALECT`` (aws|b2|compat), or derived when unset or ``auto``."""
+    from cache_sync.storage.dialect import CHOICES, derive
+
+    chosen = (pick("s3_dialect", "s3_dialect") or "auto").strip().lower()
+    if chosen not in CHOICES:
+        raise ConfigError(f"CACHE_SYNC_S3_DIALECT={chosen!r} is invalid",
+                          hint="use " + "|".join(CHOICES))
+    if chosen != "auto":
+        return chosen
+    b2_vars = any(env.get(v) for v in ("B2_REGION", "B2_ENDPOINT", "B2_BUCKET")) or bool(
+        env.get("B2_APPLICATION_KEY_ID") and not env.get("AWS_ACCESS_KEY_ID"))
+    dialect, why = derive(endpoint, b2_vars)
+    sources["s3_dialect"] = f"auto: {why}"
+    return dialect
 
 
 def _install_settings(pick: Any, num: Any) -> dict[str, Any]:

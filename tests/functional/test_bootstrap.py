@@ -20,7 +20,7 @@ import pytest
 from cache_sync.config import Settings
 from cache_sync.local_cache import CacheState
 from tests.support.fakehub import FakeHub, Repo
-from tests.support.faultproxy import fault_proxy
+from tests.support.faultproxy import B2Mode, fault_proxy
 from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
 
 MODEL = "org/tiny-tts"
@@ -244,11 +244,12 @@ def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_p
 
 def test_lease_elects_one_installer_when_conditional_requests_get_501(index, hub, seaweed,
                                                                       tmp_path):
-    """Backblaze B2 has no conditional writes: through a proxy that answers If-Match /
-    If-None-Match with 501, the lease still elects one installer (it never sends one)."""
+    """Backblaze B2 has no conditional writes: through the proxy in B2 mode (501 for If-Match /
+    If-None-Match, 400 for flexible-checksum headers or a DeleteObjects without Content-MD5,
+    503 + Retry-After for bursts), the lease still elects one installer and releases."""
     bucket = seaweed.make_bucket()
-    with fault_proxy(seaweed.endpoint) as proxy, serve(index) as srv:
-        proxy.add("reject_conditional", status=501)
+    with fault_proxy(seaweed.endpoint, b2=B2Mode(burst=4, burst_times=2)) as proxy, \
+            serve(index) as srv:
         server_env = {**seaweed.env(), "CACHE_SYNC_ENDPOINT_URL": proxy.endpoint}
         remote = f"s3://{bucket}/cache"
         env = fleet_env(tmp_path, remote, server_env, srv.url + "/simple", hub.url,
@@ -264,6 +265,8 @@ def test_lease_elects_one_installer_when_conditional_requests_get_501(index, hub
         assert hub.total_downloads() == 2
         assert any("/leases/bootstrap/" in s.path for s in proxy.requests)
         assert proxy.conditional_requests() == []
+        assert proxy.b2_refusals() == []  # B2 would have accepted every request
+        assert any("?delete" in s.path for s in proxy.requests)  # the release, a DeleteObjects
 
 
 class _FakeHolder:

@@ -197,15 +197,16 @@ def test_as_pid1_reaps_orphans_and_forwards_signals(env, tmp_path):
     assert proc.returncode == 3, err
 
 
-def test_run_against_s3_moto(moto, tmp_path):
-    bucket = moto.make_bucket()
-    env = {**hermetic_env(tmp_path), **moto.env(), "CACHE_SYNC_PROGRESS": "off",
-           "CACHE_SYNC_REMOTE": f"s3://{bucket}/cache"}
+@pytest.mark.parametrize("remote", ["moto", "seaweedfs-b2"], indirect=True)
+def test_run_against_s3(remote, tmp_path):
+    url, extra = remote
+    env = {**hermetic_env(tmp_path), **extra, "CACHE_SYNC_PROGRESS": "off",
+           "CACHE_SYNC_REMOTE": url}
     child = ("import os; r=os.environ['CACHE_SYNC_ROOT']; "
              "open(os.path.join(r,'deps','from-worker.txt'),'w').write('w1')")
     p = cli(env, "run", "--push-timeout", "60", "--", sys.executable, "-c", child)
     assert p.returncode == 0, p.stderr
-    assert moto.secret_key not in p.stderr + p.stdout
+    assert extra["AWS_SECRET_ACCESS_KEY"] not in p.stderr + p.stdout
     got = pulled_elsewhere(env, tmp_path, "deps") / "from-worker.txt"
     assert got.read_text() == "w1"
 

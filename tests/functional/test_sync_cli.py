@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.support.helpers import cli_env, describe, disk_usage, make_tree, run_cli, run_json
 
 
@@ -75,8 +77,9 @@ def test_untracked_local_files_survive_pull(tmp_path):
     assert (b / "packages" / "local-only.txt").read_text() == "mine"
 
 
-def test_log_verify_gc(tmp_path):
-    env = cli_env(f"file://{tmp_path}/store")
+@pytest.mark.parametrize("remote", ["local", "seaweedfs-b2"], indirect=True)
+def test_log_verify_gc(remote, tmp_path):
+    env = cli_env(*remote)
     root = tmp_path / "root"
     make_tree(root)
     run_cli(["--root", str(root), "push"], env)
