@@ -171,11 +171,11 @@ class PushClaim:
     """A push's claim on the objects its snapshot will name (design 6.1, push steps 1-7)."""
 
     def __init__(self, store: Store, name: str, *, sleep: Callable[[float], None] = time.sleep,
-                 ttl: float = CLAIM_TTL) -> None:
+                 ttl: float | None = None) -> None:
         self.store = store
         self.key = f"{CLAIMS}{name}{SUFFIX}"
         self.sleep = sleep
-        self.ttl = ttl
+        self.ttl = CLAIM_TTL if ttl is None else ttl
         self.started = 0.0
 
     def claim(self, objects: set[str]) -> set[str]:

@@ -19,8 +19,8 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -436,9 +436,24 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     _check_deadline(deadline, f"push of {area}")
     snap_id = new_snapshot_id()
     claim = PushClaim(store, f"{area}-{snap_id}")
-    _claim_objects(claim, entries, area_dir, local, index, known, packer, uploader)
-    rep.objects, rep.bytes = uploader.objects, uploader.bytes
-    _check_deadline(deadline, f"push of {area}")
+    try:
+        _claim_objects(claim, entries, area_dir, local, index, known, packer, uploader)
+        rep.objects, rep.bytes = uploader.objects, uploader.bytes
+        _check_deadline(deadline, f"push of {area}")
+        _commit(store, cache, area, state, entries, snap_id, claim,
+                lambda: _claim_objects(claim, entries, area_dir, local, index, known, packer,
+                                       uploader))
+    finally:
+        uploader.close()
+    rep.snapshot = snap_id
+    rep.heads = [snap_id]
+    rep.seconds = time.monotonic() - t0
+    return rep, store
+
+
+def _commit(store: Store, cache: CacheState, area: str, state: AreaState,
+            entries: dict[str, Entry], snap_id: str, claim: PushClaim,
+            claim_again: Callable[[], None]) -> None:
     parents = tuple(state.based_on)
     pending = cache.read_pending(area, store.url)
     if pending:
@@ -457,16 +472,13 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     cache.append_pending(area, store.url, snap.id)  # before the commit point: see above
     checkpoints.reached("push:commit")
     if not claim.fresh():  # the claim may have expired for gc: claim (and check) again
-        _claim_objects(claim, entries, area_dir, local, index, known, packer, uploader)
+        claim_again()
+        data = encode(replace(snap, entries=entries))
     store.put(snapshot_key(area, snap.id, snap.parents), data)  # the commit point
     claim.release()  # only after the commit: from now on the snapshot protects its objects
     Manifests(store, cache).save(area, snap.id, data)
     cache.save_state(area, AreaState(store.url, (snap.id,), entries))
     cache.clear_journal(area)
-    rep.snapshot = snap.id
-    rep.heads = [snap.id]
-    rep.seconds = time.monotonic() - t0
-    return rep, store
 
 
 def _attach_blobs(entries: dict[str, Entry], known: dict[str, tuple], packer: Packer) -> None:
