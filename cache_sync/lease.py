@@ -37,12 +37,18 @@ CLAIM, ALIVE = ".claim", ".alive"
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds. ``expiry`` should be several ``renew`` periods; ``settle`` must exceed the
-    store's LastModified granularity (1 s on S3 and B2) plus a PUT's latency."""
+    """Seconds. ``expiry`` should be several ``renew`` periods. ``settle - max_put`` must
+    exceed the store's LastModified granularity (1 s on S3 and B2): a claim whose PUT took
+    longer than ``max_put`` is withdrawn and made again (S3 stamps LastModified when the
+    upload *starts*, so a slow PUT could otherwise carry an earlier time than it deserves)."""
 
     expiry: float = 60.0
     renew: float = 15.0
     settle: float = 2.0
+
+    @property
+    def max_put(self) -> float:
+        return self.settle / 4
 
     @classmethod
     def for_expiry(cls, expiry: float, settle: float = 2.0) -> Timing:
@@ -73,13 +79,6 @@ class View:
     @property
     def first(self) -> Claim | None:
         return self.live[0] if self.live else None
-
-
-def worker_id(environ: dict[str, str] | None = None) -> str:
-    """``RUNPOD_POD_ID`` inside RunPod, else host and pid: unique among live workers."""
-    env = os.environ if environ is None else environ
-    raw = env.get("RUNPOD_POD_ID") or f"{socket.gethostname()}-{os.getpid()}"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:64]
 
 
 def interpret(infos: list[ObjectInfo], prefix: str, expiry: float) -> View:
@@ -122,12 +121,21 @@ class Lease:
                            "host": socket.gethostname(),
                            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
 
-    def claim(self) -> None:
+    def claim(self, attempts: int = 20) -> None:
         """Take a place in the queue (a fresh name each time, so a re-claim after losing the
-        place sorts last, as it must)."""
-        self.name = f"{self.worker}-{secrets.token_hex(4)}"
-        self.store.put(self._key(CLAIM), self._body())
-        self.claimed_at = self.renewed_at = self.clock()
+        place sorts last, as it must). A claim whose PUT took longer than ``max_put`` is
+        withdrawn and made again (docs/design.md 8.2)."""
+        for _ in range(attempts):
+            self.name = f"{self.worker}-{secrets.token_hex(4)}"
+            started = self.clock()
+            self.store.put(self._key(CLAIM), self._body())
+            self.claimed_at = self.renewed_at = self.clock()
+            if self.claimed_at - started <= self.timing.max_put:
+                return
+            self.release()
+        raise CacheSyncError(
+            f"the store took longer than {self.timing.max_put:.2f}s for each of {attempts} "
+            "lease claims", hint="raise CACHE_SYNC_LEASE_SETTLE for a slow store")
 
     def renew(self) -> None:
         self.store.put(self._key(ALIVE), self._body())
@@ -205,13 +213,15 @@ class LeaseWaitTimeout(CacheSyncError, TimeoutError):
 @dataclass
 class Outcome:
     held: bool                 # True: we hold the lease (the caller works, then releases)
+    stopped: bool = False      # ``stop()`` became true while waiting (a SIGTERM, say)
     waited: float = 0.0        # seconds spent waiting for others
     holders: list[str] = field(default_factory=list)  # workers seen holding it meanwhile
 
 
 def acquire(lease: Lease, done: Callable[[], bool], *, wait: float, poll: float,
             log: Callable[[str], None], log_every: float = 5.0,
-            sleep: Callable[[float], None] = time.sleep) -> Outcome:
+            sleep: Callable[[float], None] = time.sleep,
+            stop: Callable[[], bool] = lambda: False) -> Outcome:
     """Claim, then loop: hold the lease, or see ``done()`` (the work another worker did is
     now visible to us), or wait ``poll`` and look again; at most ``wait`` seconds. The claim
     stays in place when the lease is held; otherwise it is released before returning."""
@@ -248,6 +258,10 @@ def acquire(lease: Lease, done: Callable[[], bool], *, wait: float, poll: float,
                     f"gave up after {wait:.0f}s waiting for worker "
                     f"{first.worker if first else '?'} to finish its install",
                     hint="raise CACHE_SYNC_LEASE_WAIT, or look at that worker's log")
+            if stop():
+                out.stopped = True
+                out.waited = lease.clock() - start
+                return out
             lease.renew_if_due()
             sleep(poll)
     finally:

@@ -25,8 +25,15 @@ from typing import Any
 
 from cache_sync import diskguard
 from cache_sync.config import EPHEMERAL_DIRS, Settings
+from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
-from cache_sync.errors import CacheSyncError, ConfigError, DeadlineExceeded
+from cache_sync.errors import (
+    CacheSyncError,
+    CommandNotExecutable,
+    CommandNotFound,
+    ConfigError,
+    DeadlineExceeded,
+)
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
@@ -40,6 +47,7 @@ class RunOptions:
     push_timeout: float = 60.0
     push_interval: float | None = None
     kill_timeout: float = 30.0  # grace between the forwarded signal and SIGKILL
+    bootstrap: bool = True  # install/download what settings.requirements/hf_models need
 
 
 @dataclass
@@ -53,6 +61,7 @@ class RunResult:
     pushed: list[dict] = field(default_factory=list)
     push_error: str = ""
     periodic_pushes: int = 0
+    bootstrap: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,9 +101,12 @@ class _PeriodicPush(threading.Thread):
     def run(self) -> None:
         from cache_sync import sync
 
+        # a push by another worker on a shared root: wait for it at most one interval
+        settings = self.settings.with_overrides(
+            lock_timeout=min(self.settings.lock_timeout, self.interval))
         while not self.stop.wait(self.interval):
             try:
-                sync.push(self.settings, deadline=time.monotonic() + self.interval)
+                sync.push(settings, deadline=time.monotonic() + self.interval)
                 self.count += 1
             except CacheSyncError as exc:  # keep the worker running; the final push follows
                 self.log(f"periodic push failed: {exc}")
@@ -103,10 +115,13 @@ class _PeriodicPush(threading.Thread):
 def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> RunResult:
     if not opts.cmd:
         raise ConfigError("no command to run", hint="cache-sync run -- python -m handler")
+    check_worker_store(settings)
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
-    from cache_sync import sync
+    from cache_sync import bootstrap, sync
+
+    plan = bootstrap.plan_from(settings, os.environ) if opts.bootstrap else bootstrap.Plan()
 
     # The child inherits the caller's environment (RUNPOD_*, AWS_*, HANDLER_* ...) with the
     # cache's exports on top.
@@ -133,6 +148,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         if opts.pull:
             result.pulled = [r.to_dict() for r in sync.pull(settings)]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
+        if not plan.empty and not pending:
+            result.bootstrap = bootstrap.run(settings, plan, os.environ, log,
+                                             stop=lambda: bool(pending)).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
@@ -141,10 +159,12 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         try:
             child.append(subprocess.Popen(list(opts.cmd), env=env))
         except FileNotFoundError:
-            raise ConfigError(f"command not found: {opts.cmd[0]}", hint="check PATH in the "
-                              "cache's env (cache-sync env PATH)") from None
+            raise CommandNotFound(f"command not found: {opts.cmd[0]}", hint="check PATH in "
+                                  "the cache's env (cache-sync env PATH)") from None
         except PermissionError:
-            raise ConfigError(f"command not executable: {opts.cmd[0]}") from None
+            raise CommandNotExecutable(f"command not executable: {opts.cmd[0]}",
+                                       hint="chmod +x it, or run it through its interpreter"
+                                       ) from None
         for signum in pending:
             _forward(child[0].pid, signum)
         periodic = None
@@ -224,7 +244,7 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
     # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
     # may still hold it. The deadline still bounds the whole push.
     settings = settings.with_overrides(
-        lock_timeout=max(settings.lock_timeout, opts.push_timeout / 4))
+        lock_timeout=min(settings.lock_timeout, opts.push_timeout / 4))
     if periodic is not None and periodic.is_alive():
         result.push_error = (f"push cut short: a periodic push was still running after "
                              f"--push-timeout {opts.push_timeout:g}s; the store is consistent")

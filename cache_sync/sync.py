@@ -26,6 +26,7 @@ from typing import Any
 
 from cache_sync import __version__, checkpoints
 from cache_sync.config import Settings, validate_area_name
+from cache_sync.contents import SmallFiles
 from cache_sync.errors import (
     CacheSyncError,
     DeadlineExceeded,
@@ -53,6 +54,7 @@ from cache_sync.progress import enabled as progress_enabled
 from cache_sync.snapshot import Entry, Snapshot, decode, encode
 from cache_sync.storage import Store, open_store
 from cache_sync.transfer import Fetcher
+from cache_sync.units import merger
 
 log = logging.getLogger("cache_sync.sync")
 RESERVE = 64 << 20  # never fill the disk to the last byte
@@ -193,13 +195,14 @@ def _check_deadline(deadline: float | None, what: str) -> None:
 
 
 # --- pull ----------------------------------------------------------------------------------
-def current_state(store: Store, manifests: Manifests, area: str, state: AreaState
-                  ) -> tuple[list[str], dict[str, Entry]]:
+def current_state(store: Store, manifests: Manifests, area: str, state: AreaState,
+                  area_dir: Path | None = None) -> tuple[list[str], dict[str, Entry]]:
     hist = History(list_refs(store, area))
     head_ids = [h.id for h in hist.heads]
     if head_ids and state.entries is not None and list(state.based_on) == head_ids:
         return head_ids, state.entries  # up to date: no manifest GET
-    return hist.current(manifests.load)
+    # Units (docs/design.md 5.1) read RECORDs: from the area when the bytes match, else the store.
+    return hist.current(manifests.load, merger(area, SmallFiles(store, area_dir)))
 
 
 def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: bool = False,
@@ -220,7 +223,7 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     t0 = time.monotonic()
     rep = AreaReport(area, "pull", dry_run=dry_run)
     state = cache.load_state(area, store.url)
-    heads, target = current_state(store, manifests, area, state)
+    heads, target = current_state(store, manifests, area, state, settings.area_path(area))
     rep.heads = heads
     if not heads:
         rep.up_to_date = True

@@ -34,6 +34,8 @@ class MemStore(Store):
 
     def __init__(self, world: World, granularity: float = 1.0) -> None:
         self.world, self.granularity = world, granularity
+        self.put_seconds: list[float] = []  # durations of the next PUTs (S3 stamps the start)
+        self.during_put: list = []  # callables run inside the next PUTs, after the stamp
         self.objects: dict[str, tuple[bytes, float]] = {}
         self.lists = 0
 
@@ -50,7 +52,12 @@ class MemStore(Store):
         raise NotImplementedError
 
     def put(self, key: str, data: bytes) -> None:
-        self.objects[key] = (data, self._stamp())
+        stamp = self._stamp()
+        self.world.t += self.put_seconds.pop(0) if self.put_seconds else 0.0
+        hook = self.during_put.pop(0) if self.during_put else None
+        if hook is not None:
+            hook()
+        self.objects[key] = (data, stamp)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self.lists += 1
@@ -241,3 +248,37 @@ def test_acquire_gives_up_after_the_bound():
     with pytest.raises(LeaseWaitTimeout, match="waiting for worker holder"):
         acquire(waiter, lambda: False, wait=5, poll=1.0, log=lambda m: None, sleep=sleep)
     assert not any("waiter" in k for k in s.objects)
+
+
+def test_a_slow_claim_put_is_withdrawn_and_made_again():
+    """S3 stamps LastModified at the start of an upload. B's claim PUT starts first (same
+    second, a name that wins ties) but lands only after A has settled and decided: kept, it
+    would sort before A and B would hold too. Lease.claim withdraws it and claims again."""
+    w = World()
+    s = MemStore(w)
+    a, b = make(w, s, "zz-a"), make(w, s, "aa-b")
+    decided = []
+
+    def a_claims_and_decides() -> None:
+        w.t += 0.01
+        a.claim()
+        w.t += 2.1
+        decided.append(a.holds(a.look(), a.clock()))
+
+    w.t = 1000.1
+    s.during_put = [a_claims_and_decides]  # runs inside B's first claim PUT
+    b.claim()
+    assert decided == [True]
+    assert a.holds(a.look(), a.clock())
+    w.t += 2.1
+    assert not b.holds(b.look(), b.clock())  # B's place is behind A's: one holder
+    assert b.look().first.worker == "zz-a"
+
+
+def test_claim_gives_up_on_a_store_slower_than_max_put():
+    w = World()
+    s = MemStore(w)
+    s.put_seconds = [1.0] * 10
+    with pytest.raises(Exception, match="CACHE_SYNC_LEASE_SETTLE"):
+        make(w, s, "a").claim(attempts=3)
+    assert not s.objects
