@@ -60,6 +60,13 @@ class SynthesisResult:
 class Engine(Protocol):
     name: str
 
+    def check_files(self) -> None:
+        """Raise ModelMissingError for the first model file that is not on disk (cheap)."""
+
+    def import_modules(self) -> None:
+        """Import the engine's libraries; needs ``packages/`` only, not the model files, so
+        it runs while ``cache-sync run`` is still pulling ``models/``."""
+
     def load(self) -> dict[str, Any]:
         """Load everything from local files, once; returns what was loaded (for health)."""
 
@@ -91,6 +98,13 @@ class LightEngine:
     def __init__(self, config: HandlerConfig) -> None:
         self.config = config
         self.params: dict[str, Any] | None = None
+
+    def check_files(self) -> None:
+        require_file(self.config.light_model, "light test engine parameters, JSON",
+                     "HANDLER_LIGHT_MODEL", self.config.cache_root)
+
+    def import_modules(self) -> None:
+        """Nothing to import: the light engine is pure Python."""
 
     def load(self) -> dict[str, Any]:
         path = require_file(self.config.light_model, "light test engine parameters, JSON",

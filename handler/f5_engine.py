@@ -77,6 +77,16 @@ class F5Engine:
                                           "Vocos vocoder weights", "HANDLER_VOCOS_DIR", root),
         }
 
+    def check_files(self) -> None:
+        self._files()
+
+    def import_modules(self) -> None:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import torch  # noqa: F401  (seconds of imports, done while models/ is still pulling)
+        import vocos  # noqa: F401
+        from f5_tts import model  # noqa: F401
+        from f5_tts.infer import utils_infer  # noqa: F401
+
     def load(self) -> dict[str, Any]:
         files = self._files()  # check every file before importing torch: fail fast and clear
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -16,6 +16,7 @@ import time
 import traceback
 from typing import Any
 
+from cache_sync import readiness
 from handler.asr import AsrModelMissingError, Transcriber, resolve_model_dir
 from handler.audio import Audio, encode_wav
 from handler.config import HandlerConfig
@@ -54,7 +55,20 @@ class Worker:
             return False
         start = time.perf_counter()
         try:
+            # Under `cache-sync run`, models/ may still be pulling: import the engine's
+            # libraries meanwhile, then wait for the area. Otherwise check the model files
+            # first, so a missing model fails fast, before seconds of imports.
+            overlapping = readiness.pending("models")
+            if not overlapping:
+                self.engine.check_files()
+            self.engine.import_modules()
+            _log(f"imported engine {self.engine.name} in {time.perf_counter() - start:.2f}s")
+            if overlapping:
+                waited = readiness.wait(["models"])
+                _log(f"waited {waited:.1f}s for the models area")
             self.loaded = self.engine.load()
+        except readiness.AreaNotReady as err:
+            self.load_error = str(err)
         except FileNotFoundError as err:  # ModelMissingError and friends: message says it all
             self.load_error = str(err)
         except ImportError as err:

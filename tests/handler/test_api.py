@@ -11,9 +11,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from worker_helpers import api_worker, tone_b64, tone_wav, worker_env, write_light_model
 
 from handler.audio import decode_wav
+from tests.support.worker_helpers import (
+    api_worker,
+    tone_b64,
+    tone_wav,
+    worker_env,
+    write_light_model,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

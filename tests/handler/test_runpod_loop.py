@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_runpod import FakeRunPod
-from worker_helpers import REPO, stop, tone_b64, worker_env, write_light_model
 
 from handler.audio import decode_wav
+from tests.support.fake_runpod import FakeRunPod
+from tests.support.worker_helpers import REPO, stop, tone_b64, worker_env, write_light_model
 
 pytestmark = pytest.mark.timeout(180)
 
