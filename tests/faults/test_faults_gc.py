@@ -223,7 +223,7 @@ def test_push_claims_again_when_its_claim_expired(tmp_path, monkeypatch):
 def test_gc_marks_first_and_deletes_in_a_later_run(tmp_path):
     """Through the CLI: a run marks, the next deletes nothing young, a run after the delay
     deletes, and the store still pulls."""
-    ws = fk.workspace(tmp_path, extra={"CACHE_SYNC_GC_WINDOW": str(WINDOW)})
+    ws = fk.workspace(tmp_path, extra={"CACHE_SYNC_GC_WINDOW": "600"})  # no run is late
     crash.write_tree(ws.area(), {"big.bin": os.urandom(300_000), "k.txt": b"k"})
     ws.run("push")
     (ws.area() / "big.bin").unlink()
@@ -234,7 +234,7 @@ def test_gc_marks_first_and_deletes_in_a_later_run(tmp_path):
     second = ws.run("--json", "gc", "--keep", "1", "--grace", "0")
     assert '"objects_deleted": 0' in second.stdout
     assert crash.count_files(tmp_path / "store" / "objects") == before
-    age(ws, "gc/marks", WINDOW)
+    age(ws, "gc/marks", 600)
     third = ws.run("--json", "gc", "--keep", "1", "--grace", "0")
     assert '"objects_deleted": 2' in third.stdout, third.stdout
     assert crash.count_files(tmp_path / "store" / "objects") == before - 2

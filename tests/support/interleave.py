@@ -85,7 +85,7 @@ class Scheduler:
         try:
             self.step("start")
             a.fn()
-        except BaseException as exc:  # reported by run()
+        except BaseException as exc:  # noqa: BLE001 - reported by run()
             a.error = exc
             a.trace = traceback.format_exc()
         finally:
@@ -105,8 +105,7 @@ class Scheduler:
         self._done_entries = 0
         with self.cond:
             while True:
-                ready = lambda: all(x.done or x.waiting for x in self.actors.values())  # noqa: E731
-                if not self.cond.wait_for(lambda: self.turn is None and ready(), self.timeout):
+                if not self.cond.wait_for(self._all_stopped, self.timeout):
                     raise TimeoutError(f"an actor did not reach its next point: {self.log[-5:]}")
                 waiting = sorted(n for n, x in self.actors.items() if x.waiting)
                 if not waiting:
@@ -119,6 +118,9 @@ class Scheduler:
             assert a.thread is not None
             a.thread.join(self.timeout)
         return {n: a.error for n, a in self.actors.items()}
+
+    def _all_stopped(self) -> bool:
+        return self.turn is None and all(x.done or x.waiting for x in self.actors.values())
 
     def _pick(self, waiting: list[str], script: list[Script]) -> str:
         while script:
