@@ -340,3 +340,23 @@ def test_the_wait_is_bounded_one_line_and_exit_75(tmp_path):
         assert "Traceback" not in err.read_text() and holder.claims() == []
     finally:
         holder.stop()
+
+
+@pytest.mark.parametrize(("extra", "args", "expect"), [
+    ({}, ["--requirements", "/nonexistent/reqs.txt"], "cannot read requirements file"),
+    ({"CACHE_SYNC_HF_MODELS": "org/a/b"}, [], "does not name a Hub repo"),
+    ({"CACHE_SYNC_HF_MODELS_HOOK": "no_such_module:f"}, [], "CACHE_SYNC_HF_MODELS_HOOK"),
+    ({"CACHE_SYNC_LEASE_EXPIRY": "soon"}, [], "CACHE_SYNC_LEASE_EXPIRY='soon' is not a number"),
+    ({"HF_ENDPOINT": "http://127.0.0.1:9"}, ["--hf-model", "org/x"],
+     "download of org/x@main failed"),
+])
+def test_bad_bootstrap_input_is_one_line_and_nothing_starts(tmp_path, extra, args, expect):
+    env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off", **extra}
+    marker = tmp_path / "started"
+    p = subprocess.run([sys.executable, "-m", "cache_sync", "run", *args, "--",
+                        sys.executable, "-c", f"open({str(marker)!r}, 'w')"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode in (1, 2), p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("cache-sync: error")]
+    assert len(errors) == 1 and expect in errors[0], p.stderr
+    assert "Traceback" not in p.stderr and not marker.exists()
