@@ -340,3 +340,43 @@ def test_the_wait_is_bounded_one_line_and_exit_75(tmp_path):
         assert "Traceback" not in err.read_text() and holder.claims() == []
     finally:
         holder.stop()
+
+
+@pytest.mark.parametrize(("extra", "args", "expect"), [
+    ({}, ["--requirements", "/nonexistent/reqs.txt"], "cannot read requirements file"),
+    ({"CACHE_SYNC_HF_MODELS": "org/a/b"}, [], "does not name a Hub repo"),
+    ({"CACHE_SYNC_HF_MODELS_HOOK": "no_such_module:f"}, [], "CACHE_SYNC_HF_MODELS_HOOK"),
+    ({"CACHE_SYNC_LEASE_EXPIRY": "soon"}, [], "CACHE_SYNC_LEASE_EXPIRY='soon' is not a number"),
+    ({"HF_ENDPOINT": "http://127.0.0.1:9"}, ["--hf-model", "org/x"],
+     "download of org/x@main failed"),
+])
+def test_bad_bootstrap_input_is_one_line_and_nothing_starts(tmp_path, extra, args, expect):
+    env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off", **extra}
+    marker = tmp_path / "started"
+    p = subprocess.run([sys.executable, "-m", "cache_sync", "run", *args, "--",
+                        sys.executable, "-c", f"open({str(marker)!r}, 'w')"], env=env,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode in (1, 2), p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("cache-sync: error")]
+    assert len(errors) == 1 and expect in errors[0], p.stderr
+    assert "Traceback" not in p.stderr and not marker.exists()
+
+
+def test_gc_at_any_moment_leaves_the_lease_alone(tmp_path):
+    """gc (any worker, any moment) deletes only unreferenced objects and old snapshots: a live
+    holder's claim and liveness objects survive it, so gc never hands the lease to a second
+    installer."""
+    holder = _FakeHolder(tmp_path / "store")
+    try:
+        env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off"}
+        (tmp_path / "cache" / "packages").mkdir(parents=True)
+        (tmp_path / "cache" / "packages" / "x.py").write_text("X = 1\n")
+        for args in (["push"], ["gc", "--keep", "1", "--grace", "0"]):
+            p = subprocess.run([sys.executable, "-m", "cache_sync", *args], env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+            assert p.returncode == 0, p.stderr
+        keys = sorted(i.key for i in holder.store.list("leases/"))
+        assert keys == ["leases/bootstrap/elsewhere-00000001.alive",
+                        "leases/bootstrap/elsewhere-00000001.claim"]
+    finally:
+        holder.stop()
