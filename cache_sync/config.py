@@ -138,6 +138,7 @@ class Settings:
     small_file: int = 4 * MiB
     keep: int = 5
     gc_grace: float = 24 * 3600.0
+    gc_window: float = 300.0
     progress: str = "auto"
     json: bool = False
     verbose: int = 0
@@ -292,6 +293,7 @@ class Settings:
             small_file=num("small_file", _parse_size, 4 * MiB),
             keep=num("keep", _parse_int, 5, minimum=1),
             gc_grace=num("gc_grace", _parse_float, 24 * 3600.0),
+            gc_window=num("gc_window", _parse_float, 300.0, minimum=1.0),
             progress=progress,
             json=json_out,
             verbose=int(verbose),
