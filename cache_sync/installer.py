@@ -104,6 +104,12 @@ class Invocation:
     options: list[str]  # from requirements files (and translated pip config for uv)
 
     @property
+    def stage(self) -> Path | None:
+        """pip installs into an empty stage that ``target_merge`` moves into ``packages/``;
+        uv installs into ``packages/`` directly (it treats the target as an environment)."""
+        return scratch_dirs(self.settings)[0] / "pip-stage" if self.kind == "pip" else None
+
+    @property
     def log_path(self) -> str:
         return str(scratch_dirs(self.settings)[0] / "pip-install.log")
 
@@ -118,7 +124,7 @@ class Invocation:
             cmd = [self.uv_path or "uv", "pip", "install", "--python", sys.executable,
                    "--target", str(root / "packages"), "--cache-dir", str(root / "pip" / "uv")]
         else:
-            cmd = [sys.executable, "-m", "pip", "install", "--target", str(root / "packages"),
+            cmd = [sys.executable, "-m", "pip", "install", "--target", str(self.stage),
                    "--cache-dir", str(root / "pip"), "--timeout", socket_timeout,
                    "--retries", "1", "--no-input", "--disable-pip-version-check",
                    "--no-warn-script-location", "--progress-bar", "off",
@@ -193,22 +199,3 @@ def key_lines(output: str, limit: int = 4) -> list[str]:
     picked = [ln for ln in lines
               if ln.startswith(("ERROR:", "error:", "×", "╰─▶", "Caused by", "hint:"))]
     return (picked or lines)[-limit:]
-
-
-def remove_dist(target: Path, dist_files: list[Path], info_dir: Path) -> None:
-    """Remove an installed distribution's files (from its RECORD) before pip replaces it:
-    ``pip --target`` otherwise keeps the old directory and only warns."""
-    parents: set[Path] = set()
-    for path in dist_files:
-        full = (target / path).resolve()
-        if target.resolve() in full.parents and full.is_file():
-            full.unlink()
-            parents.add(full.parent)
-    shutil.rmtree(info_dir, ignore_errors=True)
-    for directory in sorted(parents, key=lambda p: -len(p.parts)):
-        while directory != target.resolve() and target.resolve() in directory.parents:
-            try:
-                directory.rmdir()  # only empty ones: a shared namespace dir stays
-            except OSError:
-                break
-            directory = directory.parent
