@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from cache_sync import diskguard, installer, target_merge
+from cache_sync import diskguard, installer, pipconf, target_merge
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import CacheSyncError, DiskSpaceError
@@ -128,8 +128,8 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
             if opts.push:
                 _warm_installer_cache(settings, log)
             options = list(specset.options)
-            if kind == "uv":
-                options = installer.pip_config_for_uv(env) + options
+            if kind == "uv":  # pip's configuration and the files' options, pip's precedence
+                options = pipconf.uv_flags(pipconf.sources(env, options))
             invocation = installer.Invocation(kind, uv_path, settings, env, options)
         before = installed.versions()
         _run_with_retries(spec, res, invocation, opts, settings, floors, log)

@@ -71,30 +71,6 @@ def child_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def pip_config_for_uv(env: Mapping[str, str]) -> list[str]:
-    """pip's effective index configuration (pip.conf files and PIP_* variables, as
-    ``pip config list`` reports them) as uv flags."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], env=dict(env),
-                          capture_output=True, text=True, timeout=60)
-    values: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        key, _, raw = line.partition("=")
-        section, _, name = key.rpartition(".")
-        if section in ("global", "install", ":env:") and raw:
-            values[name] = raw.strip().strip("'\"")
-    flags: list[str] = []
-    for name, flag in (("index-url", "--index-url"), ("extra-index-url", "--extra-index-url"),
-                       ("find-links", "--find-links"), ("constraint", "--constraint"),
-                       ("trusted-host", "--allow-insecure-host")):
-        for value in values.get(name, "").split():
-            if name == "find-links" and "://" not in value and not os.path.exists(value):
-                continue  # pip skips a missing find-links dir with a warning; uv would fail
-            flags += [flag, value]
-    if values.get("no-index", "").lower() in ("1", "true", "yes", "on"):
-        flags.append("--no-index")
-    return flags
-
-
 @dataclass
 class Invocation:
     kind: str  # "pip" | "uv"
