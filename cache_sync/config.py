@@ -9,10 +9,11 @@ beats the default. Secrets are kept out of ``repr`` and ``explain()``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class Settings:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    s3_dialect: str = "auto"  # aws | b2 | compat (from_env resolves auto); storage/dialect.py
     areas: tuple[str, ...] = DEFAULT_AREAS
     transfers: int = 16
     retries: int = 5
@@ -161,10 +163,12 @@ class Settings:
     runpod_volume: str = RUNPOD_VOLUME
     runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
     allow_local: bool = False
+    overlap: bool = False  # run: start CMD before models/ is pulled (docs/design.md)
     # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
     requirements: str | None = None
     hf_models: tuple[str, ...] = ()
     hf_models_hook: str | None = None
+    flash_attn: str | None = None  # a flash-attn version the bootstrap installs last
     lease_expiry: float = 60.0
     lease_settle: float = 2.0
     lease_wait: float = 1800.0
@@ -218,6 +222,7 @@ class Settings:
                     f"remote {remote!r} is not a supported URL",
                     hint="use s3://bucket/prefix or file:///absolute/path",
                 )
+        check_remote(remote)
         region = pick("region", "region", "AWS_REGION", "AWS_DEFAULT_REGION", "B2_REGION")
         endpoint = pick("endpoint_url", "endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
         if endpoint is None and remote.startswith("s3://"):
@@ -234,12 +239,20 @@ class Settings:
                 hint="write it as https://host[:port]",
             )
 
+        dialect = _s3_dialect(pick, env, endpoint, sources)
         key_id = env.get("AWS_ACCESS_KEY_ID") or env.get("B2_APPLICATION_KEY_ID")
         secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("B2_APPLICATION_KEY")
         if bool(env.get("B2_APPLICATION_KEY_ID")) != bool(env.get("B2_APPLICATION_KEY")):
             missing = "B2_APPLICATION_KEY" if env.get("B2_APPLICATION_KEY_ID") else (
                 "B2_APPLICATION_KEY_ID")
             raise ConfigError(f"{missing} is not set", hint="set both B2 key variables, or neither")
+
+        if remote.startswith("s3://") and bool(env.get("AWS_ACCESS_KEY_ID")) != bool(
+                env.get("AWS_SECRET_ACCESS_KEY")):
+            missing = ("AWS_SECRET_ACCESS_KEY" if env.get("AWS_ACCESS_KEY_ID")
+                       else "AWS_ACCESS_KEY_ID")
+            raise ConfigError(f"{missing} is not set", hint="set both AWS key variables, or "
+                              "neither (to use a profile or an instance role)")
 
         areas_raw = pick("areas", "areas")
         areas: tuple[str, ...] = DEFAULT_AREAS
@@ -266,6 +279,7 @@ class Settings:
             endpoint_url=endpoint,
             region=region,
             profile=pick("profile", "profile", "AWS_PROFILE"),
+            s3_dialect=dialect,
             areas=areas,
             transfers=num("transfers", _parse_int, 16, minimum=1),
             retries=num("retries", _parse_int, 5, minimum=1),
@@ -306,6 +320,24 @@ class Settings:
         return rows
 
 
+def _s3_dialect(pick: Any, env: Mapping[str, str], endpoint: str | None,
+                sources: dict[str, str]) -> str:
+    """``CACHE_SYNC_S3_DIALECT`` (aws|b2|compat), or derived when unset or ``auto``."""
+    from cache_sync.storage.dialect import CHOICES, derive
+
+    chosen = (pick("s3_dialect", "s3_dialect") or "auto").strip().lower()
+    if chosen not in CHOICES:
+        raise ConfigError(f"CACHE_SYNC_S3_DIALECT={chosen!r} is invalid",
+                          hint="use " + "|".join(CHOICES))
+    if chosen != "auto":
+        return chosen
+    b2_vars = any(env.get(v) for v in ("B2_REGION", "B2_ENDPOINT", "B2_BUCKET")) or bool(
+        env.get("B2_APPLICATION_KEY_ID") and not env.get("AWS_ACCESS_KEY_ID"))
+    dialect, why = derive(endpoint, b2_vars)
+    sources["s3_dialect"] = f"auto: {why}"
+    return dialect
+
+
 def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
     """Settings of ``install`` and ``run`` (kept apart so the engine's settings merge cleanly)."""
     installer = pick("installer", "installer") or "auto"
@@ -321,11 +353,44 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
         push_pip=num("push_pip", _parse_bool, False),
+        overlap=num("overlap", _parse_bool, False),
         # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
                              ).rstrip("/"),
     )
+
+
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")  # what botocore itself accepts
+
+
+def check_remote(remote: str) -> None:
+    """A file:// remote names an absolute path; an s3:// one a bucket S3 can name."""
+    if remote.startswith("file://"):
+        path = remote[len("file://"):]
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"remote {remote!r} has {'no' if not path else 'a relative'} path",
+                hint="write file:///absolute/path (three slashes)")
+    elif remote.startswith("s3://"):
+        bucket = remote[len("s3://"):].partition("/")[0]
+        if not _BUCKET_RE.match(bucket):
+            raise ConfigError(
+                f"remote {remote!r}: {bucket!r} is not a valid bucket name",
+                hint="bucket names use lowercase letters, digits, '.' and '-' (3-63 characters)")
+
+
+def check_areas(chosen: Sequence[str], configured: Sequence[str]) -> None:
+    """Areas named on the command line must be configured ones: a misspelled name would
+    otherwise pull nothing and exit 0, or push a new area nobody syncs."""
+    for area in chosen:
+        validate_area_name(area)
+        if area not in configured:
+            close = difflib.get_close_matches(area, configured, n=1)
+            raise ConfigError(
+                f"{area!r} is not one of the areas ({', '.join(configured)})",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + "set CACHE_SYNC_AREAS to sync other directories")
 
 
 def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:
@@ -350,6 +415,7 @@ def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
         requirements=pick("requirements", "requirements"),
         hf_models=tuple(m for m in models.replace(",", " ").split() if m),
         hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        flash_attn=pick("flash_attn", "flash_attn"),
         lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
         lease_settle=num("lease_settle", _parse_float, 2.0),
         lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),

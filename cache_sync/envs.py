@@ -12,6 +12,7 @@ long before the packages land. So every cache and every temporary directory is r
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 from collections.abc import Mapping
@@ -104,6 +105,18 @@ def describe(name: str) -> str:
     }.get(name, "")
 
 
+_FISH_BARE = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")  # words fish reads literally
+
+
+def fish_quote(value: str) -> str:
+    """Single quotes as fish reads them: unlike POSIX shells, fish treats ``\\'`` and
+    ``\\\\`` inside single quotes as escapes, so POSIX quoting (``'...'\\''...'``) of a
+    value holding ``\\'`` ends the quote early and can run what follows."""
+    if value and _FISH_BARE.match(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def render(env: Mapping[str, str], shell: str) -> str:
     """Shell code that sets ``env`` when evaluated (or JSON)."""
     if shell == "json":
@@ -112,10 +125,10 @@ def render(env: Mapping[str, str], shell: str) -> str:
     for name, value in env.items():
         if shell == "fish":
             if name in PATH_LIKE:  # fish keeps PATH as a list
-                parts = " ".join(shlex.quote(p) for p in value.split(":") if p)
+                parts = " ".join(fish_quote(p) for p in value.split(":") if p)
                 lines.append(f"set -gx {name} {parts}")
             else:
-                lines.append(f"set -gx {name} {shlex.quote(value)}")
+                lines.append(f"set -gx {name} {fish_quote(value)}")
         else:  # bash and zsh share POSIX quoting
             lines.append(f"export {name}={shlex.quote(value)}")
     return "\n".join(lines)

@@ -31,6 +31,18 @@ class ConfigError(CacheSyncError, ValueError):
     exit_code = 2
 
 
+class CommandNotFound(ConfigError):
+    """``run``'s command does not exist: 127, as shells report it."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(ConfigError):
+    """``run``'s command exists but cannot be executed: 126, as shells report it."""
+
+    exit_code = 126
+
+
 class LockedError(CacheSyncError):
     """Another cache-sync process holds the local cache lock."""
 
@@ -41,6 +53,7 @@ class StorageError(CacheSyncError, OSError):
     """The bucket (or local store directory) failed an operation."""
 
     exit_code = 3
+    code = ""  # the store's own error code (e.g. AccessDenied, NoSuchBucket), when it gave one
 
 
 class TransientStorageError(StorageError):

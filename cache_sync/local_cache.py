@@ -70,6 +70,7 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
     items: dict[str, LocalItem] = {}
     if not area_dir.is_dir():
         return items
+    special: list[str] = []
     stack = [("", str(area_dir))]
     while stack:
         rel_dir, abs_dir = stack.pop()
@@ -95,7 +96,14 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
                     items[rel] = item_from_stat(rel, st)
                 elif stat.S_ISLNK(mode):
                     items[rel] = item_from_stat(rel, st, os.readlink(de.path))
-                # sockets, fifos, devices: not part of a cache, skipped
+                else:  # FIFOs, sockets, device nodes: not part of a cache
+                    special.append(rel)
+    if special:
+        special.sort()
+        shown = ", ".join(special[:3]) + (f" and {len(special) - 3} more" if len(special) > 3
+                                          else "")
+        log.warning("%s: skipped %d FIFO, socket or device node%s (not synced): %s",
+                    area_dir, len(special), "" if len(special) == 1 else "s", shown)
     return items
 
 

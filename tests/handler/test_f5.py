@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from worker_helpers import REPO, api_worker, tone_wav, worker_env
+from tests.support.worker_helpers import REPO, api_worker, tone_wav, worker_env
 
 from handler.audio import b64encode, decode_wav, encode_wav
 
@@ -86,7 +86,7 @@ def _run_stack(packages: Path, args: list[str], timeout: float = 600) -> str:
 def worker(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("f5")
     dev = tmp / "devbox"
-    out = _run_stack(stack, [str(REPO / "tests/handler/f5_tiny.py"), str(dev / "models")])
+    out = _run_stack(stack, [str(REPO / "tests/support/f5_tiny.py"), str(dev / "models")])
     settings = json.loads(out.strip().splitlines()[-1])
 
     root = tmp / "worker-cache"
