@@ -88,9 +88,14 @@ def build_whisper(models: Path) -> dict[str, str]:
     byte-level tokenizer, saved as snapshot ``WHISPER_SHA`` of ``WHISPER_ID`` under
     ``models/huggingface/hub`` with ``refs/main`` pointing at it."""
     import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor,
-                              WhisperTokenizer)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
     repo = models / "huggingface" / "hub" / ("models--" + WHISPER_ID.replace("/", "--"))
