@@ -319,6 +319,10 @@ def test_a_waiting_worker_stops_at_once_on_sigterm_and_withdraws_its_claim(tmp_p
             assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
             time.sleep(0.05)
         assert len(holder.claims()) >= 1  # the waiter's own place in the queue
+        st = subprocess.run([sys.executable, "-m", "cache_sync", "status"], env={
+            **hermetic_env(tmp_path), "CACHE_SYNC_ROOT": str(tmp_path / "other")},
+            capture_output=True, text=True, timeout=60, check=False)
+        assert "lease bootstrap: held by elsewhere" in st.stdout and "1 waiting" in st.stdout
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         assert proc.wait(10) == 128 + signal.SIGTERM
