@@ -82,11 +82,16 @@ class Worker:
         return self.err.read_text()
 
 
-def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path) -> Worker:
+def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path,
+                 root: Path | None = None) -> Worker:
+    """A worker with its own HOME and logs; its own cache root unless ``root`` (a shared
+    network volume) is given."""
     base = tmp / name
     base.mkdir(parents=True)
     wenv = {**env, **hermetic_env(base, env["PIP_INDEX_URL"]),
             "CACHE_SYNC_REMOTE": env["CACHE_SYNC_REMOTE"], "RUNPOD_POD_ID": name}
+    if root is not None:
+        wenv["CACHE_SYNC_ROOT"] = str(root)
     served = base / "served.json"
     out, err = base / "out.json", base / "err.log"
     (base / "child.py").write_text(CHILD)
@@ -94,7 +99,7 @@ def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path) -> Worke
            "--", sys.executable, str(base / "child.py"), str(served)]
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(cmd, env=wenv, stdout=fo, stderr=fe, start_new_session=True)
-    return Worker(name, base / "cache", proc, time.time(), out, err, served)
+    return Worker(name, root or base / "cache", proc, time.time(), out, err, served)
 
 
 def wait_all(workers: list[Worker], timeout: float = 120) -> None:
@@ -199,6 +204,28 @@ def test_six_workers_one_install_one_download_same_snapshots(index, hub, seaweed
                "waiters_to_serve_s": sorted(w.to_serve() for w in waiters),
                "second_generation_to_serve_s": gen2.to_serve()}
     print("fleet timings (tiny test packages, SeaweedFS on loopback):", timings)
+
+
+def test_workers_sharing_one_root_bootstrap_once(index, hub, seaweed, tmp_path):
+    """Three workers on one network volume (one cache root) and one bucket: one install into
+    the shared packages/, the others wait for its push, all serve."""
+    bucket = seaweed.make_bucket()
+    remote = f"s3://{bucket}/cache"
+    shared = tmp_path / "volume" / "cache"
+    with serve(index) as srv:
+        env = fleet_env(tmp_path, remote, seaweed.env(), srv.url + "/simple", hub.url,
+                        installer="uv")
+        reqs = tmp_path / "requirements.txt"
+        workers = [start_worker(tmp_path, f"v{i}", env, reqs, root=shared) for i in range(3)]
+        wait_all(workers)
+        for w in workers:
+            check_served(w)
+        assert sorted(w.result()["bootstrap"]["role"] for w in workers) == [
+            "installed", "waited", "waited"]
+        assert resolves(srv) == {"/simple/tinya/": 1, "/simple/tinyb/": 1}
+        assert hub.total_downloads() == 2
+        assert store_heads(remote, env, "packages") == list(
+            based_on(workers[0], remote, "packages"))
 
 
 def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_path):
