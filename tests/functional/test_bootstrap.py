@@ -82,11 +82,16 @@ class Worker:
         return self.err.read_text()
 
 
-def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path) -> Worker:
+def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path,
+                 root: Path | None = None) -> Worker:
+    """A worker with its own HOME and logs; its own cache root unless ``root`` (a shared
+    network volume) is given."""
     base = tmp / name
     base.mkdir(parents=True)
     wenv = {**env, **hermetic_env(base, env["PIP_INDEX_URL"]),
             "CACHE_SYNC_REMOTE": env["CACHE_SYNC_REMOTE"], "RUNPOD_POD_ID": name}
+    if root is not None:
+        wenv["CACHE_SYNC_ROOT"] = str(root)
     served = base / "served.json"
     out, err = base / "out.json", base / "err.log"
     (base / "child.py").write_text(CHILD)
@@ -94,7 +99,7 @@ def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path) -> Worke
            "--", sys.executable, str(base / "child.py"), str(served)]
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(cmd, env=wenv, stdout=fo, stderr=fe, start_new_session=True)
-    return Worker(name, base / "cache", proc, time.time(), out, err, served)
+    return Worker(name, root or base / "cache", proc, time.time(), out, err, served)
 
 
 def wait_all(workers: list[Worker], timeout: float = 120) -> None:
@@ -199,6 +204,29 @@ def test_six_workers_one_install_one_download_same_snapshots(index, hub, seaweed
                "waiters_to_serve_s": sorted(w.to_serve() for w in waiters),
                "second_generation_to_serve_s": gen2.to_serve()}
     print("fleet timings (tiny test packages, SeaweedFS on loopback):", timings)
+
+
+@pytest.mark.slow  # a fleet scenario beyond the default set: the lease over fleet-root's locks
+def test_workers_sharing_one_root_bootstrap_once(index, hub, seaweed, tmp_path):
+    """Three workers on one network volume (one cache root) and one bucket: one install into
+    the shared packages/, the others wait for its push, all serve."""
+    bucket = seaweed.make_bucket()
+    remote = f"s3://{bucket}/cache"
+    shared = tmp_path / "volume" / "cache"
+    with serve(index) as srv:
+        env = fleet_env(tmp_path, remote, seaweed.env(), srv.url + "/simple", hub.url,
+                        installer="uv")
+        reqs = tmp_path / "requirements.txt"
+        workers = [start_worker(tmp_path, f"v{i}", env, reqs, root=shared) for i in range(3)]
+        wait_all(workers)
+        for w in workers:
+            check_served(w)
+        assert sorted(w.result()["bootstrap"]["role"] for w in workers) == [
+            "installed", "waited", "waited"]
+        assert resolves(srv) == {"/simple/tinya/": 1, "/simple/tinyb/": 1}
+        assert hub.total_downloads() == 2
+        assert store_heads(remote, env, "packages") == list(
+            based_on(workers[0], remote, "packages"))
 
 
 def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_path):
@@ -319,6 +347,10 @@ def test_a_waiting_worker_stops_at_once_on_sigterm_and_withdraws_its_claim(tmp_p
             assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
             time.sleep(0.05)
         assert len(holder.claims()) >= 1  # the waiter's own place in the queue
+        st = subprocess.run([sys.executable, "-m", "cache_sync", "status"], env={
+            **hermetic_env(tmp_path), "CACHE_SYNC_ROOT": str(tmp_path / "other")},
+            capture_output=True, text=True, timeout=60, check=False)
+        assert "lease bootstrap: held by elsewhere" in st.stdout and "1 waiting" in st.stdout
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         assert proc.wait(10) == 128 + signal.SIGTERM
@@ -338,5 +370,43 @@ def test_the_wait_is_bounded_one_line_and_exit_75(tmp_path):
         assert last.startswith("cache-sync: error: gave up after 2s waiting for worker "
                                "elsewhere") and "CACHE_SYNC_LEASE_WAIT" in last
         assert "Traceback" not in err.read_text() and holder.claims() == []
+    finally:
+        holder.stop()
+
+
+@pytest.mark.parametrize(("extra", "args", "expect"), [
+    ({}, ["--requirements", "/nonexistent/reqs.txt"], "cannot read requirements file"),
+    ({"CACHE_SYNC_HF_MODELS": "org/a/b"}, [], "does not name a Hub repo"),
+    ({"HF_ENDPOINT": "http://127.0.0.1:9"}, ["--hf-model", "org/x"],
+     "download of org/x@main failed"),
+])
+def test_bad_bootstrap_input_is_one_line_and_nothing_starts(tmp_path, extra, args, expect):
+    env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off", **extra}
+    marker = tmp_path / "started"
+    p = subprocess.run([sys.executable, "-m", "cache_sync", "run", *args, "--",
+                        sys.executable, "-c", f"open({str(marker)!r}, 'w')"], env=env,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode in (1, 2), p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("cache-sync: error")]
+    assert len(errors) == 1 and expect in errors[0], p.stderr
+    assert "Traceback" not in p.stderr and not marker.exists()
+
+
+def test_gc_at_any_moment_leaves_the_lease_alone(tmp_path):
+    """gc (any worker, any moment) deletes only unreferenced objects and old snapshots: a live
+    holder's claim and liveness objects survive it, so gc never hands the lease to a second
+    installer."""
+    holder = _FakeHolder(tmp_path / "store")
+    try:
+        env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off"}
+        (tmp_path / "cache" / "packages").mkdir(parents=True)
+        (tmp_path / "cache" / "packages" / "x.py").write_text("X = 1\n")
+        for args in (["push"], ["gc", "--keep", "1", "--grace", "0"]):
+            p = subprocess.run([sys.executable, "-m", "cache_sync", *args], env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+            assert p.returncode == 0, p.stderr
+        keys = sorted(i.key for i in holder.store.list("leases/"))
+        assert keys == ["leases/bootstrap/elsewhere-00000001.alive",
+                        "leases/bootstrap/elsewhere-00000001.claim"]
     finally:
         holder.stop()
