@@ -119,12 +119,9 @@ class Worker:
         config, engine = self.config, self.engine
         if config is None or engine is None:
             return None
-        # Replies name the model by its HF id, or a path's last part (no absolute paths out).
-        name = config.asr_model
-        if name.startswith(("/", ".")):
-            name = "<path>/" + os.path.basename(name.rstrip("/"))
+        # (replies name a path model relative to the cache: _asr_status)
         return Transcriber(lambda: engine.asr_backend(resolve_model_dir(config)),
-                           config.asr_keep_seconds, name)
+                           config.asr_keep_seconds, config.asr_model)
 
     def concurrency(self, current: int) -> int:
         return self.config.concurrency if self.config else 1
