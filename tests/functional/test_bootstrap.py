@@ -252,6 +252,7 @@ def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_p
         killed = time.monotonic()
         holder.proc.wait()
         srv.rate = None  # the next holder's download need not crawl
+        assert store_heads(remote, env, "packages") == []  # nothing half-installed published
         rest = [w for w in workers if w is not holder]
         takeover = None
         while takeover is None and time.monotonic() < killed + 60:
