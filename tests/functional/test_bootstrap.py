@@ -128,21 +128,21 @@ def fleet_env(tmp: Path, remote: str, server_env: dict[str, str], index_url: str
             "CACHE_SYNC_INSTALLER": installer}
 
 
-def resolves(srv) -> dict[str, int]:
-    """Index page fetches per project: one per install of it, with pip or uv."""
+def _fetches(srv, prefix: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for path, status in srv.requests:
-        if path.startswith("/simple/") and status == 200:
+        if path.startswith(prefix) and status == 200:
             out[path] = out.get(path, 0) + 1
     return out
+
+
+def resolves(srv) -> dict[str, int]:
+    """Index page fetches per project: one per install of it, with pip or uv."""
+    return _fetches(srv, "/simple/")
 
 
 def wheel_downloads(srv) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for path, status in srv.requests:
-        if path.startswith("/files/") and status == 200:
-            out[path] = out.get(path, 0) + 1
-    return out
+    return _fetches(srv, "/files/")
 
 
 def based_on(w: Worker, remote: str, area: str) -> tuple[str, ...]:
