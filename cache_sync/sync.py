@@ -183,7 +183,7 @@ def hash_file(path: str) -> str:
 
 def _stat_rec(path: str, digest: str, st: os.stat_result | None = None) -> list[Any]:
     st = st or os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino, digest]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
 
 
 def _check_deadline(deadline: float | None, what: str) -> None:
@@ -277,7 +277,7 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
                         enabled=progress_enabled(settings.progress, settings.json))
 
     def done(e: Entry, final: str, st: os.stat_result) -> None:
-        index[e.path] = _stat_rec(final, e.digest, st)
+        index[e.path] = _stat_rec(final, e.digest)  # after the rename, which changes ctime
         progress.add(files=1)
 
     fetcher = Fetcher(store, root, settings.transfers, settings.retries, done,
@@ -565,7 +565,7 @@ def _hash_and_pack(area_dir: Path, item: LocalItem, index: Index, known: dict[st
                     packer.add_large(digest, path, size)
             except FileChangedError:
                 continue  # rewritten under us: hash it again
-        index[item.path] = [size, st.st_mtime_ns, st.st_ino, digest]
+        index[item.path] = [size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
         return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)
     raise CacheSyncError(f"{path} keeps changing while it is pushed; stop the writer and retry")
 
