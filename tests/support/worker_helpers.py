@@ -121,8 +121,7 @@ class ApiWorker:
 
 
 @contextlib.contextmanager
-def api_worker(env: dict[str, str], log: Path,
-               ready_timeout: float = 60) -> Iterator[ApiWorker]:
+def api_worker(env: dict[str, str], log: Path, ready_timeout: float = 60) -> Iterator[ApiWorker]:
     worker = ApiWorker(env, log, ready_timeout)
     try:
         yield worker
