@@ -147,7 +147,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         wipe_ephemeral(settings, recreate=True)
         if opts.pull:
             result.pulled = [r.to_dict() for r in sync.pull(settings)]
-            log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
+            log("pulled: " + ", ".join(
+                r["area"] + (f" ({r['note']})" if r.get("local_changes") else "")
+                for r in result.pulled))
         if not plan.empty and not pending:
             result.bootstrap = bootstrap.run(settings, plan, os.environ, log).to_dict()
         if pending:
