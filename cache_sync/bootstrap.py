@@ -61,7 +61,7 @@ class Missing:
 
 @dataclass
 class Report:
-    role: str = "satisfied"  # satisfied | installed | waited
+    role: str = "satisfied"  # satisfied | installed | waited | stopped
     seconds: float = 0.0
     waited: float = 0.0
     holders: list[str] = field(default_factory=list)
@@ -125,7 +125,8 @@ class _Heads:
 
 
 def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
-        log: Callable[[str], None], *, sleep: Callable[[float], None] = time.sleep) -> Report:
+        log: Callable[[str], None], *, sleep: Callable[[float], None] = time.sleep,
+        stop: Callable[[], bool] = lambda: False) -> Report:
     """Make the cache satisfy ``plan``: do nothing, wait for another worker, or install."""
     t0 = time.monotonic()
     report = Report()
@@ -147,7 +148,11 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
 
     out = lease.acquire(claim, others_done, wait=settings.lease_wait,
                         poll=min(1.0, timing.expiry / 10), log=lambda m: log(f"bootstrap: {m}"),
-                        sleep=sleep)
+                        sleep=sleep, stop=stop)
+    if out.stopped:
+        report.role = "stopped"
+        report.seconds = round(time.monotonic() - t0, 3)
+        return report
     report.waited, report.holders = round(out.waited, 3), out.holders
     try:
         if out.held:

@@ -213,13 +213,15 @@ class LeaseWaitTimeout(CacheSyncError, TimeoutError):
 @dataclass
 class Outcome:
     held: bool                 # True: we hold the lease (the caller works, then releases)
+    stopped: bool = False      # ``stop()`` became true while waiting (a SIGTERM, say)
     waited: float = 0.0        # seconds spent waiting for others
     holders: list[str] = field(default_factory=list)  # workers seen holding it meanwhile
 
 
 def acquire(lease: Lease, done: Callable[[], bool], *, wait: float, poll: float,
             log: Callable[[str], None], log_every: float = 5.0,
-            sleep: Callable[[float], None] = time.sleep) -> Outcome:
+            sleep: Callable[[float], None] = time.sleep,
+            stop: Callable[[], bool] = lambda: False) -> Outcome:
     """Claim, then loop: hold the lease, or see ``done()`` (the work another worker did is
     now visible to us), or wait ``poll`` and look again; at most ``wait`` seconds. The claim
     stays in place when the lease is held; otherwise it is released before returning."""
@@ -256,6 +258,10 @@ def acquire(lease: Lease, done: Callable[[], bool], *, wait: float, poll: float,
                     f"gave up after {wait:.0f}s waiting for worker "
                     f"{first.worker if first else '?'} to finish its install",
                     hint="raise CACHE_SYNC_LEASE_WAIT, or look at that worker's log")
+            if stop():
+                out.stopped = True
+                out.waited = lease.clock() - start
+                return out
             lease.renew_if_due()
             sleep(poll)
     finally:

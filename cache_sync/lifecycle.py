@@ -151,7 +151,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
                 r["area"] + (f" ({r['note']})" if r.get("local_changes") else "")
                 for r in result.pulled))
         if not plan.empty and not pending:
-            result.bootstrap = bootstrap.run(settings, plan, os.environ, log).to_dict()
+            result.bootstrap = bootstrap.run(settings, plan, os.environ, log,
+                                             stop=lambda: bool(pending)).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"

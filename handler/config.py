@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_sync.config import default_root
+from handler.models import F5_CKPT, F5_DIR, repo_dir
 
 ENGINES = ("f5", "light")
 MiB = 1024 * 1024
 
 # Where `cache-sync push models` from a dev box puts the upstream F5-TTS v1 files (the layout
 # of the HF repos SWivid/F5-TTS and charactr/vocos-mel-24khz, without the HF cache wrapper).
-DEFAULT_F5_DIR = "F5TTS_v1_Base"
-DEFAULT_F5_CKPT = "model_1250000.safetensors"
+DEFAULT_F5_DIR = F5_DIR
+DEFAULT_F5_CKPT = F5_CKPT
 DEFAULT_VOCOS_DIR = "vocos-mel-24khz"
 DEFAULT_LIGHT_MODEL = "light-tts/model.json"
 # The transcriber upstream F5-TTS uses (utils_infer.initialize_asr_pipeline), as an HF id found
@@ -104,7 +105,9 @@ class HandlerConfig:
         env = dict(os.environ if environ is None else environ)
         root = Path(os.path.abspath(env.get("CACHE_SYNC_ROOT") or default_root(env)))
         models = Path(env.get("HANDLER_MODELS_DIR") or root / "models")
-        f5_dir = models / DEFAULT_F5_DIR
+        f5_repo = repo_dir(env, root, "F5")  # HANDLER_F5_MODEL_REPO: the HF cache snapshot
+        f5_dir = f5_repo / DEFAULT_F5_DIR if f5_repo else models / DEFAULT_F5_DIR
+        vocos_dir = repo_dir(env, root, "VOCOS") or models / DEFAULT_VOCOS_DIR
         engine = (env.get("HANDLER_ENGINE") or "f5").strip().lower()
         if engine not in ENGINES:
             raise HandlerConfigError(
@@ -122,7 +125,7 @@ class HandlerConfig:
             f5_ckpt=Path(env.get("HANDLER_F5_CKPT") or f5_dir / DEFAULT_F5_CKPT),
             f5_vocab=Path(env.get("HANDLER_F5_VOCAB") or f5_dir / "vocab.txt"),
             f5_model_config=env.get("HANDLER_F5_MODEL_CONFIG") or "F5TTS_v1_Base",
-            vocos_dir=Path(env.get("HANDLER_VOCOS_DIR") or models / DEFAULT_VOCOS_DIR),
+            vocos_dir=Path(env.get("HANDLER_VOCOS_DIR") or vocos_dir),
             light_model=Path(env.get("HANDLER_LIGHT_MODEL") or models / DEFAULT_LIGHT_MODEL),
             device=env.get("HANDLER_DEVICE") or "auto",
             concurrency=_int(env, "HANDLER_CONCURRENCY", 1, minimum=1),

@@ -244,3 +244,76 @@ def test_lease_elects_one_installer_when_conditional_requests_get_501(index, hub
         assert sum(wheel_downloads(srv).values()) == 2 and hub.total_downloads() == 2
         assert any("/leases/bootstrap/" in s.path for s in proxy.requests)
         assert proxy.conditional_requests() == []
+
+
+class _FakeHolder:
+    """Another worker holding the lease in a directory store: its claim is renewed by a thread
+    until ``stop``."""
+
+    def __init__(self, store_dir: Path) -> None:
+        import threading
+
+        from cache_sync.storage.local import LocalStore
+
+        self.store = LocalStore(str(store_dir))
+        self.store.put("leases/bootstrap/elsewhere-00000001.claim", b"{}")
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        while not self.done.wait(0.3):
+            self.store.put("leases/bootstrap/elsewhere-00000001.alive", b"{}")
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+    def claims(self) -> list[str]:
+        return sorted(i.key for i in self.store.list("leases/") if "elsewhere" not in i.key)
+
+
+def _waiter(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen, Path]:
+    env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off",
+           "CACHE_SYNC_LEASE_EXPIRY": "5", "RUNPOD_POD_ID": "waiter", **extra}
+    (tmp_path / "store").mkdir(exist_ok=True)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("tinya==1.0\n")
+    err = tmp_path / "err.log"
+    with open(err, "wb") as fe:
+        proc = subprocess.Popen([sys.executable, "-m", "cache_sync", "run", "--requirements",
+                                 str(reqs), "--", "true"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=fe)
+    return proc, err
+
+
+def test_a_waiting_worker_stops_at_once_on_sigterm_and_withdraws_its_claim(tmp_path):
+    holder = _FakeHolder(tmp_path / "store")
+    try:
+        proc, err = _waiter(tmp_path)
+        deadline = time.monotonic() + 30
+        while "waiting for worker elsewhere" not in err.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
+            time.sleep(0.05)
+        assert len(holder.claims()) >= 1  # the waiter's own place in the queue
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        assert time.monotonic() - sent < 3
+        assert "not started: SIGTERM" in err.read_text()
+        assert holder.claims() == []
+    finally:
+        holder.stop()
+
+
+def test_the_wait_is_bounded_one_line_and_exit_75(tmp_path):
+    holder = _FakeHolder(tmp_path / "store")
+    try:
+        proc, err = _waiter(tmp_path, CACHE_SYNC_LEASE_WAIT="2")
+        assert proc.wait(30) == 75
+        last = err.read_text().strip().splitlines()[-1]
+        assert last.startswith("cache-sync: error: gave up after 2s waiting for worker "
+                               "elsewhere") and "CACHE_SYNC_LEASE_WAIT" in last
+        assert "Traceback" not in err.read_text() and holder.claims() == []
+    finally:
+        holder.stop()
