@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 @contextlib.contextmanager
 def start(target_endpoint: str, rtt_ms: float) -> Iterator[str]:
     """Run the proxy in front of ``http://host:port``; yields the proxied endpoint URL."""
-    from tests.s3servers import _wait_port, free_port  # reuse the servers' helpers
+    from tests.support.s3servers import _wait_port, free_port  # reuse the servers' helpers
 
     hostport = target_endpoint.split("://", 1)[1].rstrip("/")
     listen = free_port()

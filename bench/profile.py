@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from tests.s3servers import seaweedfs_server
+    from tests.support.s3servers import seaweedfs_server
 
     pieces = datasets.build_pieces(args.data_dir, args.size)
     scratch = Path(tempfile.mkdtemp(prefix="profile-", dir=args.data_dir))

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.render(data["records"], data["meta"], peers={TOOLS[p]().name for p in PEERS}))
         return 0
     sys.path.insert(0, str(REPO))
-    from tests.s3servers import seaweedfs_server
+    from tests.support.s3servers import seaweedfs_server
 
     tools = [TOOLS[n.strip()](args.parallel) for n in args.tools.split(",") if n.strip()]
     missing = [t.name for t in tools if not t.available()]

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache_sync import hfmodels, lease
+from cache_sync import flashattn, hfmodels, lease
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env
 from cache_sync.errors import CacheSyncError
@@ -39,6 +40,18 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not self.specset.specs and not self.models
+
+    @property
+    def areas(self) -> tuple[str, ...]:
+        """The areas this plan produces (and its waiters pull)."""
+        return (("packages",) if self.specset.specs else ()) + (("models",) if self.models
+                                                                 else ())
+
+    def split(self) -> tuple[Plan, Plan]:
+        """(the packages part, the models part): ``run`` does the first before starting the
+        worker and the second after its background pull of models/."""
+        return (Plan(self.requirements, self.specset),
+                Plan(models=list(self.models)))
 
 
 @dataclass
@@ -103,15 +116,17 @@ def missing(settings: Settings, plan: Plan) -> Missing:
 class _Heads:
     """Watches the heads of the bootstrap's areas; pulls them when they move."""
 
-    def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, log: Callable[[str], None],
+                 areas: tuple[str, ...] = AREAS) -> None:
         self.settings, self.log = settings, log
+        self.areas = tuple(a for a in areas if a in settings.areas)
         self.seen: dict[str, list[str]] = {}
 
     def current(self, store: Any) -> dict[str, list[str]]:
         from cache_sync.history import History
         from cache_sync.sync import list_refs
 
-        return {a: [h.id for h in History(list_refs(store, a)).heads] for a in AREAS}
+        return {a: [h.id for h in History(list_refs(store, a)).heads] for a in self.areas}
 
     def pull_if_moved(self, store: Any) -> bool:
         from cache_sync import sync
@@ -119,7 +134,7 @@ class _Heads:
         now = self.current(store)
         if now == self.seen:
             return False
-        sync.pull(self.settings, [a for a in AREAS if a in self.settings.areas])
+        sync.pull(self.settings, list(self.areas))
         self.seen = now
         return True
 
@@ -140,7 +155,7 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
     store = open_store(settings)
     timing = lease.Timing.for_expiry(settings.lease_expiry, settings.lease_settle)
     claim = lease.Lease(store, LEASE_NAME, settings.worker, timing)
-    heads = _Heads(settings, log)
+    heads = _Heads(settings, log, plan.areas)
     heads.seen = heads.current(store)  # what our pull already brought
 
     def others_done() -> bool:
@@ -174,25 +189,49 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
 
 def _work(settings: Settings, plan: Plan, need: Missing, base_env: Mapping[str, str],
           report: Report, log: Callable[[str], None]) -> None:
-    """The holder's part: install and download only what is still missing, push each."""
-    from cache_sync import sync
-
-    if need.specs:
-        log(f"bootstrap: this worker installs {plan.requirements}")
-        result = install(settings, plan.specset, InstallOptions(installer=settings.installer),
-                         base_env, log=lambda m: log(f"bootstrap: {m}"))
-        if result.failed_required:
-            raise InstallError("bootstrap install failed: " + describe_failure(result),
-                               hint="fix the requirements file; optional packages may fail")
-        if result.push_error is not None:
-            raise result.push_error
-        report.installed = [f"{n}=={v}" for u in result.units for n, v in u.new.items()]
-        report.pushed += result.pushed
-    if need.models:
-        hfmodels.download(need.models, hub_cache(settings), base_env,
-                          lambda m: log(f"bootstrap: {m}"))
-        report.downloaded = [str(m) for m in need.models]
-        report.pushed += [r.to_dict() for r in sync.push(settings, ["models"])]
+    """The holder's part: install and download only what is still missing, push each. The
+    model download runs beside the install (network vs. CPU and disk; a torch-sized install
+    and a GB-sized model each take minutes), and each area is pushed as soon as it is done,
+    so waiters can pull one while the other is still coming."""
+    with ThreadPoolExecutor(1, thread_name_prefix="bootstrap-models") as pool:
+        models = pool.submit(_models, settings, need, base_env, report, log) if (
+            need.models) else None
+        try:
+            if need.specs:
+                _install(settings, plan, base_env, report, log)
+        finally:
+            if models is not None:
+                models.result()  # wait for it either way; its error is raised here
     still = missing(settings, plan)
     if still:
         raise CacheSyncError(f"bootstrap finished but {still.describe()} still missing")
+
+
+def _install(settings: Settings, plan: Plan, base_env: Mapping[str, str], report: Report,
+             log: Callable[[str], None]) -> None:
+    log(f"bootstrap: this worker installs {plan.requirements}")
+    notes: list[str] = []
+    last = flashattn.last_spec(settings, settings.flash_attn, None, base_env, notes)
+    result = install(settings, plan.specset, InstallOptions(installer=settings.installer),
+                     base_env, log=lambda m: log(f"bootstrap: {m}"), extra=last)
+    for note in notes:
+        log(f"bootstrap: {note}")
+    if result.failed_required:
+        raise InstallError("bootstrap install failed: " + describe_failure(result),
+                           hint="fix the requirements file; optional packages may fail")
+    if result.push_error is not None:
+        raise result.push_error
+    report.installed = [f"{n}=={v}" for u in result.units for n, v in u.new.items()]
+    report.pushed += result.pushed
+
+
+def _models(settings: Settings, need: Missing, base_env: Mapping[str, str], report: Report,
+            log: Callable[[str], None]) -> None:
+    from cache_sync import sync
+
+    hfmodels.download(need.models, hub_cache(settings), base_env,
+                      lambda m: log(f"bootstrap: {m}"))
+    report.downloaded = [str(m) for m in need.models]
+    # install's own push may hold the cache lock right now: wait for it
+    patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
+    report.pushed += [r.to_dict() for r in sync.push(patient, ["models"])]

@@ -125,6 +125,7 @@ class Settings:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    s3_dialect: str = "auto"  # aws | b2 | compat (from_env resolves auto); storage/dialect.py
     areas: tuple[str, ...] = DEFAULT_AREAS
     transfers: int = 16
     retries: int = 5
@@ -162,10 +163,12 @@ class Settings:
     runpod_volume: str = RUNPOD_VOLUME
     runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
     allow_local: bool = False
+    overlap: bool = False  # run: start CMD before models/ is pulled (docs/design.md)
     # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
     requirements: str | None = None
     hf_models: tuple[str, ...] = ()
     hf_models_hook: str | None = None
+    flash_attn: str | None = None  # a flash-attn version the bootstrap installs last
     lease_expiry: float = 60.0
     lease_settle: float = 2.0
     lease_wait: float = 1800.0
@@ -236,6 +239,7 @@ class Settings:
                 hint="write it as https://host[:port]",
             )
 
+        dialect = _s3_dialect(pick, env, endpoint, sources)
         key_id = env.get("AWS_ACCESS_KEY_ID") or env.get("B2_APPLICATION_KEY_ID")
         secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("B2_APPLICATION_KEY")
         if bool(env.get("B2_APPLICATION_KEY_ID")) != bool(env.get("B2_APPLICATION_KEY")):
@@ -275,6 +279,7 @@ class Settings:
             endpoint_url=endpoint,
             region=region,
             profile=pick("profile", "profile", "AWS_PROFILE"),
+            s3_dialect=dialect,
             areas=areas,
             transfers=num("transfers", _parse_int, 16, minimum=1),
             retries=num("retries", _parse_int, 5, minimum=1),
@@ -315,6 +320,24 @@ class Settings:
         return rows
 
 
+def _s3_dialect(pick: Any, env: Mapping[str, str], endpoint: str | None,
+                sources: dict[str, str]) -> str:
+    """``CACHE_SYNC_S3_DIALECT`` (aws|b2|compat), or derived when unset or ``auto``."""
+    from cache_sync.storage.dialect import CHOICES, derive
+
+    chosen = (pick("s3_dialect", "s3_dialect") or "auto").strip().lower()
+    if chosen not in CHOICES:
+        raise ConfigError(f"CACHE_SYNC_S3_DIALECT={chosen!r} is invalid",
+                          hint="use " + "|".join(CHOICES))
+    if chosen != "auto":
+        return chosen
+    b2_vars = any(env.get(v) for v in ("B2_REGION", "B2_ENDPOINT", "B2_BUCKET")) or bool(
+        env.get("B2_APPLICATION_KEY_ID") and not env.get("AWS_ACCESS_KEY_ID"))
+    dialect, why = derive(endpoint, b2_vars)
+    sources["s3_dialect"] = f"auto: {why}"
+    return dialect
+
+
 def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
     """Settings of ``install`` and ``run`` (kept apart so the engine's settings merge cleanly)."""
     installer = pick("installer", "installer") or "auto"
@@ -330,6 +353,7 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
         push_pip=num("push_pip", _parse_bool, False),
+        overlap=num("overlap", _parse_bool, False),
         # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
@@ -391,6 +415,7 @@ def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
         requirements=pick("requirements", "requirements"),
         hf_models=tuple(m for m in models.replace(",", " ").split() if m),
         hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        flash_attn=pick("flash_attn", "flash_attn"),
         lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
         lease_settle=num("lease_settle", _parse_float, 2.0),
         lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),

@@ -9,9 +9,9 @@ import json
 
 import numpy as np
 import pytest
-from worker_helpers import api_worker, tone_b64, worker_env, write_light_model
 
 from handler.audio import b64encode, decode_wav, encode_wav
+from tests.support.worker_helpers import api_worker, tone_b64, worker_env, write_light_model
 
 pytestmark = pytest.mark.timeout(120)
 

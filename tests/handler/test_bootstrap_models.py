@@ -5,16 +5,14 @@ there. With no repo set, nothing is downloaded and the old plain paths stay."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from fakehub import FakeHub, Repo
-from pkgindex import hermetic_env
-
 from handler.config import HandlerConfig
 from handler.models import F5_FILES, VOCOS_FILES, hub_models
+from tests.support.fakehub import FakeHub, Repo
+from tests.support.pkgindex import hermetic_env
 
 CHILD = """
 import json, sys

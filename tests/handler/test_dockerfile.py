@@ -13,7 +13,8 @@ from importlib import metadata
 
 import pytest
 import tomllib
-from worker_helpers import REPO
+
+from tests.support.worker_helpers import REPO
 
 HEAVY = {"torch", "torchaudio", "torchvision", "transformers", "f5-tts", "vocos", "accelerate",
          "nvidia-cudnn-cu12", "triton", "whisperx", "faster-whisper", "flash-attn", "datasets",

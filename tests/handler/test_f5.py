@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from worker_helpers import REPO, api_worker, tone_b64, worker_env
 
 from handler.audio import decode_wav
+from tests.support.worker_helpers import REPO, api_worker, tone_b64, worker_env
 
 pytestmark = [pytest.mark.f5, pytest.mark.timeout(900)]
 
@@ -52,7 +52,7 @@ def _pythonpath() -> str:
 def test_tiny_f5_from_a_pulled_cache_answers_through_runpod(tmp_path):
     dev = tmp_path / "devbox"
     base_env = {**os.environ, "PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": "1"}
-    built = subprocess.run([sys.executable, str(REPO / "tests/handler/f5_tiny.py"),
+    built = subprocess.run([sys.executable, str(REPO / "tests/support/f5_tiny.py"),
                             str(dev / "models")], env=base_env, capture_output=True,
                            text=True, timeout=300, check=False)
     assert built.returncode == 0, built.stderr[-3000:]
