@@ -14,7 +14,7 @@ from typing import Any
 from cache_sync.local_cache import LocalItem
 from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
-Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, sha256]
+Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -22,8 +22,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
     if item is None or item.kind != "f":
         return None
     rec = index.get(item.path)
-    if rec and len(rec) == 4 and rec[:3] == item.stat_key():
-        return str(rec[3])
+    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
+        return str(rec[4])
     return None
 
 

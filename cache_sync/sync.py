@@ -19,12 +19,12 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cache_sync import __version__
+from cache_sync import __version__, checkpoints
 from cache_sync.config import Settings, validate_area_name
 from cache_sync.contents import SmallFiles
 from cache_sync.errors import (
@@ -34,6 +34,7 @@ from cache_sync.errors import (
     FormatError,
     ObjectNotFound,
 )
+from cache_sync.gcmarks import PushClaim
 from cache_sync.history import History
 from cache_sync.layout import (
     FORMAT_VERSION,
@@ -183,7 +184,7 @@ def hash_file(path: str) -> str:
 
 def _stat_rec(path: str, digest: str, st: os.stat_result | None = None) -> list[Any]:
     st = st or os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino, digest]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
 
 
 def _check_deadline(deadline: float | None, what: str) -> None:
@@ -309,7 +310,7 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
                         enabled=progress_enabled(settings.progress, settings.json))
 
     def done(e: Entry, final: str, st: os.stat_result) -> None:
-        index[e.path] = _stat_rec(final, e.digest, st)
+        index[e.path] = _stat_rec(final, e.digest)  # after the rename, which changes ctime
         progress.add(files=1)
 
     fetcher = Fetcher(store, root, settings.transfers, settings.retries, done,
@@ -460,18 +461,35 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
         raise
     finally:
         progress.close()
-    blobs = {**known, **packer.blobs}
-    for path, e in entries.items():
-        if e.kind == "f":
-            entries[path] = _with_blobs(e, blobs[e.digest] if e.size else ())
+    _attach_blobs(entries, known, packer)
     cache.save_index(area, {p: r for p, r in index.items() if p in entries})
-    rep.objects, rep.bytes = uploader.objects, uploader.bytes
     rep.files = len(tree.to_hash)
     if base is not None and same_tree(entries, base):
+        rep.objects, rep.bytes = uploader.objects, uploader.bytes
         rep.up_to_date = True  # files were touched but their contents are the same
         rep.snapshot = state.based_on[-1] if state.based_on else None
         return rep, store
     _check_deadline(deadline, f"push of {area}")
+    snap_id = new_snapshot_id()
+    claim = PushClaim(store, f"{area}-{snap_id}")
+    try:
+        _claim_objects(claim, entries, area_dir, local, index, known, packer, uploader)
+        rep.objects, rep.bytes = uploader.objects, uploader.bytes
+        _check_deadline(deadline, f"push of {area}")
+        _commit(store, cache, area, state, entries, snap_id, claim,
+                lambda: _claim_objects(claim, entries, area_dir, local, index, known, packer,
+                                       uploader))
+    finally:
+        uploader.close()
+    rep.snapshot = snap_id
+    rep.heads = [snap_id]
+    rep.seconds = time.monotonic() - t0
+    return rep, store
+
+
+def _commit(store: Store, cache: CacheState, area: str, state: AreaState,
+            entries: dict[str, Entry], snap_id: str, claim: PushClaim,
+            claim_again: Callable[[], None]) -> None:
     parents = tuple(state.based_on)
     pending = cache.read_pending(area, store.url)
     if pending:
@@ -482,20 +500,50 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
         existing = {r.id for r in list_refs(store, area)}
         parents += tuple(p for p in pending if p in existing and p not in parents)
     snap = Snapshot(
-        id=new_snapshot_id(), area=area, parents=parents, entries=entries,
+        id=snap_id, area=area, parents=parents, entries=entries,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=socket.gethostname(),
         tool=f"cache-sync {__version__}",
     )
     data = encode(snap)
     cache.append_pending(area, store.url, snap.id)  # before the commit point: see above
+    checkpoints.reached("push:commit")
+    if not claim.fresh():  # the claim may have expired for gc: claim (and check) again
+        claim_again()
+        data = encode(replace(snap, entries=entries))
     store.put(snapshot_key(area, snap.id, snap.parents), data)  # the commit point
+    claim.release()  # only after the commit: from now on the snapshot protects its objects
     Manifests(store, cache).save(area, snap.id, data)
     cache.save_state(area, AreaState(store.url, (snap.id,), entries))
     cache.clear_journal(area)
-    rep.snapshot = snap.id
-    rep.heads = [snap.id]
-    rep.seconds = time.monotonic() - t0
-    return rep, store
+
+
+def _attach_blobs(entries: dict[str, Entry], known: dict[str, tuple], packer: Packer) -> None:
+    blobs = {**known, **packer.blobs}
+    for path, e in entries.items():
+        if e.kind == "f":
+            entries[path] = _with_blobs(e, blobs[e.digest] if e.size else ())
+
+
+def _claim_objects(claim: PushClaim, entries: dict[str, Entry], area_dir: Path,
+                   local: dict[str, LocalItem], index: Index, known: dict[str, tuple],
+                   packer: Packer, uploader: Uploader) -> None:
+    """Claim every object the snapshot names (design 6.1): objects gc deleted or is deleting
+    are not named; the files that used them are read and uploaded again, then claimed anew."""
+    checkpoints.reached("push:uploaded")
+    while True:
+        oids = {b.oid for e in entries.values() for b in e.blobs}
+        missing = claim.claim(oids)
+        if not missing:
+            return
+        stale = sorted(p for p, e in entries.items() if any(b.oid in missing for b in e.blobs))
+        for p in stale:
+            known.pop(entries[p].digest, None)
+            packer.blobs.pop(entries[p].digest, None)
+        for p in stale:
+            entries[p] = _hash_and_pack(area_dir, local[p], index, known, packer)
+        packer.flush()
+        uploader.wait()
+        _attach_blobs(entries, known, packer)
 
 
 def _still_stored(store: Store, journal: dict[str, tuple]) -> dict[str, tuple]:
@@ -550,7 +598,7 @@ def _hash_and_pack(area_dir: Path, item: LocalItem, index: Index, known: dict[st
                     packer.add_large(digest, path, size)
             except FileChangedError:
                 continue  # rewritten under us: hash it again
-        index[item.path] = [size, st.st_mtime_ns, st.st_ino, digest]
+        index[item.path] = [size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
         return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)
     raise CacheSyncError(f"{path} keeps changing while it is pushed; stop the writer and retry")
 
