@@ -51,11 +51,16 @@ def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
             "push": {"changed": not push_clean, "files_to_read": len(tree.to_hash),
                      "bytes_to_read": sum(i.size for i in tree.to_hash)},
         })
+    from cache_sync import lease
+    from cache_sync.bootstrap import LEASE_NAME
+
+    held = lease.describe(store, LEASE_NAME, settings.lease_expiry)
     return {
         "root": str(settings.root),
         "remote": store.url,
         "free_bytes": free_bytes(settings.root),
         "areas": rows,
+        "leases": {LEASE_NAME: held} if held else {},
     }
 
 

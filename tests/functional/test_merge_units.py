@@ -155,3 +155,93 @@ def test_deletion_survives_a_merge_of_racing_heads(tmp_path):
     # The deleter pulls the merge too: its deletion is not undone there either.
     run_cli(["pull", "deps"], env["del"])
     assert not (roots["del"] / "deps" / "gone.txt").exists()
+
+
+PROBE = ("import importlib.metadata as m, json, pathlib, os\n"
+         "import mypkg, other\n"
+         "pk = pathlib.Path(os.environ['PIP_TARGET'])\n"
+         "print(json.dumps({'meta': m.version('mypkg'), 'code': mypkg.__version__,\n"
+         "                  'other': m.version('other'),\n"
+         "                  'dist_infos': sorted(p.name for p in pk.glob('mypkg-*.dist-info')),\n"
+         "                  'v1_module': (pk / 'mypkg' / 'only_v1.py').exists()}))\n")
+
+
+def test_run_after_a_cut_off_push_keeps_the_local_upgrade_whole(tmp_path, wheels):
+    """Issue 13 case 3, through `cache-sync run` on one root: the worker upgrades mypkg, the
+    shutdown push is cut off by --push-timeout; meanwhile another worker upgrades `other`.
+    The next `run` on the same root pulls: the local upgrade is neither reverted nor mixed
+    (5.2: it is the newest head), the remote upgrade arrives, and the shutdown push publishes
+    that whole state."""
+    import json
+    remote = f"file://{tmp_path}/store"
+    _base(tmp_path, remote, wheels, "mypkg==1.0", "other==1.0")
+    w = Worker(tmp_path, "w", remote, wheels)
+    # `pip install --target --upgrade` leaves the old dist-info behind (pip's own
+    # behaviour), so the worker upgrades the way a consistent tree needs: uninstall, install.
+    py = sys.executable
+    upgrade = (f"{py} -m pip uninstall -y mypkg && {py} -m pip install --no-deps --no-index "
+               f"--find-links {wheels} --no-compile mypkg==2.0")  # PIP_TARGET comes from run
+    env = {**w.env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    p = run_cli(["run", "--push-timeout", "0.001", "--", "sh", "-c", upgrade], env, check=False)
+    assert p.returncode == 0 and "cut short" in p.stderr, p.stderr
+    assert (w.packages / "mypkg-2.0.dist-info").is_dir()  # installed, never pushed
+    other = Worker(tmp_path, "o", remote, wheels)
+    other.cs("pull", "packages")
+    make_wheel(wheels, "other", "2.0", {"other.py": "O = 2\n"})
+    other.uninstall("other")
+    other.install("other==2.0")
+    other.cs("push", "packages")
+    # The next start on the same root.
+    p = run_cli(["run", "--", sys.executable, "-c", PROBE], env)
+    seen = json.loads(p.stdout.strip().splitlines()[-1])
+    assert seen == {"meta": "2.0", "code": "2.0", "other": "2.0",
+                    "dist_infos": ["mypkg-2.0.dist-info"], "v1_module": False}, seen
+    assert "kept" in p.stderr and "local change" in p.stderr, p.stderr
+    # What that run's shutdown push published is the same whole state.
+    c = Worker(tmp_path, "c", remote, wheels)
+    c.cs("pull", "packages")
+    assert c.probe() == {"meta": "2.0", "code": "2.0", "dist_infos": ["mypkg-2.0.dist-info"]}
+    assert not (c.packages / "mypkg" / "only_v1.py").exists()
+    assert (c.packages / "other.py").read_text() == "O = 2\n"
+
+
+def test_pull_with_local_changes_merges_them_or_discards_them(tmp_path):
+    """Without pip (fast): edits, deletions and additions not yet pushed survive a pull that
+    also brings remote changes; `pull --discard-local` makes the area the store's state."""
+    remote = f"file://{tmp_path}/store"
+    env = {n: cli_env(remote, {"CACHE_SYNC_ROOT": str(tmp_path / n)}) for n in ("a", "b")}
+    area = tmp_path / "a" / "deps"
+    area.mkdir(parents=True)
+    for name in ("edit.txt", "gone.txt", "same.txt", "remote.txt"):
+        (area / name).write_text(name)
+    run_cli(["push", "deps"], env["a"])
+    run_cli(["pull", "deps"], env["b"])
+    (tmp_path / "b" / "deps" / "remote.txt").write_text("changed remotely")
+    run_cli(["push", "deps"], env["b"])
+    # Local changes on a, never pushed.
+    (area / "edit.txt").write_text("edited locally, same size?")
+    (area / "gone.txt").unlink()
+    (area / "new.txt").write_text("added locally")
+    os.utime(area / "same.txt", ns=(1, 1))  # touched only: not a change worth a merge
+    out = run_cli(["--json", "pull", "deps"], env["a"]).stdout
+    assert '"local_changes": 3' in out, out
+    assert (area / "edit.txt").read_text() == "edited locally, same size?"
+    assert not (area / "gone.txt").exists()
+    assert (area / "new.txt").read_text() == "added locally"
+    assert (area / "remote.txt").read_text() == "changed remotely"
+    # A second pull changes nothing; the push then publishes the merge.
+    again = run_cli(["--json", "pull", "deps"], env["a"]).stdout
+    assert '"local_changes": 3' in again and '"up_to_date": true' in again
+    run_cli(["push", "deps"], env["a"])
+    run_cli(["pull", "deps"], env["b"])
+    assert sorted(os.listdir(tmp_path / "b" / "deps")) == [
+        "edit.txt", "new.txt", "remote.txt", "same.txt"]
+    # --discard-local: b's unpushed edits and additions go, its deletions come back.
+    bd = tmp_path / "b" / "deps"
+    (bd / "edit.txt").write_text("local junk")
+    (bd / "junk.txt").write_text("junk")
+    (bd / "new.txt").unlink()
+    run_cli(["pull", "--discard-local", "deps"], env["b"])
+    assert sorted(os.listdir(bd)) == ["edit.txt", "new.txt", "remote.txt", "same.txt"]
+    assert (bd / "edit.txt").read_text() == "edited locally, same size?"
+    assert '"local_changes": 0' in run_cli(["--json", "pull", "deps"], env["b"]).stdout
