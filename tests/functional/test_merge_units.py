@@ -77,18 +77,25 @@ def _base(tmp: Path, remote: str, wheels: Path, *specs: str) -> None:
     w0.cs("push", "packages")
 
 
-def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
-    remote = f"file://{tmp_path}/store"
-    _base(tmp_path, remote, wheels, "other==1.0")
-    a, b = Worker(tmp_path, "a", remote, wheels), Worker(tmp_path, "b", remote, wheels)
-    for w in (a, b):
+def _workers_on_a_base(tmp: Path, wheels: Path, names: tuple[str, ...], *specs: str
+                       ) -> list[Worker]:
+    """A store whose packages/ has ``specs`` installed, and workers that pulled it."""
+    remote = f"file://{tmp}/store"
+    _base(tmp, remote, wheels, *specs)
+    workers = [Worker(tmp, n, remote, wheels) for n in names]
+    for w in workers:
         w.cs("pull", "packages")
+    return workers
+
+
+def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
+    a, b = _workers_on_a_base(tmp_path, wheels, ("a", "b"), "other==1.0")
     a.install("mypkg==1.0")
     b.install("mypkg==2.0")
     assert a.probe()["code"] == "1.0" and b.probe()["code"] == "2.0"  # each tree consistent
     a.cs("push", "packages")
     b.cs("push", "packages")  # the later head
-    c = Worker(tmp_path, "c", remote, wheels)
+    c = Worker(tmp_path, "c", a.env["CACHE_SYNC_REMOTE"], wheels)
     c.cs("pull", "packages")
     seen = c.probe()
     assert seen["dist_infos"] == ["mypkg-2.0.dist-info"], seen
@@ -102,18 +109,14 @@ def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
 
 @pytest.mark.parametrize("later", ["edit", "uninstall"])
 def test_uninstall_versus_edit_ends_whole(tmp_path, wheels, later):
-    remote = f"file://{tmp_path}/store"
-    _base(tmp_path, remote, wheels, "mypkg==1.0")
-    un, ed = Worker(tmp_path, "un", remote, wheels), Worker(tmp_path, "ed", remote, wheels)
-    for w in (un, ed):
-        w.cs("pull", "packages")
+    un, ed = _workers_on_a_base(tmp_path, wheels, ("un", "ed"), "mypkg==1.0")
     un.uninstall("mypkg")
     assert not (un.packages / "mypkg").exists()
     (ed.packages / "mypkg" / "a.py").write_text("A = 'edited'\n")
     first, second = (un, ed) if later == "edit" else (ed, un)
     first.cs("push", "packages")
     second.cs("push", "packages")
-    c = Worker(tmp_path, "c", remote, wheels)
+    c = Worker(tmp_path, "c", un.env["CACHE_SYNC_REMOTE"], wheels)
     c.cs("pull", "packages")
     seen = c.probe()
     if later == "edit":
