@@ -4,7 +4,8 @@ Whatever the caller's environment or pip.conf says, the target is ``packages/``,
 cache is ``pip/`` and every temporary file goes to ``tmp/``: pip unpacks and builds under
 TMPDIR even with ``--target`` (seed 002), and uses ``~/.cache`` unless told otherwise. The rest
 of pip's configuration (index URLs, find-links, certificates) passes through; for uv, which
-does not read pip's configuration, it is translated into uv's flags.
+does not read pip's configuration, it is resolved with pip's precedence and translated into
+uv's flags (``pipconf.py``; with more than one index, uv picks versions as pip does).
 """
 
 from __future__ import annotations

@@ -183,5 +183,9 @@ def uv_flags(src: Sources) -> list[str]:
     if src.pre:
         flags += ["--prerelease", "allow"]
     if len(src.index_urls) + len([f for f in flags if f == "--find-links"]) > 1:
-        flags += ["--index-strategy", "unsafe-best-match"]  # pip: best version anywhere
+        # pip's meaning of several sources: the best match from any of them. uv's default
+        # (the first index holding the package wins) fails an exact pin that only the default
+        # index has when an extra index, such as PyTorch's CUDA index, carries old copies of
+        # common packages.
+        flags += ["--index-strategy", "unsafe-best-match"]
     return flags
