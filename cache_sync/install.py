@@ -148,13 +148,13 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
     if report.failed_required:
         return report
     if opts.push and any(u.status == "installed" for u in report.units):
-        from cache_sync import sync  # the engine; imported late so install works without it
+        from cache_sync.push import push  # the engine; imported late so install works without it
 
         areas = ["packages", *(["pip"] if settings.push_pip else [])]
         # `run --push-interval` may be pushing the same cache right now: wait for its lock.
         patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
         try:
-            report.pushed = [r.to_dict() for r in sync.push(patient, areas)]
+            report.pushed = [r.to_dict() for r in push(patient, areas)]
         except CacheSyncError as exc:  # keep the report: the packages are installed
             report.push_error = exc
     return report

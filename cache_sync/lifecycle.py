@@ -90,11 +90,11 @@ class _PeriodicPush(threading.Thread):
         self.count = 0
 
     def run(self) -> None:
-        from cache_sync import sync
+        from cache_sync.push import push
 
         while not self.stop.wait(self.interval):
             try:
-                sync.push(self.settings, deadline=time.monotonic() + self.interval)
+                push(self.settings, deadline=time.monotonic() + self.interval)
                 self.count += 1
             except CacheSyncError as exc:  # keep the worker running; the final push follows
                 self.log(f"periodic push failed: {exc}")
@@ -106,7 +106,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
-    from cache_sync import sync
+    from cache_sync.pull import pull
 
     # The child inherits the caller's environment (RUNPOD_*, AWS_*, HANDLER_* ...) with the
     # cache's exports on top.
@@ -131,7 +131,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     try:
         wipe_ephemeral(settings, recreate=True)
         if opts.pull:
-            result.pulled = [r.to_dict() for r in sync.pull(settings)]
+            result.pulled = [r.to_dict() for r in pull(settings)]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
         if pending:
             result.exit_code = 128 + pending[0]
@@ -218,7 +218,7 @@ def _describe(status: int) -> str:
 def _final_push(settings: Settings, opts: RunOptions, start: float,
                 periodic: _PeriodicPush | None, result: RunResult,
                 log: Callable[[str], None]) -> None:
-    from cache_sync import sync
+    from cache_sync.push import push
 
     deadline = start + opts.push_timeout
     # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
@@ -231,7 +231,7 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
         log(result.push_error)
         return
     try:
-        result.pushed = [r.to_dict() for r in sync.push(settings, deadline=deadline)]
+        result.pushed = [r.to_dict() for r in push(settings, deadline=deadline)]
         log("pushed: " + ", ".join(
             f"{r['area']} ({'up to date' if r.get('up_to_date') else r.get('snapshot')})"
             for r in result.pushed))

@@ -42,7 +42,7 @@ if not _stack_available():
     pytest.skip("F5 tier: torch/f5_tts/vocos not importable and HANDLER_F5_SITE not set "
                 "(see docs/handler.md, 'The real F5-TTS test tier')", allow_module_level=True)
 
-HAS_SYNC = (REPO / "cache_sync" / "sync.py").exists()
+HAS_SYNC = (REPO / "cache_sync" / "pull.py").exists()
 
 
 def _pythonpath() -> str:
