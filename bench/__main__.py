@@ -1,6 +1,12 @@
-"""``python -m bench``: see bench/run.py."""
+"""``python -m bench``: the sync benchmark (bench/run.py); ``python -m bench ready``: time from
+container start to the first answered job (bench/ready.py)."""
 
 import sys
+
+if sys.argv[1:2] == ["ready"]:
+    from bench.ready import main as ready_main
+
+    sys.exit(ready_main(sys.argv[2:]))
 
 from bench.run import main
 

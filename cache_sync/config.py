@@ -9,8 +9,11 @@ beats the default. Secrets are kept out of ``repr`` and ``explain()``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from collections.abc import Mapping
+import re
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,33 @@ def b2_endpoint(region: str) -> str:
     return f"https://s3.{region}.backblazeb2.com"
 
 
+def _b2_remote(env: Mapping[str, str], sources: dict[str, str]) -> str | None:
+    """``s3://$B2_BUCKET/$B2_PREFIX`` (prefix default ``cache-sync``, as
+    scripts/setup-backblaze-storage.sh uses) when ``CACHE_SYNC_REMOTE`` is unset: a worker
+    configured with the B2 variables alone must push to its bucket, not into its container."""
+    bucket = env.get("B2_BUCKET", "").strip().strip("/")
+    if not bucket:
+        return None
+    if "/" in bucket:
+        raise ConfigError(f"B2_BUCKET={bucket!r} is not a bucket name",
+                          hint="put the path inside the bucket in B2_PREFIX")
+    prefix = env.get("B2_PREFIX", "cache-sync").strip("/")
+    sources["remote"] = "B2_BUCKET"
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+def _b2_endpoint(env: Mapping[str, str], sources: dict[str, str]) -> str | None:
+    if env.get("B2_ENDPOINT"):
+        sources["endpoint_url"] = "B2_ENDPOINT"
+        raw = env["B2_ENDPOINT"].strip().rstrip("/")
+        # Backblaze's console shows the endpoint without a scheme
+        return raw if raw.startswith(("http://", "https://")) else "https://" + raw
+    if env.get("B2_REGION"):
+        sources["endpoint_url"] = "B2_REGION"
+        return b2_endpoint(env["B2_REGION"])
+    return None
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path
@@ -110,7 +140,7 @@ class Settings:
     progress: str = "auto"
     json: bool = False
     verbose: int = 0
-    lock_timeout: float = 0.0
+    lock_timeout: float = 600.0
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -126,6 +156,20 @@ class Settings:
     push_pip: bool = False
     flash_attn_base_url: str = (
         "https://github.com/Dao-AILab/flash-attention/releases/download")
+    # fleet (issue 11): see docs/design.md "Workers sharing a root"
+    worker: str = "local"
+    worker_grace: float = 900.0
+    runpod_volume: str = RUNPOD_VOLUME
+    runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
+    allow_local: bool = False
+    overlap: bool = False  # run: start CMD before models/ is pulled (docs/design.md)
+    # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
+    requirements: str | None = None
+    hf_models: tuple[str, ...] = ()
+    hf_models_hook: str | None = None
+    lease_expiry: float = 60.0
+    lease_settle: float = 2.0
+    lease_wait: float = 1800.0
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -------------------------------------------------------------------
@@ -135,6 +179,11 @@ class Settings:
 
     def area_path(self, area: str) -> Path:
         return self.root / area
+
+    @property
+    def remote_is_default(self) -> bool:
+        """No remote was configured: the embedded store in the user's (container's) home."""
+        return "remote" not in self.sources
 
     def secrets(self) -> list[str]:
         """Values that must never be printed."""
@@ -162,7 +211,7 @@ class Settings:
             return None
 
         root = pick("root", "root") or default_root(env)
-        remote = pick("remote", "remote") or default_remote(env)
+        remote = pick("remote", "remote") or _b2_remote(env, sources) or default_remote(env)
         if not (remote.startswith("s3://") or remote.startswith("file://")):
             if remote.startswith("/"):
                 remote = "file://" + remote
@@ -171,11 +220,17 @@ class Settings:
                     f"remote {remote!r} is not a supported URL",
                     hint="use s3://bucket/prefix or file:///absolute/path",
                 )
+        check_remote(remote)
         region = pick("region", "region", "AWS_REGION", "AWS_DEFAULT_REGION", "B2_REGION")
         endpoint = pick("endpoint_url", "endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-        if endpoint is None and env.get("B2_REGION") and remote.startswith("s3://"):
-            endpoint = b2_endpoint(env["B2_REGION"])
-            sources["endpoint_url"] = "B2_REGION"
+        if endpoint is None and remote.startswith("s3://"):
+            endpoint = _b2_endpoint(env, sources)
+        if endpoint is None and sources.get("remote") == "B2_BUCKET":
+            raise ConfigError(
+                "B2_BUCKET is set but the Backblaze endpoint is unknown",
+                hint="set B2_REGION (e.g. us-west-004) or B2_ENDPOINT, or CACHE_SYNC_REMOTE "
+                "with CACHE_SYNC_ENDPOINT_URL",
+            )
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
             raise ConfigError(
                 f"endpoint URL {endpoint!r} has no scheme",
@@ -188,6 +243,13 @@ class Settings:
             missing = "B2_APPLICATION_KEY" if env.get("B2_APPLICATION_KEY_ID") else (
                 "B2_APPLICATION_KEY_ID")
             raise ConfigError(f"{missing} is not set", hint="set both B2 key variables, or neither")
+
+        if remote.startswith("s3://") and bool(env.get("AWS_ACCESS_KEY_ID")) != bool(
+                env.get("AWS_SECRET_ACCESS_KEY")):
+            missing = ("AWS_SECRET_ACCESS_KEY" if env.get("AWS_ACCESS_KEY_ID")
+                       else "AWS_ACCESS_KEY_ID")
+            raise ConfigError(f"{missing} is not set", hint="set both AWS key variables, or "
+                              "neither (to use a profile or an instance role)")
 
         areas_raw = pick("areas", "areas")
         areas: tuple[str, ...] = DEFAULT_AREAS
@@ -229,11 +291,13 @@ class Settings:
             progress=progress,
             json=json_out,
             verbose=int(verbose),
-            lock_timeout=num("lock_timeout", _parse_float, 0.0),
+            lock_timeout=num("lock_timeout", _parse_float, 600.0),
             access_key_id=key_id,
             secret_access_key=secret,
             session_token=env.get("AWS_SESSION_TOKEN"),
             **_install_settings(pick, num),
+            **_fleet_settings(pick, num, env),
+            **_bootstrap_settings(pick, num),
             sources=sources,
         )
 
@@ -267,10 +331,71 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
         push_pip=num("push_pip", _parse_bool, False),
+        overlap=num("overlap", _parse_bool, False),
         # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
                              ).rstrip("/"),
+    )
+
+
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")  # what botocore itself accepts
+
+
+def check_remote(remote: str) -> None:
+    """A file:// remote names an absolute path; an s3:// one a bucket S3 can name."""
+    if remote.startswith("file://"):
+        path = remote[len("file://"):]
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"remote {remote!r} has {'no' if not path else 'a relative'} path",
+                hint="write file:///absolute/path (three slashes)")
+    elif remote.startswith("s3://"):
+        bucket = remote[len("s3://"):].partition("/")[0]
+        if not _BUCKET_RE.match(bucket):
+            raise ConfigError(
+                f"remote {remote!r}: {bucket!r} is not a valid bucket name",
+                hint="bucket names use lowercase letters, digits, '.' and '-' (3-63 characters)")
+
+
+def check_areas(chosen: Sequence[str], configured: Sequence[str]) -> None:
+    """Areas named on the command line must be configured ones: a misspelled name would
+    otherwise pull nothing and exit 0, or push a new area nobody syncs."""
+    for area in chosen:
+        validate_area_name(area)
+        if area not in configured:
+            close = difflib.get_close_matches(area, configured, n=1)
+            raise ConfigError(
+                f"{area!r} is not one of the areas ({', '.join(configured)})",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + "set CACHE_SYNC_AREAS to sync other directories")
+
+
+def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:
+    """Who this worker is on a shared root, and whether it runs inside RunPod."""
+    worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or (
+        f"{socket.gethostname()}-{os.getpid()}")
+    worker = re.sub(r"[^A-Za-z0-9._-]", "_", worker).lstrip(".") or "worker"
+    runpod_var = next((v for v in ("RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID") if env.get(v)), "")
+    return dict(
+        worker=worker[:100],
+        worker_grace=num("worker_grace", _parse_float, 900.0, minimum=1.0),
+        runpod_volume=env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
+        runpod_var=runpod_var,
+        allow_local=num("allow_local", _parse_bool, False),
+    )
+
+
+def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
+    """Settings of the self-bootstrapping worker (``run --requirements``, docs/design.md 8)."""
+    models = pick("hf_models", "hf_models") or ""
+    return dict(
+        requirements=pick("requirements", "requirements"),
+        hf_models=tuple(m for m in models.replace(",", " ").split() if m),
+        hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
+        lease_settle=num("lease_settle", _parse_float, 2.0),
+        lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),
     )
 
 

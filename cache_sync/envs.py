@@ -12,6 +12,8 @@ long before the packages land. So every cache and every temporary directory is r
 from __future__ import annotations
 
 import json
+import re
+import os
 import shlex
 from collections.abc import Mapping
 
@@ -65,11 +67,21 @@ def cache_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict
     return env
 
 
+# Exports that name a directory a program may write into directly (without creating it first:
+# tempfile falls back to /tmp when TMPDIR is missing, a library opening $TORCH_HOME/x fails).
+EXPORTED_DIRS = ("TMPDIR", "PIP_BUILD_DIR", "PIP_CACHE_DIR", "UV_CACHE_DIR", "PIP_TARGET",
+                 "HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "TORCH_HOME",
+                 "XDG_CACHE_HOME")
+
+
 def ensure_layout(settings: Settings) -> None:
-    """Create the directories the exports name (the one function here that touches disk)."""
+    """Create the areas and every directory the exports name (the one function here that
+    touches disk)."""
     root = settings.root
-    for sub in (*settings.areas, "tmp", "build", "packages/bin", "deps/xdg-cache"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    env = cache_env(settings, {})
+    dirs = [str(root / a) for a in settings.areas] + [str(root / "packages" / "bin")]
+    for path in dirs + [env[name] for name in EXPORTED_DIRS]:
+        os.makedirs(path, exist_ok=True)
 
 
 def describe(name: str) -> str:
@@ -93,6 +105,18 @@ def describe(name: str) -> str:
     }.get(name, "")
 
 
+_FISH_BARE = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")  # words fish reads literally
+
+
+def fish_quote(value: str) -> str:
+    """Single quotes as fish reads them: unlike POSIX shells, fish treats ``\\'`` and
+    ``\\\\`` inside single quotes as escapes, so POSIX quoting (``'...'\\''...'``) of a
+    value holding ``\\'`` ends the quote early and can run what follows."""
+    if value and _FISH_BARE.match(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def render(env: Mapping[str, str], shell: str) -> str:
     """Shell code that sets ``env`` when evaluated (or JSON)."""
     if shell == "json":
@@ -101,10 +125,10 @@ def render(env: Mapping[str, str], shell: str) -> str:
     for name, value in env.items():
         if shell == "fish":
             if name in PATH_LIKE:  # fish keeps PATH as a list
-                parts = " ".join(shlex.quote(p) for p in value.split(":") if p)
+                parts = " ".join(fish_quote(p) for p in value.split(":") if p)
                 lines.append(f"set -gx {name} {parts}")
             else:
-                lines.append(f"set -gx {name} {shlex.quote(value)}")
+                lines.append(f"set -gx {name} {fish_quote(value)}")
         else:  # bash and zsh share POSIX quoting
             lines.append(f"export {name}={shlex.quote(value)}")
     return "\n".join(lines)

@@ -31,6 +31,18 @@ class ConfigError(CacheSyncError, ValueError):
     exit_code = 2
 
 
+class CommandNotFound(ConfigError):
+    """``run``'s command does not exist: 127, as shells report it."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(ConfigError):
+    """``run``'s command exists but cannot be executed: 126, as shells report it."""
+
+    exit_code = 126
+
+
 class LockedError(CacheSyncError):
     """Another cache-sync process holds the local cache lock."""
 

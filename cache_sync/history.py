@@ -3,7 +3,9 @@ through a callback).
 
 The current state of an area is the merge of its heads, oldest first: each further head is
 merged three-way against the latest common ancestor, so one worker's deletions are kept and
-two workers' additions both survive; where two heads changed the same path the later one wins.
+two workers' additions both survive; where two heads changed the same path (or, through
+``units.merger``, the same installed distribution or Hugging Face repo) the later one wins:
+heads are ordered by id, i.e. by creation time to the microsecond, then by the random suffix.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cache_sync.layout import SnapshotRef, heads
-from cache_sync.snapshot import Entry, Snapshot, merge3
+from cache_sync.snapshot import Entry, Merge, Snapshot, merge3
 
 Loader = Callable[[SnapshotRef], Snapshot]
 
@@ -38,8 +40,9 @@ class History:
         common = left & right
         return max(common) if common else None
 
-    def current(self, load: Loader) -> tuple[list[str], dict[str, Entry]]:
-        """(head ids, merged entries) of the area; ({}, []) when it has no snapshot."""
+    def current(self, load: Loader, merge: Merge = merge3) -> tuple[list[str], dict[str, Entry]]:
+        """(head ids, merged entries) of the area; ([], {}) when it has no snapshot. ``merge``
+        is called as ``merge(base, merged_so_far, next_head)``: the later head is ``theirs``."""
         if not self.heads:
             return [], {}
         first = self.heads[0]
@@ -49,6 +52,6 @@ class History:
             anc = self.ancestors(ref.id)
             base_id = self.merge_base(merged_anc, anc)
             base = load(self.refs[base_id]).entries if base_id else {}
-            merged = merge3(base, merged, load(ref).entries)
+            merged = merge(base, merged, load(ref).entries)
             merged_anc |= anc
         return [h.id for h in self.heads], merged

@@ -1,6 +1,9 @@
 """``cache-sync run -- CMD``: the worker's supervisor.
 
-preflight (free space, fresh ``tmp/`` and ``build/``) -> pull -> env -> start CMD -> wait,
+preflight (free space, fresh ``tmp/`` and ``build/``) -> pull the code areas (``packages/``,
+``deps/``) -> env -> start CMD while the data areas (``models/``) keep pulling in the
+background (the worker imports meanwhile and waits for them through ``cache_sync.readiness``)
+-> wait,
 forwarding SIGTERM/SIGINT/SIGHUP (SIGKILL after a grace period) -> push within a budget ->
 remove ``tmp/`` and ``build/`` -> exit with CMD's status.
 
@@ -23,10 +26,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache_sync import diskguard
+from cache_sync import diskguard, readiness
 from cache_sync.config import EPHEMERAL_DIRS, Settings
+from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
-from cache_sync.errors import CacheSyncError, ConfigError, DeadlineExceeded
+from cache_sync.errors import (
+    CacheSyncError,
+    CommandNotExecutable,
+    CommandNotFound,
+    ConfigError,
+    DeadlineExceeded,
+)
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
@@ -40,6 +50,8 @@ class RunOptions:
     push_timeout: float = 60.0
     push_interval: float | None = None
     kill_timeout: float = 30.0  # grace between the forwarded signal and SIGKILL
+    bootstrap: bool = True  # install/download what settings.requirements/hf_models need
+    overlap: bool = False  # start CMD before the data areas are pulled (see readiness)
 
 
 @dataclass
@@ -53,6 +65,7 @@ class RunResult:
     pushed: list[dict] = field(default_factory=list)
     push_error: str = ""
     periodic_pushes: int = 0
+    bootstrap: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -79,22 +92,74 @@ def exit_code_of(status: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal N -> 128+N, as shells do
 
 
+# Areas a worker reads only after its imports: pulled while CMD starts (see readiness).
+DATA_AREAS = ("models",)
+
+
+class _BackgroundPull(threading.Thread):
+    """Pulls the data areas one by one while CMD starts, publishing each outcome in the
+    readiness file the worker waits on. Every exception ends as a "failed" entry, so a worker
+    never waits for an area that will not come."""
+
+    def __init__(self, settings: Settings, areas: list[str], ready: list[str],
+                 status: Any, log: Callable[[str], None],
+                 after: Callable[[], dict] | None = None) -> None:
+        super().__init__(name="background-pull", daemon=True)
+        self.settings, self.areas, self.status, self.log = settings, areas, status, log
+        self.after = after  # the models part of a bootstrap, once models/ is pulled
+        self.bootstrap: dict = {}
+        self.ready = list(ready)
+        self.pending = list(areas)
+        self.failed: dict[str, str] = {}
+        self.reports: list[dict] = []
+
+    def run(self) -> None:
+        from cache_sync.pull import pull
+
+        for i, area in enumerate(self.areas):
+            start = time.monotonic()
+            try:
+                self.reports += [r.to_dict() for r in pull(self.settings, [area])]
+                self.log(f"pulled: {area} (in the background, {time.monotonic() - start:.1f}s)")
+                if self.after is not None and i == len(self.areas) - 1:
+                    self.bootstrap = self.after()
+                self.ready.append(area)
+            except Exception as exc:  # noqa: BLE001 (reported to the worker, never lost)
+                self.failed[area] = str(exc) or type(exc).__name__
+                self.log(f"background pull of {area} failed: {self.failed[area]}")
+            self.pending.remove(area)
+            readiness.write(self.status, self.pending, self.ready, self.failed)
+
+    def complete(self, areas: Sequence[str]) -> list[str]:
+        """The areas that may be pushed: those whose pull did not fail or is not running
+        (pushing a half-pulled area would publish its missing files as deletions)."""
+        return [a for a in areas if a not in self.pending and a not in self.failed]
+
+
 class _PeriodicPush(threading.Thread):
     """Pushes every ``interval`` seconds while the child runs; each push gets the interval as
     its deadline so the final push never waits long for it."""
 
-    def __init__(self, settings: Settings, interval: float, log: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, interval: float, log: Callable[[str], None],
+                 background: _BackgroundPull | None = None) -> None:
         super().__init__(name="periodic-push", daemon=True)
         self.settings, self.interval, self.log = settings, interval, log
+        self.background = background
         self.stop = threading.Event()
         self.count = 0
 
     def run(self) -> None:
         from cache_sync.push import push
 
+        # a push by another worker on a shared root: wait for it at most one interval
+        settings = self.settings.with_overrides(
+            lock_timeout=min(self.settings.lock_timeout, self.interval))
         while not self.stop.wait(self.interval):
             try:
-                push(self.settings, deadline=time.monotonic() + self.interval)
+                areas = list(self.settings.areas)
+                if self.background is not None:
+                    areas = self.background.complete(areas)
+                push(settings, areas, deadline=time.monotonic() + self.interval)
                 self.count += 1
             except CacheSyncError as exc:  # keep the worker running; the final push follows
                 self.log(f"periodic push failed: {exc}")
@@ -103,10 +168,14 @@ class _PeriodicPush(threading.Thread):
 def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> RunResult:
     if not opts.cmd:
         raise ConfigError("no command to run", hint="cache-sync run -- python -m handler")
+    check_worker_store(settings)
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
+    from cache_sync import bootstrap
     from cache_sync.pull import pull
+
+    plan = bootstrap.plan_from(settings, os.environ) if opts.bootstrap else bootstrap.Plan()
 
     # The child inherits the caller's environment (RUNPOD_*, AWS_*, HANDLER_* ...) with the
     # cache's exports on top.
@@ -128,28 +197,49 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     # Handlers go in before the pull: as PID 1 an unhandled SIGTERM would be dropped, and a
     # signal during the pull must stop the worker from starting rather than be lost.
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
+    data = [a for a in settings.areas if a in DATA_AREAS] if opts.overlap and opts.pull else []
+    code = [a for a in settings.areas if a not in data]
+    status_file = settings.state_dir / f"ready-{os.getpid()}.json"
+    background: _BackgroundPull | None = None
     try:
         wipe_ephemeral(settings, recreate=True)
-        if opts.pull:
-            result.pulled = [r.to_dict() for r in pull(settings)]
-            log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled))
+        if opts.pull and code:
+            result.pulled = [r.to_dict() for r in pull(settings, code)]
+            log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled)
+                + (f" ({', '.join(data)} pulling in the background)" if data else ""))
+        # With the overlap, the packages part of the bootstrap runs now and the models part
+        # after the background pull of models/ (see _BackgroundPull).
+        now_plan, later_plan = plan.split() if data else (plan, bootstrap.Plan())
+        if not now_plan.empty and not pending:
+            result.bootstrap = bootstrap.run(settings, now_plan, os.environ, log,
+                                             stop=lambda: bool(pending)).to_dict()
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
             log(result.child_status)
             return result
+        if data:
+            status_file.parent.mkdir(parents=True, exist_ok=True)
+            readiness.write(status_file, data, code, {})
+            env[readiness.ENV_VAR] = str(status_file)
+            after = None if later_plan.empty else (
+                lambda: bootstrap.run(settings, later_plan, os.environ, log).to_dict())
+            background = _BackgroundPull(settings, data, code, status_file, log, after)
+            background.start()
         try:
             child.append(subprocess.Popen(list(opts.cmd), env=env))
         except FileNotFoundError:
-            raise ConfigError(f"command not found: {opts.cmd[0]}", hint="check PATH in the "
-                              "cache's env (cache-sync env PATH)") from None
+            raise CommandNotFound(f"command not found: {opts.cmd[0]}", hint="check PATH in "
+                                  "the cache's env (cache-sync env PATH)") from None
         except PermissionError:
-            raise ConfigError(f"command not executable: {opts.cmd[0]}") from None
+            raise CommandNotExecutable(f"command not executable: {opts.cmd[0]}",
+                                       hint="chmod +x it, or run it through its interpreter"
+                                       ) from None
         for signum in pending:
             _forward(child[0].pid, signum)
         periodic = None
         if opts.push and opts.push_interval:
-            periodic = _PeriodicPush(settings, opts.push_interval, log)
+            periodic = _PeriodicPush(settings, opts.push_interval, log, background)
             periodic.start()
         status = _wait(child[0], opts.kill_timeout, first_signal, result)
         result.exit_code = exit_code_of(status)
@@ -160,12 +250,23 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             periodic.stop.set()
             periodic.join(opts.push_timeout)
             result.periodic_pushes = periodic.count
-        if opts.push:
-            _final_push(settings, opts, shutdown_start, periodic, result, log)
+        areas = list(settings.areas)
+        if background is not None:
+            # A worker that exits early leaves its background pull behind: wait for it within
+            # the push budget; what is still pulling then is not pushed (and the thread dies
+            # with us: the pull's staging and journal make that harmless).
+            background.join(max(0.0, opts.push_timeout / 2 - (time.monotonic() - shutdown_start)))
+            result.pulled += background.reports
+            if background.bootstrap:
+                result.bootstrap = {**result.bootstrap, "models": background.bootstrap}
+            areas = background.complete(areas)
+        if opts.push and areas:
+            _final_push(settings, opts, shutdown_start, periodic, result, log, areas)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         wipe_ephemeral(settings, recreate=False)
+        status_file.unlink(missing_ok=True)
     return result
 
 
@@ -217,21 +318,21 @@ def _describe(status: int) -> str:
 
 def _final_push(settings: Settings, opts: RunOptions, start: float,
                 periodic: _PeriodicPush | None, result: RunResult,
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], areas: Sequence[str]) -> None:
     from cache_sync.push import push
 
     deadline = start + opts.push_timeout
     # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
     # may still hold it. The deadline still bounds the whole push.
     settings = settings.with_overrides(
-        lock_timeout=max(settings.lock_timeout, opts.push_timeout / 4))
+        lock_timeout=min(settings.lock_timeout, opts.push_timeout / 4))
     if periodic is not None and periodic.is_alive():
         result.push_error = (f"push cut short: a periodic push was still running after "
                              f"--push-timeout {opts.push_timeout:g}s; the store is consistent")
         log(result.push_error)
         return
     try:
-        result.pushed = [r.to_dict() for r in push(settings, deadline=deadline)]
+        result.pushed = [r.to_dict() for r in push(settings, areas, deadline=deadline)]
         log("pushed: " + ", ".join(
             f"{r['area']} ({'up to date' if r.get('up_to_date') else r.get('snapshot')})"
             for r in result.pushed))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ from cache_sync.errors import LockedError
 from cache_sync.fsutil import TMP_PREFIX, write_atomic
 from cache_sync.plan import LocalItem
 from cache_sync.snapshot import Blob, Entry
+
+log = logging.getLogger(__name__)
 
 
 def item_from_stat(rel: str, st: os.stat_result, target: str = "") -> LocalItem:
@@ -47,6 +51,7 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
     items: dict[str, LocalItem] = {}
     if not area_dir.is_dir():
         return items
+    special: list[str] = []
     stack = [("", str(area_dir))]
     while stack:
         rel_dir, abs_dir = stack.pop()
@@ -72,7 +77,14 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
                     items[rel] = item_from_stat(rel, st)
                 elif stat.S_ISLNK(mode):
                     items[rel] = item_from_stat(rel, st, os.readlink(de.path))
-                # sockets, fifos, devices: not part of a cache, skipped
+                else:  # FIFOs, sockets, device nodes: not part of a cache
+                    special.append(rel)
+    if special:
+        special.sort()
+        shown = ", ".join(special[:3]) + (f" and {len(special) - 3} more" if len(special) > 3
+                                          else "")
+        log.warning("%s: skipped %d FIFO, socket or device node%s (not synced): %s",
+                    area_dir, len(special), "" if len(special) == 1 else "s", shown)
     return items
 
 
@@ -191,30 +203,42 @@ class CacheState:
 
 
 # --- the lock ----------------------------------------------------------------------------
+LOCK_NOTICE_AFTER = 2.0  # seconds of waiting before saying so
+
+
 @contextlib.contextmanager
 def cache_lock(root: Path, timeout: float = 0.0) -> Iterator[None]:
-    """One cache-sync process per cache root. A second one waits up to ``timeout`` seconds
-    and then refuses with the holder's pid; the lock dies with its process (flock)."""
+    """One pull, push or gc at a time per cache root (workers sharing a network volume share
+    the root). A second one waits up to ``timeout`` seconds, says so once after a couple of
+    seconds, and then refuses with the holder's pid and host; the lock dies with its process
+    (flock). Only pull, push and gc take it: a serving worker holds it for none of its life."""
     state_dir = root / ".cache-sync"
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        noticed = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                waited = time.monotonic() - start
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+                if waited >= timeout:
                     raise LockedError(
                         f"another cache-sync process (pid {holder}) is using {root}",
-                        hint="wait for it to finish, or set CACHE_SYNC_LOCK_TIMEOUT to wait",
+                        hint="wait for it to finish, or raise CACHE_SYNC_LOCK_TIMEOUT "
+                        f"(now {timeout:g}s)",
                     ) from None
+                if not noticed and waited >= min(LOCK_NOTICE_AFTER, timeout / 2):
+                    noticed = True
+                    log.warning("waiting for another cache-sync process (pid %s) using %s, "
+                                "up to %gs (CACHE_SYNC_LOCK_TIMEOUT)", holder, root, timeout)
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -26,7 +26,8 @@ def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
     rows = []
     for area in chosen:
         state = cache.load_state(area, store.url)
-        heads, target = current_state(store, manifests, area, state)
+        heads, target = current_state(store, manifests, area, state,
+                                      settings.area_path(area))
         local = scan(settings.area_path(area), clean_tmp=False)
         index = cache.load_index(area)
         plan = plan_pull(target, local, index, state.entries or {}) if heads else None

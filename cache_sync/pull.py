@@ -60,7 +60,7 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     check_deadline(deadline, area)
     rep = AreaReport(area, "pull", dry_run=dry_run)
     state = cache.load_state(area, store.url)
-    heads, target = current_state(store, manifests, area, state)
+    heads, target = current_state(store, manifests, area, state, settings.area_path(area))
     rep.heads = heads
     if not heads:
         rep.up_to_date = True

@@ -9,10 +9,12 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cache_sync import __version__
 from cache_sync.config import Settings, validate_area_name
+from cache_sync.contents import SmallFiles
 from cache_sync.errors import CacheSyncError, FormatError, ObjectNotFound
 from cache_sync.fsutil import write_atomic
 from cache_sync.history import History
@@ -26,6 +28,7 @@ from cache_sync.layout import (
 from cache_sync.local_cache import AreaState, CacheState
 from cache_sync.snapshot import Entry, Snapshot, decode
 from cache_sync.storage import Store, open_store
+from cache_sync.units import merger
 
 
 def resolve_areas(settings: Settings, areas: Sequence[str] | None) -> list[str]:
@@ -123,12 +126,13 @@ class Manifests:
             write_atomic(self.dir / area / f"{snap_id}.json.zst", data, mkdir=True)
 
 
-def current_state(store: Store, manifests: Manifests, area: str, state: AreaState
-                  ) -> tuple[list[str], dict[str, Entry]]:
+def current_state(store: Store, manifests: Manifests, area: str, state: AreaState,
+                  area_dir: Path | None = None) -> tuple[list[str], dict[str, Entry]]:
     """(head ids, merged entries) of ``area``; no manifest is read when the heads are the
     ones this cache last synced to."""
     hist = History(list_refs(store, area))
     head_ids = [h.id for h in hist.heads]
     if head_ids and state.entries is not None and list(state.based_on) == head_ids:
         return head_ids, state.entries  # up to date: no manifest GET
-    return hist.current(manifests.load)
+    # Units (docs/design.md 5.1) read RECORDs: from the area when the bytes match, else the store.
+    return hist.current(manifests.load, merger(area, SmallFiles(store, area_dir)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -320,26 +320,36 @@ def check_link_walk(path: str, target: str, entries: dict[str, Entry],
 
 
 # --- merging heads -----------------------------------------------------------------------
+Merge = Callable[[dict[str, Entry], dict[str, Entry], dict[str, Entry]], dict[str, Entry]]
+
+
 def merge3(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry]
            ) -> dict[str, Entry]:
-    """Three-way merge of trees; ``theirs`` is the later writer and wins a conflict."""
+    """Three-way merge of trees, file by file; ``theirs`` is the later writer and wins a
+    conflict. (Areas with units merge through ``units.merger``.)"""
+    return normalize_tree(merge3_paths(base, ours, theirs))
+
+
+def merge3_paths(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry]
+                 ) -> dict[str, Entry]:
+    """The path-by-path three-way merge, before the tree is repaired."""
     out: dict[str, Entry] = {}
     for path in base.keys() | ours.keys() | theirs.keys():
         b, o, t = base.get(path), ours.get(path), theirs.get(path)
-        if _same(o, t):
+        if same_entry(o, t):
             pick = t
-        elif _same(o, b):
+        elif same_entry(o, b):
             pick = t  # only theirs changed it (or deleted it)
-        elif _same(t, b):
+        elif same_entry(t, b):
             pick = o  # only ours changed it
         else:
             pick = t  # both changed it: last writer wins
         if pick is not None:
             out[path] = pick
-    return normalize_tree(out)
+    return out
 
 
-def _same(a: Entry | None, b: Entry | None) -> bool:
+def same_entry(a: Entry | None, b: Entry | None) -> bool:
     if a is None or b is None:
         return a is b
     return a.same_content(b)

@@ -15,16 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_sync.config import default_root
+from handler.models import F5_CKPT, F5_DIR, repo_dir
 
 ENGINES = ("f5", "light")
 MiB = 1024 * 1024
 
 # Where `cache-sync push models` from a dev box puts the upstream F5-TTS v1 files (the layout
 # of the HF repos SWivid/F5-TTS and charactr/vocos-mel-24khz, without the HF cache wrapper).
-DEFAULT_F5_DIR = "F5TTS_v1_Base"
-DEFAULT_F5_CKPT = "model_1250000.safetensors"
+DEFAULT_F5_DIR = F5_DIR
+DEFAULT_F5_CKPT = F5_CKPT
 DEFAULT_VOCOS_DIR = "vocos-mel-24khz"
 DEFAULT_LIGHT_MODEL = "light-tts/model.json"
+# The transcriber upstream F5-TTS uses (utils_infer.initialize_asr_pipeline), as an HF id found
+# in the HF cache layout under models/huggingface/hub (cache-sync env's HF_HUB_CACHE).
+DEFAULT_ASR_MODEL = "openai/whisper-large-v3-turbo"
+DEFAULT_ASR_REVISION = "main"
 
 
 class HandlerConfigError(ValueError):
@@ -44,14 +49,18 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float,
+           minimum: float | None = None) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise HandlerConfigError(f"{name}={raw!r} is not a number") from None
+    if minimum is not None and not value >= minimum:  # also refuses nan
+        raise HandlerConfigError(f"{name}={raw} is below the minimum {minimum:g}")
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -86,13 +95,19 @@ class HandlerConfig:
     url_timeout: float
     output_url: str | None  # s3://bucket/prefix for "output": "s3"
     output_url_expires: int
+    asr_model: str  # HF id (looked up in hf_hub_dir) or a model directory path
+    asr_revision: str  # branch/tag name (refs/<name>) or a 40-hex commit
+    asr_keep_seconds: float  # keep the transcriber this long after its last use; 0 = free now
+    hf_hub_dir: Path
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HandlerConfig:
         env = dict(os.environ if environ is None else environ)
         root = Path(os.path.abspath(env.get("CACHE_SYNC_ROOT") or default_root(env)))
         models = Path(env.get("HANDLER_MODELS_DIR") or root / "models")
-        f5_dir = models / DEFAULT_F5_DIR
+        f5_repo = repo_dir(env, root, "F5")  # HANDLER_F5_MODEL_REPO: the HF cache snapshot
+        f5_dir = f5_repo / DEFAULT_F5_DIR if f5_repo else models / DEFAULT_F5_DIR
+        vocos_dir = repo_dir(env, root, "VOCOS") or models / DEFAULT_VOCOS_DIR
         engine = (env.get("HANDLER_ENGINE") or "f5").strip().lower()
         if engine not in ENGINES:
             raise HandlerConfigError(
@@ -110,7 +125,7 @@ class HandlerConfig:
             f5_ckpt=Path(env.get("HANDLER_F5_CKPT") or f5_dir / DEFAULT_F5_CKPT),
             f5_vocab=Path(env.get("HANDLER_F5_VOCAB") or f5_dir / "vocab.txt"),
             f5_model_config=env.get("HANDLER_F5_MODEL_CONFIG") or "F5TTS_v1_Base",
-            vocos_dir=Path(env.get("HANDLER_VOCOS_DIR") or models / DEFAULT_VOCOS_DIR),
+            vocos_dir=Path(env.get("HANDLER_VOCOS_DIR") or vocos_dir),
             light_model=Path(env.get("HANDLER_LIGHT_MODEL") or models / DEFAULT_LIGHT_MODEL),
             device=env.get("HANDLER_DEVICE") or "auto",
             concurrency=_int(env, "HANDLER_CONCURRENCY", 1, minimum=1),
@@ -122,6 +137,10 @@ class HandlerConfig:
             url_timeout=_float(env, "HANDLER_URL_TIMEOUT", 20.0),
             output_url=output_url,
             output_url_expires=_int(env, "HANDLER_OUTPUT_URL_EXPIRES", 3600, minimum=1),
+            asr_model=env.get("HANDLER_ASR_MODEL") or DEFAULT_ASR_MODEL,
+            asr_revision=env.get("HANDLER_ASR_REVISION") or DEFAULT_ASR_REVISION,
+            asr_keep_seconds=_float(env, "HANDLER_ASR_KEEP_SECONDS", 0.0, minimum=0.0),
+            hf_hub_dir=Path(env.get("HF_HUB_CACHE") or models / "huggingface" / "hub"),
         )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from handler.asr import AsrBackend, FakeBackend
 from handler.audio import SAMPLE_RATE, Audio
 from handler.config import HandlerConfig
 
@@ -41,8 +42,9 @@ class EngineError(RuntimeError):
 @dataclass
 class SynthesisRequest:
     text: str
-    ref_audio: Audio
-    ref_text: str
+    ref_audio: Audio  # preprocessed as upstream does (handler.refprep)
+    ref_text: str  # given or transcribed, ending a sentence (refprep.finish_ref_text)
+    chunks: list[str]  # text split with upstream's chunk rule (refprep.plan_chunks)
     speed: float = 1.0
     nfe_step: int = 32
     seed: int | None = None
@@ -58,6 +60,13 @@ class SynthesisResult:
 class Engine(Protocol):
     name: str
 
+    def check_files(self) -> None:
+        """Raise ModelMissingError for the first model file that is not on disk (cheap)."""
+
+    def import_modules(self) -> None:
+        """Import the engine's libraries; needs ``packages/`` only, not the model files, so
+        it runs while ``cache-sync run`` is still pulling ``models/``."""
+
     def load(self) -> dict[str, Any]:
         """Load everything from local files, once; returns what was loaded (for health)."""
 
@@ -66,6 +75,9 @@ class Engine(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Versions, device, memory: reported by the health job."""
+
+    def asr_backend(self, model_dir: Path) -> AsrBackend:
+        """Load this engine's transcriber from ``model_dir`` (called on demand, per use)."""
 
 
 def require_file(path: Path, what: str, setting: str, root: Path) -> Path:
@@ -87,6 +99,13 @@ class LightEngine:
         self.config = config
         self.params: dict[str, Any] | None = None
 
+    def check_files(self) -> None:
+        require_file(self.config.light_model, "light test engine parameters, JSON",
+                     "HANDLER_LIGHT_MODEL", self.config.cache_root)
+
+    def import_modules(self) -> None:
+        """Nothing to import: the light engine is pure Python."""
+
     def load(self) -> dict[str, Any]:
         path = require_file(self.config.light_model, "light test engine parameters, JSON",
                             "HANDLER_LIGHT_MODEL", self.config.cache_root)
@@ -107,6 +126,9 @@ class LightEngine:
         return {"engine": self.name, "device": "cpu",
                 "note": "synthetic test tones, not speech"}
 
+    def asr_backend(self, model_dir: Path) -> AsrBackend:
+        return FakeBackend(model_dir)
+
     def synthesize(self, req: SynthesisRequest) -> SynthesisResult:
         if self.params is None:
             raise EngineError("engine not loaded")
@@ -122,11 +144,12 @@ class LightEngine:
         rms = math.sqrt(sum(s * s for s in ref) / len(ref)) if len(ref) else 0.1
         amp = min(0.9, max(0.05, rms * 1.4))
         out = array("f")
-        for ch in req.text:
+        for ch in " ".join(req.chunks):
             hz = self.params["base_hz"] * (1 + (ord(ch) % 24) / 24) * (1 + rng.random() * 0.01)
             step = 2 * math.pi * hz / SAMPLE_RATE
             out.extend(amp * math.sin(step * i) for i in range(per_char))
         return SynthesisResult(out, SAMPLE_RATE, {"engine": self.name, "seed": seed,
+                                                  "chunks": len(req.chunks),
                                                   "note": "synthetic test tones, not speech"})
 
 

@@ -6,9 +6,10 @@ library's own code path, pointed at files under the cache's ``models/`` area: th
 ``pytorch_model.bin``). ``HF_HUB_OFFLINE=1`` is set before the import, so a wrong path fails
 loudly instead of downloading; nothing is ever copied (seed 003: models live in one place).
 
-Inference calls ``utils_infer.infer_batch_process`` with audio decoded by the worker (so no
-ffmpeg/torchcodec is needed for the reference clip) and text chunked by ``chunk_text``, as
-``infer_process`` does.
+Inference calls ``utils_infer.infer_batch_process`` with audio decoded and preprocessed by the
+worker (``handler.refprep``: upstream's clip, trim and chunk rules without pydub, so no
+ffmpeg/torchcodec is needed for the reference clip), as ``infer_process`` does. The
+transcriber (``asr_backend``) is transformers' Whisper pipeline on the same device.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from handler.asr import AsrBackend, WhisperBackend
 from handler.config import HandlerConfig
 from handler.engine import EngineError, SynthesisRequest, SynthesisResult, require_file
 
@@ -75,6 +77,16 @@ class F5Engine:
                                           "Vocos vocoder weights", "HANDLER_VOCOS_DIR", root),
         }
 
+    def check_files(self) -> None:
+        self._files()
+
+    def import_modules(self) -> None:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import torch  # noqa: F401  (seconds of imports, done while models/ is still pulling)
+        import vocos  # noqa: F401
+        from f5_tts import model  # noqa: F401
+        from f5_tts.infer import utils_infer  # noqa: F401
+
     def load(self) -> dict[str, Any]:
         files = self._files()  # check every file before importing torch: fail fast and clear
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -105,6 +117,9 @@ class F5Engine:
         return {"engine": self.name, "device": self.device,
                 "model_config": self.config.f5_model_config}
 
+    def asr_backend(self, model_dir: Path) -> AsrBackend:
+        return WhisperBackend(model_dir, self.device)
+
     def synthesize(self, req: SynthesisRequest) -> SynthesisResult:
         if self.model is None:
             raise EngineError("engine not loaded")
@@ -115,15 +130,10 @@ class F5Engine:
         audio = torch.from_numpy(np.frombuffer(req.ref_audio.samples.tobytes(), dtype=np.float32)
                                  .copy()).unsqueeze(0)
         sr = req.ref_audio.sample_rate
-        ref_text = req.ref_text.strip()
-        if not ref_text.endswith((". ", "。")):  # as preprocess_ref_audio_text does
-            ref_text = ref_text + (" " if ref_text.endswith(".") else ". ")
-        seconds = audio.shape[-1] / sr
-        # infer_process's chunk size: keep each chunk plus the reference under ~22 s.
-        max_chars = max(20, int(len(ref_text.encode()) / seconds * (22 - seconds) * req.speed))
-        batches = utils_infer.chunk_text(req.text, max_chars=max_chars)
+        batches = req.chunks
         if not batches:
             raise EngineError("the text has nothing to speak")
+        ref_text = req.ref_text
 
         def run() -> Any:
             return next(utils_infer.infer_batch_process(

@@ -1,7 +1,7 @@
 """Job input validation: every field checked, every problem reported at once, per field.
 
 The result of a bad job is RunPod's ``{"error": "..."}`` with one line such as
-``invalid input: speed: must be a number from 0.3 to 3.0 (got 'fast'); ref_text: is required``.
+``invalid input: speed: must be a number from 0.3 to 3.0 (got 'fast'); text: is required``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class InputError(ValueError):
 class JobInput:
     text: str
     ref_audio: Audio
-    ref_text: str
+    ref_text: str  # "" when absent or blank: transcribe the reference
     speed: float
     nfe_step: int
     seed: int | None
@@ -60,10 +60,9 @@ def validate(raw: Any, config: HandlerConfig) -> JobInput:
         errors["text"] = f"is {len(text)} characters, the limit is {config.max_text_chars}"
 
     ref_text = raw.get("ref_text")
-    if ref_text is None or (isinstance(ref_text, str) and not ref_text.strip()):
-        # No transcriber ships with this worker: the reference words must be given.
-        errors["ref_text"] = "is required: the words spoken in ref_audio (no transcriber here)"
-    elif not isinstance(ref_text, str):
+    if ref_text is None:
+        ref_text = ""  # absent or empty: the worker transcribes the reference (handler.asr)
+    if not isinstance(ref_text, str):
         errors["ref_text"] = f"must be a string (got {type(ref_text).__name__})"
     elif len(ref_text) > config.max_text_chars:
         errors["ref_text"] = f"is {len(ref_text)} characters, the limit is {config.max_text_chars}"
@@ -103,7 +102,7 @@ def validate(raw: Any, config: HandlerConfig) -> JobInput:
     if errors:
         raise InputError(errors)
     assert audio is not None and isinstance(text, str) and isinstance(ref_text, str)
-    return JobInput(text, audio, ref_text, float(speed), int(nfe),
+    return JobInput(text, audio, ref_text if ref_text.strip() else "", float(speed), int(nfe),
                     None if seed is None else int(seed), str(output))
 
 

@@ -16,11 +16,13 @@ import time
 import traceback
 from typing import Any
 
-from handler.audio import encode_wav
+from cache_sync import readiness
+from handler.asr import AsrModelMissingError, Transcriber, resolve_model_dir
+from handler.audio import Audio, encode_wav
 from handler.config import HandlerConfig
 from handler.engine import Engine, SynthesisRequest, make_engine
 from handler.outputs import OutputWriter
-from handler.validate import InputError, validate
+from handler.validate import InputError, JobInput, validate
 
 HANDLER_VERSION = "0.1.0"
 
@@ -39,6 +41,7 @@ class Worker:
         self.config = config
         self.engine: Engine | None = make_engine(config) if config else None
         self.writer = OutputWriter(config) if config else None
+        self.transcriber = self._make_transcriber()
         self.load_error: str | None = startup_error
         self.loaded: dict[str, Any] = {}
         self.load_seconds: float | None = None
@@ -52,7 +55,20 @@ class Worker:
             return False
         start = time.perf_counter()
         try:
+            # Under `cache-sync run`, models/ may still be pulling: import the engine's
+            # libraries meanwhile, then wait for the area. Otherwise check the model files
+            # first, so a missing model fails fast, before seconds of imports.
+            overlapping = readiness.pending("models")
+            if not overlapping:
+                self.engine.check_files()
+            self.engine.import_modules()
+            _log(f"imported engine {self.engine.name} in {time.perf_counter() - start:.2f}s")
+            if overlapping:
+                waited = readiness.wait(["models"])
+                _log(f"waited {waited:.1f}s for the models area")
             self.loaded = self.engine.load()
+        except readiness.AreaNotReady as err:
+            self.load_error = str(err)
         except FileNotFoundError as err:  # ModelMissingError and friends: message says it all
             self.load_error = str(err)
         except ImportError as err:
@@ -70,6 +86,13 @@ class Worker:
         _log(f"ready: engine {self.engine.name} loaded in {self.load_seconds}s")
         return True
 
+    def _make_transcriber(self) -> Transcriber | None:
+        config, engine = self.config, self.engine
+        if config is None or engine is None:
+            return None
+        return Transcriber(lambda: engine.asr_backend(resolve_model_dir(config)),
+                           config.asr_keep_seconds, config.asr_model)
+
     def concurrency(self, current: int) -> int:
         return self.config.concurrency if self.config else 1
 
@@ -86,9 +109,14 @@ class Worker:
             return {"error": str(err), "fields": err.fields}
 
         job_id = str(job.get("id", "job"))
+        tp = time.perf_counter()
+        try:
+            req, prep = await asyncio.to_thread(self._prepare, inp)
+        except InputError as err:
+            return {"error": str(err), "fields": err.fields}
+        except _JobFailed as err:
+            return {"error": str(err)}
         self._progress(job, "synthesizing")
-        req = SynthesisRequest(inp.text, inp.ref_audio, inp.ref_text, inp.speed,
-                               inp.nfe_step, inp.seed)
         t0 = time.perf_counter()
         try:
             # Inference blocks for seconds: run it in a thread so the event loop keeps
@@ -116,13 +144,56 @@ class Worker:
             "bytes": len(wav),
             "engine": self.engine.name,
             "engine_info": result.info,
+            **prep["output"],
             "timings": {
                 "load_seconds": self.load_seconds,  # once, at start-up (warm)
+                "preprocess_seconds": round(t0 - tp - prep["asr_total"], 4),
+                **prep["timings"],
                 "inference_seconds": round(t1 - t0, 4),
                 "encode_seconds": round(t2 - t1, 4),
                 "output_seconds": round(t3 - t2, 4),
             },
         }
+
+    def _prepare(self, inp: JobInput) -> tuple[SynthesisRequest, dict[str, Any]]:
+        """Upstream's reference preprocessing, the transcript when ref_text is empty, and the
+        text chunks (in a thread: numpy, and the transcriber's load and run, block)."""
+        import numpy as np
+
+        from handler import refprep
+
+        audio = inp.ref_audio
+        try:
+            prepared = refprep.preprocess(np.frombuffer(audio.samples, dtype=np.float32),
+                                          audio.sample_rate)
+        except refprep.SilentReferenceError as err:
+            raise InputError({"ref_audio": str(err)}) from None
+        ref_text = inp.ref_text
+        out: dict[str, Any] = {}
+        timings: dict[str, Any] = {}
+        asr_total = 0.0
+        if not ref_text:
+            assert self.transcriber is not None
+            t0 = time.perf_counter()
+            try:
+                got = self.transcriber.transcribe(prepared.samples, prepared.sample_rate)
+            except AsrModelMissingError as err:
+                raise _JobFailed(f"ref_text is empty and the transcriber is unavailable: {err}")
+            except Exception as err:  # noqa: BLE001 (the job's error; the worker goes on)
+                traceback.print_exc()
+                raise _JobFailed(f"transcription failed: {type(err).__name__}: {err}") from None
+            asr_total = time.perf_counter() - t0
+            ref_text = got.text
+            out["transcript"] = got.text
+            out["asr"] = {**self.transcriber.status(), "device": got.device}
+            timings = {"asr_load_seconds": got.load_seconds, "asr_seconds": got.seconds}
+        ref_text = refprep.finish_ref_text(ref_text)
+        chunk_chars = refprep.max_chars(ref_text, prepared.seconds, inp.speed)
+        chunks = refprep.chunk_text(inp.text, chunk_chars)
+        out["reference"] = {**prepared.report(), "chunk_chars": chunk_chars}
+        req = SynthesisRequest(inp.text, Audio(prepared.to_array(), prepared.sample_rate),
+                               ref_text, chunks, inp.speed, inp.nfe_step, inp.seed)
+        return req, {"output": out, "timings": timings, "asr_total": asr_total}
 
     def _progress(self, job: dict[str, Any], message: str) -> None:
         if not _on_runpod():
@@ -144,6 +215,7 @@ class Worker:
             "loaded": self.loaded,
             "load_seconds": self.load_seconds,
             "jobs_done": self.jobs_done,
+            "asr": self.transcriber.status() if self.transcriber else None,
             "versions": _versions(),
         }
         if self.config:
@@ -158,11 +230,16 @@ class Worker:
         return out
 
 
+class _JobFailed(RuntimeError):
+    """A job-level failure whose message is the job's error (not an input error)."""
+
+
 def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
     found: dict[str, str | None] = {"python": platform.python_version(), "handler": HANDLER_VERSION}
-    for dist in ("runpod", "cache-sync", "torch", "torchaudio", "f5-tts", "vocos"):
+    for dist in ("runpod", "cache-sync", "torch", "torchaudio", "f5-tts", "vocos",
+                 "transformers"):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

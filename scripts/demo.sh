@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Quick start: install cache-sync and run its main job on the embedded default store (a local
-# directory as the bucket; no cloud account): push a small worker cache (packages + an HF-layout
-# model), pull it into a fresh cache root, show status, verify it, push again (a no-op).
+# Quick start: run cache-sync's main job from this checkout on a local-directory store (no
+# cloud account): push a small worker cache (packages + an HF-layout model), pull it into a
+# fresh cache root, show status, verify it, push again (a no-op).
+#
+# It installs nothing but what these commands import, and only when missing (zstandard,
+# tenacity, psutil, packaging: a few seconds); boto3 (S3 stores), runpod (the handler) and the
+# test tools are not needed here. `pip install .` gives the `cache-sync` command itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q -e '.[test,handler]'
+if ! python3 -c 'import zstandard, tenacity, psutil, packaging' 2>/dev/null; then
+  python3 -m pip install -q zstandard tenacity psutil packaging
+fi
 demo=$(mktemp -d "${TMPDIR:-/tmp}/cache-sync-demo.XXXXXX")
 export CACHE_SYNC_REMOTE="file://$demo/store"   # the embedded default lives under ~/.cache;
                                                 # the demo keeps its own so it leaves no trace

@@ -23,8 +23,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-timeout", type=float, default=30.0, metavar="S",
                    help="after forwarding a signal, SIGKILL CMD if still running after S "
                    "seconds (default 30)")
+    p.add_argument("--requirements", default=None, metavar="FILE",
+                   help="bootstrap: after the pull, if packages/ does not satisfy FILE, one "
+                   "worker of the fleet installs it (the others wait and pull) "
+                   "[CACHE_SYNC_REQUIREMENTS]")
+    p.add_argument("--hf-model", action="append", default=[], metavar="REPO[@REV][:GLOBS]",
+                   help="bootstrap: a Hub model downloaded into HF_HUB_CACHE when missing "
+                   "(repeatable) [CACHE_SYNC_HF_MODELS]")
     p.add_argument("--no-pull", action="store_true", help="skip the pull before CMD")
     p.add_argument("--no-push", action="store_true", help="skip pushes")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="start CMD once packages/ and deps/ are in place while models/ keeps "
+                   "pulling; CMD must wait for it with cache_sync.readiness.wait, as the "
+                   "handler does [CACHE_SYNC_OVERLAP, default off]")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...",
                    help="the command and its arguments")
 
@@ -37,9 +48,14 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
+    if args.requirements:
+        settings = settings.with_overrides(requirements=args.requirements)
+    if args.hf_model:
+        settings = settings.with_overrides(hf_models=(*settings.hf_models, *args.hf_model))
     opts = RunOptions(cmd=cmd, pull=not args.no_pull, push=not args.no_push,
                       push_timeout=args.push_timeout, push_interval=args.push_interval,
-                      kill_timeout=args.kill_timeout)
+                      kill_timeout=args.kill_timeout,
+                      overlap=settings.overlap if args.overlap is None else args.overlap)
     result = run_worker(settings, opts, lambda line: out.info(f"run: {line}"))
     if out.json_mode:
         out.result(result.to_dict())

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from cache_sync import __version__
 from cache_sync.cli.output import Output
-from cache_sync.config import Settings
+from cache_sync.config import Settings, check_areas
 from cache_sync.errors import CacheSyncError
 
 # Command modules, in the order `--help` lists them.
@@ -45,20 +45,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         description="Keep a serverless worker's cache (packages, models) in an S3 bucket.",
     )
     parser.add_argument("--version", action="version", version=f"cache-sync {__version__}")
-    g = parser.add_argument_group("global options (env var in brackets)")
-    g.add_argument("--root", help="local cache root [CACHE_SYNC_ROOT]")
-    g.add_argument("--remote", help="s3://bucket/prefix or file:///path [CACHE_SYNC_REMOTE]")
-    g.add_argument("--endpoint-url", help="S3 endpoint [CACHE_SYNC_ENDPOINT_URL, AWS_ENDPOINT_URL]")
-    g.add_argument("--region", help="S3 region [CACHE_SYNC_REGION, AWS_REGION, B2_REGION]")
-    g.add_argument("--profile", help="AWS profile [CACHE_SYNC_PROFILE, AWS_PROFILE]")
-    g.add_argument("--areas", dest="areas_opt", help="comma-separated areas [CACHE_SYNC_AREAS]")
-    g.add_argument("--transfers", type=int, help="parallel requests [CACHE_SYNC_TRANSFERS]")
-    g.add_argument("--json", action="store_true", default=None, help="machine output")
-    g.add_argument("-v", "--verbose", action="count", default=None, help="more detail")
-    g.add_argument("-q", "--quiet", action="store_true", help="errors only")
-    g.add_argument(
-        "--progress", choices=("auto", "on", "off"), help="progress bars [CACHE_SYNC_PROGRESS]"
-    )
+    _global_options(parser.add_argument_group("global options (env var in brackets)"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     modules = {}
     for name in COMMANDS:
@@ -69,9 +56,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                 raise
             continue
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        # Global options are accepted after the command too (`cache-sync pull --root X`, as
+        # awscli and rclone do); given there, they override the ones before it.
+        _global_options(p.add_argument_group("global options"), after_command=True)
         mod.add_arguments(p)
         modules[mod.NAME] = mod
     return parser, modules
+
+
+def _global_options(g: argparse._ArgumentGroup, after_command: bool = False) -> None:
+    # After the command, an option not given must not reset what was given before it.
+    kw: dict = {"default": argparse.SUPPRESS} if after_command else {}
+    g.add_argument("--root", help="local cache root [CACHE_SYNC_ROOT]", **kw)
+    g.add_argument("--remote", help="s3://bucket/prefix or file:///path [CACHE_SYNC_REMOTE]",
+                   **kw)
+    g.add_argument("--endpoint-url", help="S3 endpoint [CACHE_SYNC_ENDPOINT_URL, AWS_ENDPOINT_URL]",
+                   **kw)
+    g.add_argument("--region", help="S3 region [CACHE_SYNC_REGION, AWS_REGION, B2_REGION]", **kw)
+    g.add_argument("--profile", help="AWS profile [CACHE_SYNC_PROFILE, AWS_PROFILE]", **kw)
+    g.add_argument("--areas", dest="areas_opt", help="comma-separated areas [CACHE_SYNC_AREAS]",
+                   **kw)
+    g.add_argument("--transfers", type=int, help="parallel requests [CACHE_SYNC_TRANSFERS]", **kw)
+    g.add_argument("--json", action="store_true", help="machine output",
+                   **(kw or {"default": None}))
+    g.add_argument("-v", "--verbose", action="count", help="more detail",
+                   **(kw or {"default": None}))
+    g.add_argument("-q", "--quiet", action="store_true", help="errors only", **kw)
+    g.add_argument(
+        "--progress", choices=("auto", "on", "off"), help="progress bars [CACHE_SYNC_PROGRESS]",
+        **kw)
 
 
 def _limit_malloc_arenas() -> None:
@@ -108,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         out.secrets = settings.secrets()
         out.json_mode = settings.json
+        if getattr(args, "areas", None):
+            check_areas(args.areas, settings.areas)
         _setup_logging(settings.verbose, args.quiet, out)
         return int(modules[args.command].run(args, settings, out) or 0)
     except CacheSyncError as exc:

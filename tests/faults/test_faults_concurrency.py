@@ -122,8 +122,9 @@ def test_two_processes_on_one_root(tmp_path, moto):
         try:
             assert crash.wait_until_count(lambda: proxy.request_count, 1, 30)
             t0 = time.monotonic()
-            second = ws.run("pull", ok=False)
-            third = ws.run("push", ok=False)
+            impatient = {**ws.env, "CACHE_SYNC_LOCK_TIMEOUT": "0"}
+            second = ws.run("pull", ok=False, env=impatient)
+            third = ws.run("push", ok=False, env=impatient)
             assert time.monotonic() - t0 < 20
             for r in (second, third):
                 assert r.returncode == 75, (r.returncode, r.stderr)

@@ -158,6 +158,22 @@ def link_trees(draw) -> bytes:
 
 
 @st.composite
+def dotdot_trees(draw) -> bytes:
+    """Trees whose paths may have '..' components, each with all its parents as directory
+    entries (so a '..' dir plus '../x' passes every check but the path rule)."""
+    entries: dict[str, list[Any]] = {}
+    for parts in draw(st.lists(st.lists(st.sampled_from(["a", "b", ".."]), min_size=1,
+                                        max_size=3), min_size=1, max_size=6)):
+        for i in range(1, len(parts)):
+            q = "/".join(parts[:i])
+            entries.setdefault(q, [q, "d", 0o755, 1])
+        path = "/".join(parts)
+        if path not in entries:
+            entries[path] = [path, "d", 0o755, 1] if draw(st.booleans()) else _file_row(path)
+    return zdump(doc(sorted(entries.values(), key=lambda r: r[0])))
+
+
+@st.composite
 def mutated_manifests(draw) -> bytes:
     base = [["pkg", "d", 0o755, 1], _file_row("pkg/a.py"), ["pkg/l", "l", 0o777, 1, "a.py"],
             ["hub", "d", 0o755, 1], ["hub/blobs", "d", 0o755, 1], _file_row("hub/blobs/x"),
@@ -182,6 +198,12 @@ def mutated_manifests(draw) -> bytes:
 @settings(FAST, max_examples=150)
 @given(link_trees())
 def test_fuzz_link_trees(data):
+    check(data)
+
+
+@FAST
+@given(dotdot_trees())
+def test_fuzz_dotdot_trees(data):
     check(data)
 
 
@@ -253,7 +275,7 @@ def test_fuzz_long():
     long = settings(max_examples=2000, derandomize=False, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
     tests = [long(given(strategy)(check)) for strategy in
-             (link_trees(), mutated_manifests(), st.binary(max_size=2000))]
+             (link_trees(), dotdot_trees(), mutated_manifests(), st.binary(max_size=2000))]
     rng = random.Random()
     start = COUNTER["iterations"]
     t0 = time.monotonic()

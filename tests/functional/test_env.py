@@ -86,3 +86,64 @@ def test_render_shells_quote_safely(tmp_path):
     fish = render(env, "fish")
     assert "set -gx PATH " in fish and "'/usr/bin' " not in fish  # plain words stay bare
     assert fish.count("set -gx") == len(env)
+
+
+NASTY = ["x\\';touch PWNED;'y", "a'b", "back\\slash", "end\\", "\\\\'", "semi;colon $(x) `y`"]
+
+
+def _fish_words(line: str) -> list[str]:
+    """fish's tokenizer for the subset render() emits (words of plain characters and
+    single-quoted strings, where only \\' and \\\\ are escapes -- fish's documented rule)."""
+    words, cur, i, quoted = [], "", 0, False
+    while i < len(line):
+        c = line[i]
+        if quoted:
+            if c == "\\" and i + 1 < len(line) and line[i + 1] in "'\\":
+                cur += line[i + 1]
+                i += 2
+                continue
+            if c == "'":
+                quoted = False
+            else:
+                cur += c
+        elif c == "'":
+            quoted = True
+        elif c == " ":
+            words.append(cur)
+            cur = ""
+        elif c in ";&|$()`\\":
+            raise AssertionError(f"unquoted {c!r} in {line!r}")
+        else:
+            cur += c
+        i += 1
+    assert not quoted, f"unterminated quote in {line!r}"
+    return [*words, cur]
+
+
+def test_fish_quoting_as_fish_reads_it():
+    for value in NASTY:
+        env = {"TMPDIR": value, "PATH": f"{value}:/usr/bin"}
+        lines = render(env, "fish").splitlines()
+        assert _fish_words(lines[0]) == ["set", "-gx", "TMPDIR", value]
+        assert _fish_words(lines[1]) == ["set", "-gx", "PATH", value, "/usr/bin"]
+
+
+def test_fish_eval_of_a_root_with_quote_and_semicolon(tmp_path):
+    import shutil
+
+    import pytest
+    fish = shutil.which("fish")
+    if fish is None:
+        pytest.skip("fish not installed (test_fish_quoting_as_fish_reads_it covers the rule)")
+    root = tmp_path / "r\\';touch PWNED;'x"
+    env = hermetic_env(tmp_path)
+    env["CACHE_SYNC_ROOT"] = str(root)
+    out = cli(env, "env", "--shell", "fish")
+    assert out.returncode == 0, out.stderr
+    script = tmp_path / "env.fish"
+    script.write_text(out.stdout + "\necho $TMPDIR\n")
+    r = subprocess.run([fish, "--no-config", str(script)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "PWNED").exists()
+    assert r.stdout.strip() == str(root / "tmp")

@@ -215,8 +215,16 @@ def test_bad_input(env):
     assert p.returncode == 2 and "no command to run" in p.stderr
     p = cli(env, "run", "--push-timeout", "-1", "--", "true")
     assert p.returncode == 2 and "must be positive" in p.stderr
+    # As shells do: 127 for a command that does not exist, 126 for one that cannot run.
     p = cli(env, "run", "--no-pull", "--no-push", "--", "/nonexistent/cmd")
-    assert p.returncode == 2 and "command not found" in p.stderr
+    assert p.returncode == 127 and "command not found" in p.stderr
+    p = cli(env, "run", "--no-pull", "--no-push", "--", "no-such-command-anywhere")
+    assert p.returncode == 127 and "command not found" in p.stderr
+    script = Path(env["CACHE_SYNC_ROOT"]).parent / "not-executable.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    p = cli(env, "run", "--no-pull", "--no-push", "--", str(script))
+    assert p.returncode == 126 and "not executable" in p.stderr
 
 
 def test_signal_during_pull_means_the_command_never_starts(env, tmp_path):

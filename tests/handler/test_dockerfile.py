@@ -72,13 +72,34 @@ def test_every_copy_source_exists_and_is_not_dockerignored():
 
 def test_entrypoint_is_cache_sync_run_of_the_handler():
     (entry,) = [json.loads(rest) for op, rest in instructions() if op == "ENTRYPOINT"]
-    assert entry == ["cache-sync", "run", "--", "python", "-m", "handler"]
+    assert entry == ["cache-sync", "run", "--requirements", "/opt/worker/requirements/runpod.txt",
+                     "--", "python", "-m", "handler"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts[entry[0]].split(":")
     mod = __import__(module, fromlist=[func])
     assert callable(getattr(mod, func))
     assert "run" in mod.COMMANDS  # the dispatcher knows the command
     assert (REPO / "handler" / "__main__.py").is_file()
+
+
+def test_the_image_bootstraps_itself_from_what_it_ships():
+    """The entry point's requirements file is COPYed to the path it names and survives
+    .dockerignore; the models the handler names reach cache-sync through the hook."""
+    copies = {args[-1].rstrip("/"): args[0] for args in (
+        rest.split() for op, rest in instructions() if op == "COPY")}
+    workdir = [rest for op, rest in instructions() if op == "WORKDIR"][-1]
+    assert copies.get("./requirements") == "requirements"
+    assert workdir == "/opt/worker" and (REPO / "requirements" / "runpod.txt").is_file()
+    assert not ignored("requirements/runpod.txt")
+    env = " ".join(rest for op, rest in instructions() if op == "ENV")
+    assert "CACHE_SYNC_HF_MODELS_HOOK=handler.models:hub_models" in env
+    from handler.models import hub_models
+
+    pairs = dict(re.findall(r"(HANDLER_\w+_MODEL_REPO)=(\S+)", env))
+    specs = hub_models({**pairs, "HANDLER_ENGINE": "f5"})
+    assert [s.split("@")[0] for s in specs] == ["SWivid/F5-TTS", "charactr/vocos-mel-24khz"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("huggingface_hub") for d in deps)  # the bootstrap's downloader
 
 
 def test_env_defaults_offline_and_cache_root_left_to_cache_sync():

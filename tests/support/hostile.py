@@ -110,6 +110,10 @@ def cases(outside: str) -> dict[str, Mutation]:
         # --- paths ---------------------------------------------------------------------
         "dotdot": lambda d: add(d, file_row(d, "../escape")),
         "dotdot_nested": lambda d: add(d, file_row(d, "pkg0/../../escape")),
+        # With its parent entry, only check_path's '..' rule refuses it (check_tree passes).
+        "dotdot_with_parent_entry": lambda d: add(d, dir_row(".."), file_row(d, "../escape")),
+        "dotdot_dir_chain": lambda d: add(d, dir_row(".."), dir_row("../.."),
+                                          file_row(d, "../../escape")),
         "absolute": lambda d: add(d, file_row(d, f"{outside}/evil")),
         "dot_component": lambda d: add(d, file_row(d, "./evil")),
         "double_slash": lambda d: add(d, file_row(d, "pkg0//evil")),

@@ -1,0 +1,392 @@
+"""``python -m bench ready``: time from container start to the first answered job.
+
+From an empty cache root to ``{"input": {"health": true}}`` answered by the real worker process
+(``python -m handler`` behind runpod's local API server) with the model loaded, for each way a
+worker can get its stack (see bench/ready_stack.py), on one SeaweedFS, in one run, median of
+``--runs``, with and without ~20 ms of added RTT:
+
+- ``cache-sync``: ``cache-sync run -- python -m handler`` on an empty root (the store holds the
+  stack's snapshots);
+- ``pip`` / ``uv``: the design notes' way: ``pip install --target`` (``uv pip install``) of the
+  requirements at start from a local package index over HTTP, with a warm cache (as on a
+  volume), then the worker; the models already in place (the notes keep them on the volume);
+- ``s5cmd``: ``s5cmd cp`` of the same trees stored one object per file, then the worker;
+- ``floor``: the trees already in place (a warm network volume): only the worker's own start.
+
+Each time is broken down from the worker's own log lines: fetch (pull / install / copy, until
+the worker process starts), import, model load, first job. ``limit`` is the same bytes fetched
+as one object with parallel ranged GETs: no tool can fetch the trees faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import latency_proxy, limit
+from bench.ready_stack import REPO, STACKS, Stack, build, plain_requirements
+
+MODES = ("cache-sync", "pip", "uv", "s5cmd", "floor")
+PHASES = ("fetch", "import", "load", "first_job")
+# Log lines that end a phase: (phase, pattern). Times are when the line reached us.
+MARKS = (
+    ("fetch", re.compile(r"\bpulled: |\bpackages ready\b")),
+    ("import", re.compile(r"^handler: imported engine ")),
+    ("load", re.compile(r"^handler: ready: ")),
+)
+BASE_ENV = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true",
+            "PYTHONUNBUFFERED": "1", "RUNPOD_LOG_LEVEL": "INFO"}
+
+
+def _log(msg: str) -> None:
+    print(f"[bench ready {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench ready", description=__doc__.splitlines()[0])
+    ap.add_argument("--stack", choices=STACKS, default="f5")
+    ap.add_argument("--requirements", type=Path, default=None,
+                    help="requirements for the f5 stack (default requirements/runpod-cpu.txt)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency", choices=("none", "20ms", "both"), default="both")
+    ap.add_argument("--rtt-ms", type=float, default=20.0)
+    ap.add_argument("--data-dir", type=Path, default=Path("/tmp/cache-sync-bench"))
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--timeout", type=float, default=1800, help="per worker start")
+    return ap.parse_args(argv)
+
+
+# --- one worker start ----------------------------------------------------------------------
+class Start:
+    """One timed start: ``prelude`` commands (install / copy), then a process that ends up
+    serving runpod's API on ``port``; we poll until the health job answers."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.t0 = time.monotonic()
+        self.marks: dict[str, float] = {}
+        self.lines: list[str] = []
+
+    def mark(self, phase: str) -> None:
+        self.marks.setdefault(phase, time.monotonic() - self.t0)
+
+    def prelude(self, cmd: list[str], timeout: float) -> None:
+        proc = subprocess.run(cmd, env=self.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout, check=False)
+        self.lines.extend(proc.stdout.decode(errors="replace").splitlines()[-40:])
+        if proc.returncode:
+            raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: " + "\n".join(self.lines[-10:]))
+
+    def serve(self, cmd: list[str], port: int, timeout: float) -> dict[str, Any]:
+        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+        reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        reader.start()
+        try:
+            answer = self._health(proc, port, timeout)
+            self.mark("first_job")
+            return answer
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the measurement is over: no push
+            proc.wait()
+            reader.join(5)
+            self.log_path.write_text("\n".join(self.lines))
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            for phase, pattern in MARKS:
+                if pattern.search(line):
+                    self.mark(phase)
+
+    def _health(self, proc: subprocess.Popen, port: int, timeout: float) -> dict[str, Any]:
+        deadline = self.t0 + timeout
+        body = json.dumps({"input": {"health": True}}).encode()
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}:\n" +
+                                   "\n".join(self.lines[-20:]))
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/runsync", data=body,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    answer = json.load(resp)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            out = answer.get("output") or {}
+            if not out.get("ready"):
+                raise RuntimeError(f"worker answered but is not ready: {answer}")
+            return answer
+        raise RuntimeError(f"no answer within {timeout}s:\n" + "\n".join(self.lines[-20:]))
+
+    def result(self) -> dict[str, float]:
+        """Phase durations; a phase the log did not mark is folded into the next one."""
+        out, prev = {}, 0.0
+        for phase in PHASES:
+            if phase in self.marks:
+                out[phase] = round(self.marks[phase] - prev, 3)
+                prev = self.marks[phase]
+        out["total"] = round(self.marks["first_job"], 3)
+        return out
+
+
+def _handler_cmd(port: int) -> list[str]:
+    return [sys.executable, "-m", "handler", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+            "--rp_api_port", str(port)]
+
+
+def _free_port() -> int:
+    from tests.support.s3servers import free_port
+    return free_port()
+
+
+# --- the modes -----------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: Stack, server: Any, scratch: Path) -> None:
+        self.args, self.stack, self.server, self.scratch = args, stack, server, scratch
+        self.base_env = {k: v for k, v in os.environ.items()
+                         if not k.startswith(("PIP_", "UV_", "CACHE_SYNC_", "AWS_", "HANDLER_",
+                                              "RUNPOD_", "HF_"))}
+        self.base_env.update(BASE_ENV)
+        self.base_env.update(stack.engine_env)
+        self.base_env["HOME"] = str(scratch / "home")
+        (scratch / "home").mkdir(exist_ok=True)
+
+    def s3_env(self, endpoint: str) -> dict[str, str]:
+        env = self.server.env()
+        env["AWS_ENDPOINT_URL"] = endpoint
+        env.pop("CACHE_SYNC_ENDPOINT_URL", None)
+        return env
+
+    # Stores, filled once (untimed).
+    def seed(self) -> None:
+        client = self.server.client()
+        self.cs_bucket, self.copy_bucket = self.server.make_bucket(), self.server.make_bucket()
+        self.limit_bucket = self.server.make_bucket()
+        env = {**self.base_env, **self.server.env(), "PYTHONPATH": str(REPO),
+               "CACHE_SYNC_ROOT": str(self.stack.root),
+               "CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache"}
+        _log("seeding the cache-sync store")
+        subprocess.run([sys.executable, "-m", "cache_sync", "push", *self.stack.areas],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        _log("seeding the copy tool's bucket (one object per file)")
+        for area in self.stack.areas:
+            subprocess.run(["s5cmd", "--endpoint-url", self.server.endpoint, "--log", "error",
+                            "sync", f"{self.stack.root / area}/", f"s3://{self.copy_bucket}/{area}/"],
+                           env={**self.base_env, **self.server.env()}, check=True)
+        self.bytes = _tree_bytes(self.stack.root, self.stack.areas)
+        limit.upload(client, self.limit_bucket, self.bytes)
+        # Warm installer caches, as on a volume: one untimed install each.
+        self.index = self.scratch / "index"
+        from tests.support.pkgindex import build_index
+        build_index(self.index, sorted(self.stack.wheels.glob("*.whl")))
+        self.pip_cache, self.uv_cache = self.scratch / "pip-cache", self.scratch / "uv-cache"
+
+    def warm_installers(self, index_url: str) -> None:
+        for mode in ("pip", "uv"):
+            if mode in self.modes:
+                root = self.scratch / f"warm-{mode}"
+                shutil.rmtree(root, ignore_errors=True)
+                start = Start(self._install_env(index_url), self.scratch / f"warm-{mode}.log")
+                for cmd in self._install_cmds(mode, root / "packages"):
+                    start.prelude(cmd, self.args.timeout)
+                shutil.rmtree(root, ignore_errors=True)
+
+    @property
+    def modes(self) -> list[str]:
+        return [m.strip() for m in self.args.modes.split(",") if m.strip()]
+
+    def _install_env(self, index_url: str) -> dict[str, str]:
+        return {**self.base_env, "PIP_INDEX_URL": index_url, "UV_INDEX_URL": index_url,
+                "PIP_CACHE_DIR": str(self.pip_cache), "UV_CACHE_DIR": str(self.uv_cache),
+                "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                "UV_NO_CONFIG": "1"}
+
+    def _install_cmds(self, mode: str, target: Path) -> list[list[str]]:
+        deps, nodeps = plain_requirements(self.stack.reqs)
+        if mode == "pip":
+            base = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target)]
+        else:
+            base = ["uv", "pip", "install", "--quiet", "--python", sys.executable,
+                    "--target", str(target)]
+        cmds = [base + deps] if deps else []
+        if nodeps:
+            cmds.append(base + ["--no-deps"] + nodeps)
+        return cmds
+
+    def start(self, mode: str, s3: str, index_url: str, run: int) -> dict[str, float]:
+        root = self.scratch / f"root-{mode}-{run}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        port = _free_port()
+        env = {**self.base_env, "CACHE_SYNC_ROOT": str(root),
+               "PYTHONPATH": os.pathsep.join([str(root / "packages"), str(REPO)])}
+        log = self.scratch / f"{mode}-{run}.log"
+        if mode == "cache-sync":
+            env.update(self.s3_env(s3))
+            env.update({"CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache",
+                        "PYTHONPATH": str(REPO)})  # `run` puts packages/ on the child's path
+            st = Start(env, log)
+            st.serve([sys.executable, "-m", "cache_sync", "run", "--no-push", "--overlap", "--",
+                      *_handler_cmd(port)], port, self.args.timeout)
+        elif mode in ("pip", "uv"):
+            st = Start({**env, **self._install_env(index_url)}, log)
+            for cmd in self._install_cmds(mode, root / "packages"):
+                st.prelude(cmd, self.args.timeout)
+            _link_tree(self.stack.root / "models", root / "models")  # on the volume already
+            st.mark("fetch")
+            st.serve(_handler_cmd(port), port, self.args.timeout)
+        elif mode == "s5cmd":
+            st = Start({**env, **self.s3_env(s3)}, log)
+            st.prelude(["s5cmd", "--endpoint-url", s3, "--log", "error", "cp",
+                        f"s3://{self.copy_bucket}/*", f"{root}/"], self.args.timeout)
+            st.mark("fetch")
+            st.serve(_handler_cmd(port), port, self.args.timeout)
+        else:  # floor
+            for area in self.stack.areas:
+                _link_tree(self.stack.root / area, root / area)
+            st = Start(env, log)
+            st.mark("fetch")
+            st.serve(_handler_cmd(port), port, self.args.timeout)
+        shutil.rmtree(root, ignore_errors=True)
+        return st.result()
+
+    def limit_seconds(self, s3: str) -> float:
+        out = self.scratch / "limit.bin"
+        env = {**self.base_env, **self.s3_env(s3), "PYTHONPATH": str(REPO)}
+        t = time.monotonic()
+        subprocess.run(limit.python_reader_cmd(s3, self.limit_bucket, out, self.bytes, 16),
+                       env=env, check=True)
+        seconds = time.monotonic() - t
+        out.unlink()
+        return round(seconds, 3)
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    subprocess.run(["cp", "-al", str(src), str(dest)], check=True)
+
+
+def _tree_bytes(root: Path, areas: tuple[str, ...]) -> int:
+    total = 0
+    for area in areas:
+        for dirpath, _dirs, files in os.walk(root / area):
+            for name in files:
+                p = os.path.join(dirpath, name)
+                if not os.path.islink(p):
+                    total += os.path.getsize(p)
+    return total
+
+
+@contextlib.contextmanager
+def _endpoints(server_endpoint: str, index_url: str, rtt_ms: float) -> Iterator[tuple[str, str]]:
+    if not rtt_ms:
+        yield server_endpoint, index_url
+        return
+    index_root = index_url.split("/simple", 1)[0]
+    with latency_proxy.start(server_endpoint, rtt_ms) as s3, \
+            latency_proxy.start(index_root, rtt_ms) as idx:
+        yield s3, idx + "/simple"
+
+
+# --- report --------------------------------------------------------------------------------
+def _median(rows: list[dict[str, float]], key: str) -> float | None:
+    vals = [r[key] for r in rows if key in r]
+    return round(statistics.median(vals), 2) if vals else None
+
+
+def render(results: dict[str, Any]) -> str:
+    title = (f"Time to a serving worker, stack `{results['stack']}` "
+             f"({results['bytes'] / 2**20:,.0f} MiB in {results['files']:,} files), "
+             f"{results['date']}, {results['machine']}; median of {results['n']} "
+             "(min-max), seconds")
+    header = ("| latency | way | total (min-max) | fetch | import | load | first job | "
+              "vs floor | vs max(limit, floor) |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|"]
+    for lat, per_mode in results["runs"].items():
+        floor = _median(per_mode.get("floor", []), "total")
+        lim = results["limit"].get(lat)
+        bound = max(lim or 0.0, floor or 0.0)
+        for mode, rows in per_mode.items():
+            if not rows:
+                continue
+            tot = [r["total"] for r in rows]
+            med = _median(rows, "total") or 0.0
+            cells = [_fmt(_median(rows, p)) for p in PHASES]
+            ratio = f"{med / floor:.2f}x" if floor else "-"
+            ratio_b = f"{med / bound:.2f}x" if bound else "-"
+            lines.append(f"| {lat} | {mode} | {med:.2f} ({min(tot):.2f}-{max(tot):.2f}) | "
+                         + " | ".join(cells) + f" | {ratio} | {ratio_b} |")
+        lines.append(f"| {lat} | limit: same bytes as one object | {_fmt(lim)} "
+                     "| | | | | | |")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    from tests.support.pkgindex import serve
+    from tests.support.s3servers import seaweedfs_server
+
+    stack = build(args.data_dir, args.stack, args.requirements)
+    latencies = {"none": [0.0], "20ms": [args.rtt_ms], "both": [0.0, args.rtt_ms]}[args.latency]
+    results: dict[str, Any] = {
+        "stack": stack.name, "date": datetime.datetime.now(datetime.timezone.utc)
+        .strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}", "runs": {}, "limit": {}, "n": args.runs}
+    with tempfile.TemporaryDirectory(dir=args.data_dir, prefix="ready-") as tmp, \
+            seaweedfs_server(str(Path(tmp) / "weed")) as server:
+        scratch = Path(tmp)
+        bench = Bench(args, stack, server, scratch)
+        bench.seed()
+        results["bytes"] = bench.bytes
+        results["files"] = sum(len(f) for a in stack.areas for _, _, f in os.walk(stack.root / a))
+        with serve(bench.index) as index:
+            index_url = index.url + "/simple"
+            bench.warm_installers(index_url)
+            for rtt in latencies:
+                label = f"+{rtt:g} ms" if rtt else "0 ms"
+                with _endpoints(server.endpoint, index_url, rtt) as (s3, idx):
+                    results["limit"][label] = bench.limit_seconds(s3)
+                    per_mode: dict[str, list[dict[str, float]]] = {m: [] for m in bench.modes}
+                    for run in range(args.runs):
+                        modes = bench.modes[run % len(bench.modes):] + \
+                            bench.modes[:run % len(bench.modes)]  # rotate the order
+                        for mode in modes:
+                            if mode not in ("pip", "uv", "s5cmd") or shutil.which(
+                                    "s5cmd" if mode == "s5cmd" else "uv" if mode == "uv" else "ls"):
+                                r = bench.start(mode, s3, idx, run)
+                                _log(f"{label} {mode} run {run + 1}: {r}")
+                                per_mode[mode].append(r)
+                    results["runs"][label] = per_mode
+    table = render(results)
+    print(table)
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    (args.results / f"{stamp}-ready-{stack.name}.json").write_text(json.dumps(results, indent=1))
+    (args.results / f"{stamp}-ready-{stack.name}.md").write_text(table + "\n")
+    return 0

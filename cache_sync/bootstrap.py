@@ -1,0 +1,212 @@
+"""A worker that bootstraps itself (``run --requirements FILE``, ``CACHE_SYNC_HF_MODELS``):
+after the pull, if the cache does not satisfy the worker, one worker of the fleet installs and
+downloads what is missing under the store lease and pushes it; the others wait and pull it.
+The protocol is docs/design.md section 8; the lease itself is ``cache_sync/lease.py``.
+
+Satisfied means: every requirement of FILE satisfied in ``packages/`` (the installer's metadata
+check: no resolver, no index request) and every configured Hub model complete in
+``HF_HUB_CACHE``. A satisfied worker makes no request beyond its pull.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache_sync import hfmodels, lease
+from cache_sync.config import Settings
+from cache_sync.envs import cache_env
+from cache_sync.errors import CacheSyncError
+from cache_sync.hfmodels import HubModel
+from cache_sync.install import InstallError, InstallOptions, describe_failure, install
+from cache_sync.reqs import Installed, SpecSet, parse_file
+
+LEASE_NAME = "bootstrap"
+AREAS = ("packages", "models")  # what a bootstrap produces, and what waiters pull
+
+
+@dataclass
+class Plan:
+    """What the worker needs (None/empty: nothing of that kind)."""
+
+    requirements: str | None = None
+    specset: SpecSet = field(default_factory=SpecSet)
+    models: list[HubModel] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.specset.specs and not self.models
+
+    @property
+    def areas(self) -> tuple[str, ...]:
+        """The areas this plan produces (and its waiters pull)."""
+        return (("packages",) if self.specset.specs else ()) + (("models",) if self.models
+                                                                 else ())
+
+    def split(self) -> tuple[Plan, Plan]:
+        """(the packages part, the models part): ``run`` does the first before starting the
+        worker and the second after its background pull of models/."""
+        return (Plan(self.requirements, self.specset),
+                Plan(models=list(self.models)))
+
+
+@dataclass
+class Missing:
+    specs: list[str] = field(default_factory=list)
+    models: list[HubModel] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.specs or self.models)
+
+    def describe(self) -> str:
+        parts = []
+        if self.specs:
+            parts.append(f"{len(self.specs)} requirement(s) ({', '.join(self.specs[:3])}"
+                         f"{', ...' if len(self.specs) > 3 else ''})")
+        if self.models:
+            parts.append("model(s) " + ", ".join(str(m) for m in self.models))
+        return " and ".join(parts)
+
+
+@dataclass
+class Report:
+    role: str = "satisfied"  # satisfied | installed | waited | stopped
+    seconds: float = 0.0
+    waited: float = 0.0
+    holders: list[str] = field(default_factory=list)
+    missing: str = ""
+    installed: list[str] = field(default_factory=list)
+    downloaded: list[str] = field(default_factory=list)
+    pushed: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_from(settings: Settings, environ: Mapping[str, str]) -> Plan:
+    """The plan the settings describe (``requirements``, ``hf_models``, ``hf_models_hook``)."""
+    plan = Plan(requirements=settings.requirements)
+    if settings.requirements:
+        parse_file(settings.requirements, plan.specset)
+    plan.models = [hfmodels.parse(m) for m in settings.hf_models]
+    if settings.hf_models_hook:
+        plan.models += hfmodels.from_hook(settings.hf_models_hook, environ)
+    return plan
+
+
+def hub_cache(settings: Settings) -> Path:
+    return Path(cache_env(settings, {})["HF_HUB_CACHE"])
+
+
+def missing(settings: Settings, plan: Plan) -> Missing:
+    installed = Installed(settings.root / "packages")
+    out = Missing()
+    for spec in plan.specset.specs:
+        if installed.applies(spec) and not installed.satisfied(spec) and not spec.optional:
+            out.specs.append(spec.text)
+    cache = hub_cache(settings)
+    out.models = [m for m in plan.models if not hfmodels.present(cache, m)]
+    return out
+
+
+class _Heads:
+    """Watches the heads of the bootstrap's areas; pulls them when they move."""
+
+    def __init__(self, settings: Settings, log: Callable[[str], None],
+                 areas: tuple[str, ...] = AREAS) -> None:
+        self.settings, self.log = settings, log
+        self.areas = tuple(a for a in areas if a in settings.areas)
+        self.seen: dict[str, list[str]] = {}
+
+    def current(self, store: Any) -> dict[str, list[str]]:
+        from cache_sync.history import History
+        from cache_sync.repo import list_refs
+
+        return {a: [h.id for h in History(list_refs(store, a)).heads] for a in self.areas}
+
+    def pull_if_moved(self, store: Any) -> bool:
+        from cache_sync.pull import pull
+
+        now = self.current(store)
+        if now == self.seen:
+            return False
+        pull(self.settings, list(self.areas))
+        self.seen = now
+        return True
+
+
+def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
+        log: Callable[[str], None], *, sleep: Callable[[float], None] = time.sleep,
+        stop: Callable[[], bool] = lambda: False) -> Report:
+    """Make the cache satisfy ``plan``: do nothing, wait for another worker, or install."""
+    t0 = time.monotonic()
+    report = Report()
+    need = missing(settings, plan)
+    if not need:
+        return report
+    report.missing = need.describe()
+    log(f"bootstrap: missing {report.missing}")
+    from cache_sync.storage import open_store
+
+    store = open_store(settings)
+    timing = lease.Timing.for_expiry(settings.lease_expiry, settings.lease_settle)
+    claim = lease.Lease(store, LEASE_NAME, settings.worker, timing)
+    heads = _Heads(settings, log, plan.areas)
+    heads.seen = heads.current(store)  # what our pull already brought
+
+    def others_done() -> bool:
+        return heads.pull_if_moved(store) and not missing(settings, plan)
+
+    out = lease.acquire(claim, others_done, wait=settings.lease_wait,
+                        poll=min(1.0, timing.expiry / 10), log=lambda m: log(f"bootstrap: {m}"),
+                        sleep=sleep, stop=stop)
+    if out.stopped:
+        report.role = "stopped"
+        report.seconds = round(time.monotonic() - t0, 3)
+        return report
+    report.waited, report.holders = round(out.waited, 3), out.holders
+    try:
+        if out.held:
+            with lease.Renewer(claim, log):
+                heads.pull_if_moved(store)  # the previous holder may have pushed meanwhile
+                need = missing(settings, plan)
+                if need:
+                    _work(settings, plan, need, base_env, report, log)
+                    report.role = "installed"
+    finally:
+        claim.release()
+    report.seconds = round(time.monotonic() - t0, 3)
+    if report.role != "installed":
+        report.role = "waited"
+        log(f"bootstrap: worker {', '.join(report.holders) or '?'} installed it; pulled "
+            f"after {report.seconds:.1f}s")
+    return report
+
+
+def _work(settings: Settings, plan: Plan, need: Missing, base_env: Mapping[str, str],
+          report: Report, log: Callable[[str], None]) -> None:
+    """The holder's part: install and download only what is still missing, push each."""
+    from cache_sync.push import push
+
+    if need.specs:
+        log(f"bootstrap: this worker installs {plan.requirements}")
+        result = install(settings, plan.specset, InstallOptions(installer=settings.installer),
+                         base_env, log=lambda m: log(f"bootstrap: {m}"))
+        if result.failed_required:
+            raise InstallError("bootstrap install failed: " + describe_failure(result),
+                               hint="fix the requirements file; optional packages may fail")
+        if result.push_error is not None:
+            raise result.push_error
+        report.installed = [f"{n}=={v}" for u in result.units for n, v in u.new.items()]
+        report.pushed += result.pushed
+    if need.models:
+        hfmodels.download(need.models, hub_cache(settings), base_env,
+                          lambda m: log(f"bootstrap: {m}"))
+        report.downloaded = [str(m) for m in need.models]
+        report.pushed += [r.to_dict() for r in push(settings, ["models"])]
+    still = missing(settings, plan)
+    if still:
+        raise CacheSyncError(f"bootstrap finished but {still.describe()} still missing")

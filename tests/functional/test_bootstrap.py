@@ -1,0 +1,319 @@
+"""A fleet that bootstraps itself (issue 11; docs/design.md section 8): N real `cache-sync run
+--requirements` processes start at once against one empty bucket, the tests' package index and
+the fake Hub; exactly one installs and downloads, every worker's child starts with the packages
+importable and the model present, and all end on the same snapshots. Also: the lease holder
+SIGKILLed mid-install, and a store that answers conditional requests 501 (Backblaze B2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cache_sync.config import Settings
+from cache_sync.local_cache import CacheState
+from tests.support.fakehub import FakeHub, Repo
+from tests.support.faultproxy import fault_proxy
+from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
+
+MODEL = "org/tiny-tts"
+MODEL_SPEC = f"{MODEL}@main:ckpt/*"
+
+CHILD = r"""
+import json, os, sys, pathlib
+import tinya, tinyb
+hub = pathlib.Path(os.environ["HF_HUB_CACHE"]) / "models--org--tiny-tts"
+commit = (hub / "refs" / "main").read_text()
+weights = (hub / "snapshots" / commit / "ckpt" / "model.safetensors").read_bytes()
+pathlib.Path(sys.argv[1]).write_text(json.dumps({
+    "tinya": tinya.VERSION, "tinyb": tinyb.X, "weights": len(weights),
+    "offline": os.environ.get("HF_HUB_OFFLINE"), "file": tinya.__file__}))
+"""
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bsindex")
+    w = d / "wheels"
+    wheels = [
+        make_wheel(w, "tinya", "1.0", {"tinya/__init__.py": "VERSION = '1.0'\n",
+                                       "tinya/blob.bin": os.urandom(64 * 1024)},
+                   requires=("tinyb>=1",)),
+        make_wheel(w, "tinyb", "1.1", {"tinyb.py": "X = 11\n"}),
+    ]
+    return build_index(d / "idx", wheels)
+
+
+@pytest.fixture
+def hub():
+    files = {"ckpt/model.safetensors": os.urandom(300_000), "ckpt/vocab.txt": b"a\nb\nc\n",
+             "other/huge.bin": b"never fetched: not in the patterns"}
+    with FakeHub(Repo(MODEL, files)) as h:
+        yield h
+
+
+@dataclass
+class Worker:
+    name: str
+    root: Path
+    proc: subprocess.Popen
+    started: float
+    out: Path
+    err: Path
+    served: Path
+    ended: float = 0.0
+
+    def result(self) -> dict:
+        return json.loads(self.out.read_text())
+
+    def log(self) -> str:
+        return self.err.read_text()
+
+
+def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path) -> Worker:
+    base = tmp / name
+    base.mkdir(parents=True)
+    wenv = {**env, **hermetic_env(base, env["PIP_INDEX_URL"]),
+            "CACHE_SYNC_REMOTE": env["CACHE_SYNC_REMOTE"], "RUNPOD_POD_ID": name}
+    served = base / "served.json"
+    out, err = base / "out.json", base / "err.log"
+    (base / "child.py").write_text(CHILD)
+    cmd = [sys.executable, "-m", "cache_sync", "--json", "run", "--requirements", str(reqs),
+           "--", sys.executable, str(base / "child.py"), str(served)]
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        proc = subprocess.Popen(cmd, env=wenv, stdout=fo, stderr=fe, start_new_session=True)
+    return Worker(name, base / "cache", proc, time.monotonic(), out, err, served)
+
+
+def wait_all(workers: list[Worker], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    try:
+        for w in workers:
+            w.proc.wait(max(0.1, deadline - time.monotonic()))
+            w.ended = time.monotonic()
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                os.killpg(w.proc.pid, signal.SIGKILL)
+                w.proc.wait()
+
+
+def fleet_env(tmp: Path, remote: str, server_env: dict[str, str], index_url: str,
+              hub_url: str, expiry: float = 8.0) -> dict[str, str]:
+    reqs = tmp / "requirements.txt"
+    reqs.write_text("tinya==1.0\n")
+    return {**server_env, "CACHE_SYNC_REMOTE": remote, "PIP_INDEX_URL": index_url,
+            "HF_ENDPOINT": hub_url, "HF_HUB_OFFLINE": "1", "CACHE_SYNC_HF_MODELS": MODEL_SPEC,
+            "CACHE_SYNC_LEASE_EXPIRY": str(expiry), "CACHE_SYNC_PROGRESS": "off",
+            "PYTHONDONTWRITEBYTECODE": "1", "CACHE_SYNC_INSTALL_ATTEMPTS": "1",
+            # pip fetches each wheel once; uv also range-reads wheels for their metadata,
+            # which would make the download count installer-specific
+            "CACHE_SYNC_INSTALLER": "pip"}
+
+
+def wheel_downloads(srv) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for path, status in srv.requests:
+        if path.startswith("/files/") and status == 200:
+            out[path] = out.get(path, 0) + 1
+    return out
+
+
+def based_on(w: Worker, remote: str, area: str) -> tuple[str, ...]:
+    return CacheState(w.root).load_state(area, remote).based_on
+
+
+def store_heads(remote: str, env: dict[str, str], area: str) -> list[str]:
+    settings = Settings.from_env({**env, "CACHE_SYNC_ROOT": "/nonexistent"})
+    from cache_sync.history import History
+    from cache_sync.repo import list_refs
+    from cache_sync.storage import open_store
+
+    return [h.id for h in History(list_refs(open_store(settings), area)).heads]
+
+
+def check_served(w: Worker) -> None:
+    assert w.proc.returncode == 0, (w.name, w.log())
+    served = json.loads(w.served.read_text())
+    assert served["tinya"] == "1.0" and served["tinyb"] == 11
+    assert served["weights"] == 300_000 and served["offline"] == "1"
+    assert served["file"].startswith(str(w.root / "packages"))
+
+
+def test_six_workers_one_install_one_download_same_snapshots(index, hub, seaweed, tmp_path):
+    bucket = seaweed.make_bucket()
+    remote = f"s3://{bucket}/cache"
+    with serve(index) as srv:
+        env = fleet_env(tmp_path, remote, seaweed.env(), srv.url + "/simple", hub.url)
+        reqs = tmp_path / "requirements.txt"
+        workers = [start_worker(tmp_path, f"w{i}", env, reqs) for i in range(6)]
+        wait_all(workers)
+        for w in workers:
+            check_served(w)
+        roles = sorted(w.result()["bootstrap"]["role"] for w in workers)
+        assert roles == ["installed"] + ["waited"] * 5, roles
+        # exactly one install and one model download across the fleet
+        assert wheel_downloads(srv) == {"/files/tinya-1.0-py3-none-any.whl": 1,
+                                        "/files/tinyb-1.1-py3-none-any.whl": 1}
+        assert dict(hub.downloads) == {(MODEL, "ckpt/model.safetensors"): 1,
+                                       (MODEL, "ckpt/vocab.txt"): 1}
+        # every worker ends on the store's one head of each area
+        for area in ("packages", "models"):
+            heads = store_heads(remote, env, area)
+            assert len(heads) == 1, (area, heads)
+            assert {based_on(w, remote, area) for w in workers} == {tuple(heads)}
+        holder = next(w for w in workers if w.result()["bootstrap"]["role"] == "installed")
+        waiters = [w for w in workers if w is not holder]
+        assert any("waiting for worker " + holder.name in w.log() for w in waiters)
+
+        # a second-generation worker: pull only, no index or hub request, serves
+        before_idx, before_hub = len(srv.requests), hub.total_downloads()
+        gen2 = start_worker(tmp_path, "gen2", env, reqs)
+        wait_all([gen2])
+        check_served(gen2)
+        assert gen2.result()["bootstrap"]["role"] == "satisfied"
+        assert len(srv.requests) == before_idx and hub.total_downloads() == before_hub
+    timings = {"first_bootstrap_s": round(holder.ended - holder.started, 2),
+               "waiters_to_serve_s": sorted(round(w.ended - w.started, 2) for w in waiters),
+               "second_generation_s": round(gen2.ended - gen2.started, 2)}
+    print("fleet timings (tiny test packages, SeaweedFS on loopback):", timings)
+
+
+def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_path):
+    """The holder is SIGKILLed (with its installer) while its wheel download trickles; the next
+    worker holds the lease within expiry plus a margin, installs, and the fleet converges on
+    one install."""
+    bucket = seaweed.make_bucket()
+    remote = f"s3://{bucket}/cache"
+    expiry = 5.0
+    with serve(index, rate=40_000) as srv:  # tinya's 64 KiB wheel takes ~2 s
+        env = fleet_env(tmp_path, remote, seaweed.env(), srv.url + "/simple", hub.url, expiry)
+        reqs = tmp_path / "requirements.txt"
+        workers = [start_worker(tmp_path, f"k{i}", env, reqs) for i in range(3)]
+        deadline = time.monotonic() + 60
+        holder = None
+        while holder is None and time.monotonic() < deadline:
+            holder = next((w for w in workers if "installing tinya" in w.log()), None)
+            time.sleep(0.05)
+        assert holder is not None, [w.log() for w in workers]
+        os.killpg(holder.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        holder.proc.wait()
+        rest = [w for w in workers if w is not holder]
+        takeover = None
+        while takeover is None and time.monotonic() < killed + 60:
+            if any("this worker installs" in w.log() for w in rest):
+                takeover = time.monotonic() - killed
+            time.sleep(0.05)
+        assert takeover is not None and takeover <= expiry + expiry / 4 + 3, takeover
+        wait_all(rest)
+        for w in rest:
+            check_served(w)
+        assert sorted(w.result()["bootstrap"]["role"] for w in rest) == ["installed", "waited"]
+        heads = store_heads(remote, env, "packages")
+        assert len(heads) == 1 and {based_on(w, remote, "packages") for w in rest} == {
+            tuple(heads)}
+        # the dead holder's wheel fetch started, so the index saw at most two full downloads
+        assert wheel_downloads(srv).get("/files/tinyb-1.1-py3-none-any.whl", 0) <= 2
+
+
+def test_lease_elects_one_installer_when_conditional_requests_get_501(index, hub, seaweed,
+                                                                      tmp_path):
+    """Backblaze B2 has no conditional writes: through a proxy that answers If-Match /
+    If-None-Match with 501, the lease still elects one installer (it never sends one)."""
+    bucket = seaweed.make_bucket()
+    with fault_proxy(seaweed.endpoint) as proxy, serve(index) as srv:
+        proxy.add("reject_conditional", status=501)
+        server_env = {**seaweed.env(), "CACHE_SYNC_ENDPOINT_URL": proxy.endpoint}
+        remote = f"s3://{bucket}/cache"
+        env = fleet_env(tmp_path, remote, server_env, srv.url + "/simple", hub.url)
+        reqs = tmp_path / "requirements.txt"
+        workers = [start_worker(tmp_path, f"c{i}", env, reqs) for i in range(3)]
+        wait_all(workers)
+        for w in workers:
+            check_served(w)
+        assert sorted(w.result()["bootstrap"]["role"] for w in workers) == [
+            "installed", "waited", "waited"]
+        assert sum(wheel_downloads(srv).values()) == 2 and hub.total_downloads() == 2
+        assert any("/leases/bootstrap/" in s.path for s in proxy.requests)
+        assert proxy.conditional_requests() == []
+
+
+class _FakeHolder:
+    """Another worker holding the lease in a directory store: its claim is renewed by a thread
+    until ``stop``."""
+
+    def __init__(self, store_dir: Path) -> None:
+        import threading
+
+        from cache_sync.storage.local import LocalStore
+
+        self.store = LocalStore(str(store_dir))
+        self.store.put("leases/bootstrap/elsewhere-00000001.claim", b"{}")
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        while not self.done.wait(0.3):
+            self.store.put("leases/bootstrap/elsewhere-00000001.alive", b"{}")
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+    def claims(self) -> list[str]:
+        return sorted(i.key for i in self.store.list("leases/") if "elsewhere" not in i.key)
+
+
+def _waiter(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen, Path]:
+    env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off",
+           "CACHE_SYNC_LEASE_EXPIRY": "5", "RUNPOD_POD_ID": "waiter", **extra}
+    (tmp_path / "store").mkdir(exist_ok=True)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("tinya==1.0\n")
+    err = tmp_path / "err.log"
+    with open(err, "wb") as fe:
+        proc = subprocess.Popen([sys.executable, "-m", "cache_sync", "run", "--requirements",
+                                 str(reqs), "--", "true"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=fe)
+    return proc, err
+
+
+def test_a_waiting_worker_stops_at_once_on_sigterm_and_withdraws_its_claim(tmp_path):
+    holder = _FakeHolder(tmp_path / "store")
+    try:
+        proc, err = _waiter(tmp_path)
+        deadline = time.monotonic() + 30
+        while "waiting for worker elsewhere" not in err.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
+            time.sleep(0.05)
+        assert len(holder.claims()) >= 1  # the waiter's own place in the queue
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        assert time.monotonic() - sent < 3
+        assert "not started: SIGTERM" in err.read_text()
+        assert holder.claims() == []
+    finally:
+        holder.stop()
+
+
+def test_the_wait_is_bounded_one_line_and_exit_75(tmp_path):
+    holder = _FakeHolder(tmp_path / "store")
+    try:
+        proc, err = _waiter(tmp_path, CACHE_SYNC_LEASE_WAIT="2")
+        assert proc.wait(30) == 75
+        last = err.read_text().strip().splitlines()[-1]
+        assert last.startswith("cache-sync: error: gave up after 2s waiting for worker "
+                               "elsewhere") and "CACHE_SYNC_LEASE_WAIT" in last
+        assert "Traceback" not in err.read_text() and holder.claims() == []
+    finally:
+        holder.stop()
