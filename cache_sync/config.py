@@ -125,6 +125,7 @@ class Settings:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    s3_dialect: str = "auto"  # aws | b2 | compat (from_env resolves auto); storage/dialect.py
     areas: tuple[str, ...] = DEFAULT_AREAS
     transfers: int = 16
     retries: int = 5
@@ -137,6 +138,7 @@ class Settings:
     small_file: int = 4 * MiB
     keep: int = 5
     gc_grace: float = 24 * 3600.0
+    gc_window: float = 300.0
     progress: str = "auto"
     json: bool = False
     verbose: int = 0
@@ -153,7 +155,7 @@ class Settings:
     min_free: int = 512 * MiB
     min_free_os: int = 256 * MiB
     os_disk: str = "/"
-    push_pip: bool = False
+    push_pip: bool = True
     flash_attn_base_url: str = (
         "https://github.com/Dao-AILab/flash-attention/releases/download")
     # fleet (issue 11): see docs/design.md "Workers sharing a root"
@@ -167,6 +169,7 @@ class Settings:
     requirements: str | None = None
     hf_models: tuple[str, ...] = ()
     hf_models_hook: str | None = None
+    flash_attn: str | None = None  # a flash-attn version the bootstrap installs last
     lease_expiry: float = 60.0
     lease_settle: float = 2.0
     lease_wait: float = 1800.0
@@ -237,6 +240,7 @@ class Settings:
                 hint="write it as https://host[:port]",
             )
 
+        dialect = _s3_dialect(pick, env, endpoint, sources)
         key_id = env.get("AWS_ACCESS_KEY_ID") or env.get("B2_APPLICATION_KEY_ID")
         secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("B2_APPLICATION_KEY")
         if bool(env.get("B2_APPLICATION_KEY_ID")) != bool(env.get("B2_APPLICATION_KEY")):
@@ -276,6 +280,7 @@ class Settings:
             endpoint_url=endpoint,
             region=region,
             profile=pick("profile", "profile", "AWS_PROFILE"),
+            s3_dialect=dialect,
             areas=areas,
             transfers=num("transfers", _parse_int, 16, minimum=1),
             retries=num("retries", _parse_int, 5, minimum=1),
@@ -288,6 +293,7 @@ class Settings:
             small_file=num("small_file", _parse_size, 4 * MiB),
             keep=num("keep", _parse_int, 5, minimum=1),
             gc_grace=num("gc_grace", _parse_float, 24 * 3600.0),
+            gc_window=num("gc_window", _parse_float, 300.0, minimum=1.0),
             progress=progress,
             json=json_out,
             verbose=int(verbose),
@@ -316,6 +322,24 @@ class Settings:
         return rows
 
 
+def _s3_dialect(pick: Any, env: Mapping[str, str], endpoint: str | None,
+                sources: dict[str, str]) -> str:
+    """``CACHE_SYNC_S3_DIALECT`` (aws|b2|compat), or derived when unset or ``auto``."""
+    from cache_sync.storage.dialect import CHOICES, derive
+
+    chosen = (pick("s3_dialect", "s3_dialect") or "auto").strip().lower()
+    if chosen not in CHOICES:
+        raise ConfigError(f"CACHE_SYNC_S3_DIALECT={chosen!r} is invalid",
+                          hint="use " + "|".join(CHOICES))
+    if chosen != "auto":
+        return chosen
+    b2_vars = any(env.get(v) for v in ("B2_REGION", "B2_ENDPOINT", "B2_BUCKET")) or bool(
+        env.get("B2_APPLICATION_KEY_ID") and not env.get("AWS_ACCESS_KEY_ID"))
+    dialect, why = derive(endpoint, b2_vars)
+    sources["s3_dialect"] = f"auto: {why}"
+    return dialect
+
+
 def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
     """Settings of ``install`` and ``run`` (kept apart so the engine's settings merge cleanly)."""
     installer = pick("installer", "installer") or "auto"
@@ -330,13 +354,23 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free=num("min_free", _parse_size, 512 * MiB),
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
-        push_pip=num("push_pip", _parse_bool, False),
+        push_pip=num("push_pip", _parse_bool, True),
         overlap=num("overlap", _parse_bool, False),
         # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
                              ).rstrip("/"),
     )
+
+
+def sanitize_worker(worker: str) -> str:
+    """A worker id usable as a directory name."""
+    return (re.sub(r"[^A-Za-z0-9._-]", "_", worker).lstrip(".") or "worker")[:100]
+
+
+def process_worker_id() -> str:
+    """The worker id when nothing names one: ``<host>-<pid>`` of this process."""
+    return sanitize_worker(f"{socket.gethostname()}-{os.getpid()}")
 
 
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")  # what botocore itself accepts
@@ -373,17 +407,15 @@ def check_areas(chosen: Sequence[str], configured: Sequence[str]) -> None:
 
 def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:
     """Who this worker is on a shared root, and whether it runs inside RunPod."""
-    worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or (
-        f"{socket.gethostname()}-{os.getpid()}")
-    worker = re.sub(r"[^A-Za-z0-9._-]", "_", worker).lstrip(".") or "worker"
+    worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or process_worker_id()
     runpod_var = next((v for v in ("RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID") if env.get(v)), "")
-    return dict(
-        worker=worker[:100],
-        worker_grace=num("worker_grace", _parse_float, 900.0, minimum=1.0),
-        runpod_volume=env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
-        runpod_var=runpod_var,
-        allow_local=num("allow_local", _parse_bool, False),
-    )
+    return {
+        "worker": sanitize_worker(worker),
+        "worker_grace": num("worker_grace", _parse_float, 900.0, minimum=1.0),
+        "runpod_volume": env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
+        "runpod_var": runpod_var,
+        "allow_local": num("allow_local", _parse_bool, False),
+    }
 
 
 def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
@@ -393,6 +425,7 @@ def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
         requirements=pick("requirements", "requirements"),
         hf_models=tuple(m for m in models.replace(",", " ").split() if m),
         hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
+        flash_attn=pick("flash_attn", "flash_attn"),
         lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
         lease_settle=num("lease_settle", _parse_float, 2.0),
         lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),

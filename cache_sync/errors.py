@@ -53,6 +53,7 @@ class StorageError(CacheSyncError, OSError):
     """The bucket (or local store directory) failed an operation."""
 
     exit_code = 3
+    code = ""  # the store's own error code (e.g. AccessDenied, NoSuchBucket), when it gave one
 
 
 class TransientStorageError(StorageError):

@@ -21,8 +21,9 @@ import json
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -127,6 +128,37 @@ def probe(env: Mapping[str, str], python: str = sys.executable) -> Target | str:
         return f"torch is not importable ({data['error']})"
     return Target(data["torch"], data["cuda"], data["abi"], data["python"],
                   platform.machine(), platform.system())
+
+
+def last_spec(settings: Any, version: str | None, url: str | None,
+              base_env: Mapping[str, str], notes: list[str]) -> Callable[[Any], list[Any]]:
+    """The ``extra`` hook of ``install.install``: after the other specs are in, the flash-attn
+    wheel matching the torch just installed (or ``url``), optional and without deps; nothing
+    when neither ``version`` nor ``url`` is given. Why it was skipped goes into ``notes``."""
+    from cache_sync.envs import cache_env
+    from cache_sync.reqs import parse_spec
+
+    def extra(_installed: Any) -> list[Any]:
+        if not (version or url):
+            return []
+        chosen = url
+        if chosen is None:
+            target = probe(cache_env(settings, base_env))
+            if isinstance(target, str):
+                notes.append(f"flash-attn skipped: {target}")
+                return []
+            sel = select(version or DEFAULT_VERSION, target, settings.flash_attn_base_url)
+            if sel.url is None:
+                notes.append(f"flash-attn skipped: {sel.reason}")
+                return []
+            if sel.reason:
+                notes.append(sel.reason)
+            chosen = sel.url
+        notes.append(f"flash-attn wheel: {chosen.rsplit('/', 1)[-1]}")
+        return [parse_spec(chosen, optional=True, no_deps=True,
+                           timeout=settings.install_big_timeout)]
+
+    return extra
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,8 @@ from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import CacheSyncError, DiskSpaceError
 from cache_sync.imports_check import ImportResult, check_imports
 from cache_sync.reqs import Installed, Spec, SpecSet, top_level_modules
+from cache_sync.roles import install_cache_area
+from cache_sync.workers import scratch_dirs
 
 
 class InstallError(CacheSyncError):
@@ -120,7 +122,9 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
             return res
         if installed.satisfied(spec):
             return res
-        if invocation is None:
+        if invocation is None:  # the first spec that needs the installer
+            if opts.push:
+                _warm_installer_cache(settings, log)
             options = list(specset.options)
             if kind == "uv":
                 options = installer.pip_config_for_uv(env) + options
@@ -150,7 +154,8 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
     if opts.push and any(u.status == "installed" for u in report.units):
         from cache_sync.push import push  # the engine; imported late so install works without it
 
-        areas = ["packages", *(["pip"] if settings.push_pip else [])]
+        cache_area = install_cache_area(settings)
+        areas = ["packages", *([cache_area] if cache_area and settings.push_pip else [])]
         # `run --push-interval` may be pushing the same cache right now: wait for its lock.
         patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
         try:
@@ -158,6 +163,20 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
         except CacheSyncError as exc:  # keep the report: the packages are installed
             report.push_error = exc
     return report
+
+
+def _warm_installer_cache(settings: Settings, log: Callable[[str], None]) -> None:
+    """Pull ``pip/`` (the download cache) before the first installer run: a fleet's earlier
+    installs then cost a copy, not a download. Best effort: a cold cache only costs time."""
+    area = install_cache_area(settings)
+    if area is None:
+        return
+    from cache_sync.pull import pull
+
+    try:
+        pull(settings, [area])
+    except CacheSyncError as exc:
+        log(f"installing with a cold download cache: the pull of {area}/ failed: {exc}")
 
 
 def _info_dir(dist: Any) -> Any:
@@ -236,7 +255,7 @@ def _import_check(settings: Settings, units: list[UnitResult], explicit: Sequenc
     env = cache_env(settings, base_env)
     env = {**base_env, **env, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PIP_TARGET", None)
-    return check_imports(list(wanted.items()), env, tmpdir=settings.root / "tmp")
+    return check_imports(list(wanted.items()), env, tmpdir=scratch_dirs(settings)[0])
 
 
 def describe_failure(report: InstallReport) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from cache_sync.config import Settings
 from cache_sync.diskguard import Floor, Watch
 from cache_sync.envs import cache_env
+from cache_sync.workers import scratch_dirs
 
 # Variables that would send files elsewhere or make `--target` fail; removed from the child.
 _DROPPED = ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "PIP_USER", "PIP_NO_CACHE_DIR",
@@ -104,7 +105,7 @@ class Invocation:
 
     @property
     def log_path(self) -> str:
-        return str(self.settings.root / "tmp" / "pip-install.log")
+        return str(scratch_dirs(self.settings)[0] / "pip-install.log")
 
     def command(self, spec_text: str, *, no_deps: bool, budget: float) -> list[str]:
         root = self.settings.root

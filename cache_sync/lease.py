@@ -101,6 +101,19 @@ def interpret(infos: list[ObjectInfo], prefix: str, expiry: float) -> View:
     return view
 
 
+def describe(store: Store, name: str, expiry: float) -> dict[str, object] | None:
+    """For ``status``: who holds lease ``name``, how long since it renewed (store clock), who
+    waits; None when nobody is in it."""
+    prefix = f"{PREFIX}{name}/"
+    view = interpret(list(store.list(prefix)), prefix, expiry)
+    if view.first is None:
+        return None
+    return {"holder": view.first.worker,
+            "renewed_seconds_ago": round(view.now - view.first.alive, 1),
+            "waiting": [c.worker for c in view.live[1:]],
+            "expired": [c.worker for c in view.expired]}
+
+
 class Lease:
     """One candidate's side of the protocol. ``clock``/``sleep`` are injectable for tests."""
 

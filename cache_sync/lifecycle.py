@@ -1,6 +1,7 @@
 """``cache-sync run -- CMD``: the worker's supervisor.
 
-preflight (free space, fresh ``tmp/`` and ``build/``) -> pull the code areas (``packages/``,
+preflight (free space, a fresh ``tmp/<worker>/`` and ``build/<worker>/``, dead workers' dirs
+swept: ``workers.py``) -> pull the serving areas (``roles.py``): the code areas (``packages/``,
 ``deps/``) -> env -> start CMD while the data areas (``models/``) keep pulling in the
 background (the worker imports meanwhile and waits for them through ``cache_sync.readiness``)
 -> wait,
@@ -15,9 +16,9 @@ us, so every child is reaped (``waitpid(-1)``). Outside PID 1 we ask to be a chi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,8 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache_sync import diskguard, readiness
-from cache_sync.config import EPHEMERAL_DIRS, Settings
+from cache_sync import diskguard, readiness, workers
+from cache_sync.config import Settings
 from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import (
@@ -37,6 +38,7 @@ from cache_sync.errors import (
     ConfigError,
     DeadlineExceeded,
 )
+from cache_sync.roles import serving_areas
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
@@ -77,14 +79,6 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: orphans go to init as usual
         pass
-
-
-def wipe_ephemeral(settings: Settings, recreate: bool) -> None:
-    for name in EPHEMERAL_DIRS:
-        path = settings.root / name
-        shutil.rmtree(path, ignore_errors=True)
-        if recreate:
-            path.mkdir(parents=True, exist_ok=True)
 
 
 def exit_code_of(status: int) -> int:
@@ -156,7 +150,7 @@ class _PeriodicPush(threading.Thread):
             lock_timeout=min(self.settings.lock_timeout, self.interval))
         while not self.stop.wait(self.interval):
             try:
-                areas = list(self.settings.areas)
+                areas = serving_areas(self.settings)
                 if self.background is not None:
                     areas = self.background.complete(areas)
                 push(settings, areas, deadline=time.monotonic() + self.interval)
@@ -197,12 +191,15 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     # Handlers go in before the pull: as PID 1 an unhandled SIGTERM would be dropped, and a
     # signal during the pull must stop the worker from starting rather than be lost.
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
-    data = [a for a in settings.areas if a in DATA_AREAS] if opts.overlap and opts.pull else []
-    code = [a for a in settings.areas if a not in data]
+    serving = serving_areas(settings)  # never pip/: roles.py
+    data = [a for a in serving if a in DATA_AREAS] if opts.overlap and opts.pull else []
+    code = [a for a in serving if a not in data]
     status_file = settings.state_dir / f"ready-{os.getpid()}.json"
     background: _BackgroundPull | None = None
+    scratch = contextlib.ExitStack()
     try:
-        wipe_ephemeral(settings, recreate=True)
+        # this worker's own tmp/<worker>/ and build/<worker>/, its liveness marker, heartbeat
+        scratch.enter_context(workers.session(settings, owner=True))
         if opts.pull and code:
             result.pulled = [r.to_dict() for r in pull(settings, code)]
             log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled)
@@ -250,7 +247,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             periodic.stop.set()
             periodic.join(opts.push_timeout)
             result.periodic_pushes = periodic.count
-        areas = list(settings.areas)
+        areas = list(serving)
         if background is not None:
             # A worker that exits early leaves its background pull behind: wait for it within
             # the push budget; what is still pulling then is not pushed (and the thread dies
@@ -265,7 +262,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        wipe_ephemeral(settings, recreate=False)
+        scratch.close()
         status_file.unlink(missing_ok=True)
     return result
 

@@ -17,14 +17,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cache_sync import __version__
+from cache_sync import __version__, checkpoints
 from cache_sync.config import Settings
 from cache_sync.errors import CacheSyncError, DeadlineExceeded
 from cache_sync.fsutil import HASH_READ
+from cache_sync.gcmarks import PushClaim
 from cache_sync.layout import new_snapshot_id, object_key, snapshot_key
 from cache_sync.local_cache import AreaState, CacheState, cache_lock, scan
 from cache_sync.packer import FileChangedError, Packer, Uploader
@@ -100,14 +101,25 @@ def _push_area(settings: Settings, stores: _StoreOnDemand, cache: CacheState, ar
     store = stores.get()
     check_deadline(deadline, area)
     sent = upload(settings, store, cache, area, state, work, deadline)
-    rep.objects, rep.bytes, rep.files = sent.objects, sent.bytes, sent.files_read
-    if state.entries is not None and same_tree(sent.entries, state.entries):
-        rep.up_to_date = True  # files were touched but their contents are the same
-        rep.snapshot = state.based_on[-1] if state.based_on else None
-        return rep
-    check_deadline(deadline, area)
-    rep.snapshot = commit(store, cache, area, state, sent.entries)
-    rep.heads = [rep.snapshot]
+    try:
+        rep.files = sent.files_read
+        if state.entries is not None and same_tree(sent.entries, state.entries):
+            rep.objects, rep.bytes = sent.uploader.objects, sent.uploader.bytes
+            rep.up_to_date = True  # files were touched but their contents are the same
+            rep.snapshot = state.based_on[-1] if state.based_on else None
+            return rep
+        check_deadline(deadline, area)
+        snap_id = new_snapshot_id()
+        claim = PushClaim(store, f"{area}-{snap_id}")
+        claim_objects(claim, sent)
+        rep.objects, rep.bytes = sent.uploader.objects, sent.uploader.bytes
+        check_deadline(deadline, area)
+        commit(store, cache, area, state, sent.entries, snap_id, claim,
+               lambda: claim_objects(claim, sent))
+    finally:
+        sent.close()
+    rep.snapshot = snap_id
+    rep.heads = [snap_id]
     rep.seconds = time.monotonic() - t0
     return rep
 
@@ -133,17 +145,43 @@ def collect(area_dir: Path, cache: CacheState, area: str, *, clean_tmp: bool = T
 
 
 @dataclass
-class Uploaded:
-    entries: dict[str, Entry]  # the area's entries, every file with its blobs
-    objects: int
-    bytes: int
-    files_read: int
+class Upload:
+    """An upload in progress: the area's entries (every file with its blobs once uploaded)
+    and what it takes to upload again files whose objects gc deleted under the push."""
+
+    work: Collected
+    entries: dict[str, Entry]
+    known: Known
+    packer: Packer
+    uploader: Uploader
+    files_read: int = 0
+
+    def attach_blobs(self) -> None:
+        blobs = {**self.known, **self.packer.blobs}
+        for path, e in self.entries.items():
+            if e.kind == "f":
+                self.entries[path] = e.with_blobs(blobs[e.digest] if e.size else ())
+
+    def reupload(self, paths: list[str]) -> None:
+        """Read, pack and upload ``paths`` again (their objects are gone or going)."""
+        for p in paths:
+            self.known.pop(self.entries[p].digest, None)
+            self.packer.blobs.pop(self.entries[p].digest, None)
+        for p in paths:
+            self.entries[p] = _hash_and_pack(self.work.area_dir, self.work.local[p],
+                                             self.work.index, self.known, self.packer)
+        self.packer.flush()
+        self.uploader.wait()
+        self.attach_blobs()
+
+    def close(self) -> None:
+        self.uploader.close()
 
 
 def upload(settings: Settings, store: Store, cache: CacheState, area: str, state: AreaState,
-           work: Collected, deadline: float | None = None) -> Uploaded:
+           work: Collected, deadline: float | None = None) -> Upload:
     """Read the files the index cannot vouch for and upload every object the store lacks;
-    nothing here is visible to readers until ``commit``."""
+    nothing here is visible to readers until ``commit``. The caller closes the upload."""
     tree, index, local = work.tree, work.index, work.local
     base = state.entries
     known: Known = {e.digest: e.blobs for e in (base or {}).values() if e.kind == "f"}
@@ -176,18 +214,30 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
         raise
     finally:
         progress.close()
-    blobs = {**known, **packer.blobs}
-    for path, e in entries.items():
-        if e.kind == "f":
-            entries[path] = e.with_blobs(blobs[e.digest] if e.size else ())
+    sent = Upload(work, entries, known, packer, uploader, len(tree.to_hash))
+    sent.attach_blobs()
     cache.save_index(area, {p: r for p, r in index.items() if p in entries})
-    return Uploaded(entries, uploader.objects, uploader.bytes, len(tree.to_hash))
+    return sent
+
+
+def claim_objects(claim: PushClaim, sent: Upload) -> None:
+    """Claim every object the snapshot names (design 6.1): objects gc deleted or is deleting
+    are not named; the files that used them are read and uploaded again, then claimed anew."""
+    checkpoints.reached("push:uploaded")
+    while True:
+        missing = claim.claim({b.oid for e in sent.entries.values() for b in e.blobs})
+        if not missing:
+            return
+        sent.reupload(sorted(p for p, e in sent.entries.items()
+                             if any(b.oid in missing for b in e.blobs)))
 
 
 def commit(store: Store, cache: CacheState, area: str, state: AreaState,
-           entries: dict[str, Entry]) -> str:
-    """PUT the snapshot naming ``entries`` (the commit point), then record it locally;
-    returns its id."""
+           entries: dict[str, Entry], snap_id: str, claim: PushClaim,
+           claim_again: Callable[[], None]) -> None:
+    """PUT the snapshot ``snap_id`` naming ``entries`` (the commit point), then record it
+    locally. ``claim`` protects its objects from gc until the PUT; if it went stale,
+    ``claim_again`` renews it (and re-uploads what gc took) first."""
     parents = tuple(state.based_on)
     pending = cache.read_pending(area, store.url)
     if pending:
@@ -198,17 +248,21 @@ def commit(store: Store, cache: CacheState, area: str, state: AreaState,
         existing = {r.id for r in list_refs(store, area)}
         parents += tuple(p for p in pending if p in existing and p not in parents)
     snap = Snapshot(
-        id=new_snapshot_id(), area=area, parents=parents, entries=entries,
+        id=snap_id, area=area, parents=parents, entries=entries,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=socket.gethostname(),
         tool=f"cache-sync {__version__}",
     )
     data = encode(snap)
     cache.append_pending(area, store.url, snap.id)  # before the commit point: see above
+    checkpoints.reached("push:commit")
+    if not claim.fresh():  # the claim may have expired for gc: claim (and check) again
+        claim_again()
+        data = encode(replace(snap, entries=entries))
     store.put(snapshot_key(area, snap.id, snap.parents), data)  # the commit point
+    claim.release()  # only after the commit: from now on the snapshot protects its objects
     Manifests(store, cache).save(area, snap.id, data)
     cache.save_state(area, AreaState(store.url, (snap.id,), entries))
     cache.clear_journal(area)
-    return snap.id
 
 
 def still_stored(store: Store, journal: Known) -> Known:

@@ -4,10 +4,12 @@
 #   source scripts/setup-backblaze-storage.sh
 #
 # Checks the settings (naming what is missing, never printing a secret), creates the cache
-# layout, checks the bucket answers (cache-sync status), pulls, and exports the environment
+# layout, probes the bucket (cache-sync doctor: list/read/write/delete, the S3 dialect, latency,
+# throughput, the fix for anything refused; its table goes to stderr), pulls, and exports the environment
 # (TMPDIR, PIP_*, PYTHONPATH, HF_*, ...) into the calling shell. All logic is in cache-sync;
 # this file only wires variables. Returns (never exits the calling shell) with:
-#   0 ok, 2 settings missing, 3 bucket unreachable, other: cache-sync's own exit code.
+#   0 ok (also when only delete is refused: gc unavailable), 2 settings missing, 3 bucket
+#   unreachable or the key lacks list/read/write, other: cache-sync's own exit code.
 #
 # Variables: B2_BUCKET [B2_PREFIX=cache-sync] B2_APPLICATION_KEY_ID B2_APPLICATION_KEY B2_REGION
 #   or CACHE_SYNC_REMOTE=s3://bucket/prefix with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and
@@ -53,9 +55,9 @@ _cache_sync_setup() {
   local exports
   # `cache-sync env` creates the layout (packages/ pip/ models/ deps/ tmp/ build/) too.
   exports="$("${cs[@]}" env --shell bash)" || return $?
-  if ! "${cs[@]}" status >/dev/null; then
-    echo "setup-backblaze-storage: the bucket is not reachable with these settings" \
-      "(remote ${CACHE_SYNC_REMOTE}); see the error above" >&2
+  if ! "${cs[@]}" doctor --size "${CACHE_SYNC_DOCTOR_SIZE:-8M}" >&2; then
+    echo "setup-backblaze-storage: the bucket cannot serve this worker with these settings" \
+      "(remote ${CACHE_SYNC_REMOTE}); see the fixes in the table above" >&2
     return 3
   fi
   "${cs[@]}" pull || return $?

@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from cache_sync import flashattn
+from cache_sync import flashattn, workers
 from cache_sync.cli.output import Output
 from cache_sync.config import Settings
-from cache_sync.envs import cache_env
 from cache_sync.errors import CacheSyncError, ConfigError
 from cache_sync.install import InstallError, InstallOptions, describe_failure, install
-from cache_sync.reqs import Installed, Spec, SpecSet, parse_file, parse_spec
+from cache_sync.reqs import SpecSet, parse_file, parse_spec
 
 NAME = "install"
 HELP = "install packages into the cache (retries, timeouts, import check, push)"
@@ -83,27 +82,12 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         import_check=not args.no_import_check, push=not args.no_push)
     notes: list[str] = []
 
-    def flash(installed: Installed) -> list[Spec]:
-        if not (args.flash_attn or args.flash_attn_url):
-            return []
-        url = args.flash_attn_url
-        if url is None:
-            target = flashattn.probe(cache_env(settings, os.environ))
-            if isinstance(target, str):
-                notes.append(f"flash-attn skipped: {target}")
-                return []
-            sel = flashattn.select(args.flash_attn, target, settings.flash_attn_base_url)
-            if sel.url is None:
-                notes.append(f"flash-attn skipped: {sel.reason}")
-                return []
-            if sel.reason:
-                notes.append(sel.reason)
-            url = sel.url
-        notes.append(f"flash-attn wheel: {url.rsplit('/', 1)[-1]}")
-        return [parse_spec(url, optional=True, no_deps=True,
-                           timeout=settings.install_big_timeout)]
-
-    report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
+    flash = flashattn.last_spec(settings, args.flash_attn, args.flash_attn_url, os.environ,
+                                notes)
+    # Its own scratch dirs on a shared root; under `run` (CACHE_SYNC_WORKER inherited) the
+    # dirs are run's, and run cleans them.
+    with workers.session(settings, owner=workers.owns_its_id(settings)):
+        report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
     report.notes += notes
     error: CacheSyncError | None = None
     if report.failed_required:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from cache_sync import flashattn
 from cache_sync.cli.output import Output
 from cache_sync.config import Settings
 from cache_sync.errors import ConfigError
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-model", action="append", default=[], metavar="REPO[@REV][:GLOBS]",
                    help="bootstrap: a Hub model downloaded into HF_HUB_CACHE when missing "
                    "(repeatable) [CACHE_SYNC_HF_MODELS]")
+    p.add_argument("--flash-attn", nargs="?", const=flashattn.DEFAULT_VERSION, default=None,
+                   metavar="VERSION", help="bootstrap: after the requirements, optionally, the "
+                   "prebuilt flash-attn wheel matching the installed torch [CACHE_SYNC_FLASH_ATTN]")
     p.add_argument("--no-pull", action="store_true", help="skip the pull before CMD")
     p.add_argument("--no-push", action="store_true", help="skip pushes")
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
     if args.requirements:
         settings = settings.with_overrides(requirements=args.requirements)
+    if args.flash_attn:
+        settings = settings.with_overrides(flash_attn=args.flash_attn)
     if args.hf_model:
         settings = settings.with_overrides(hf_models=(*settings.hf_models, *args.hf_model))
     opts = RunOptions(cmd=cmd, pull=not args.no_pull, push=not args.no_push,

@@ -22,7 +22,7 @@ from cache_sync.config import Settings, check_areas
 from cache_sync.errors import CacheSyncError
 
 # Command modules, in the order `--help` lists them.
-COMMANDS = ("pull", "push", "status", "log", "verify", "gc", "env", "install", "run")
+COMMANDS = ("pull", "push", "status", "log", "verify", "gc", "doctor", "env", "install", "run")
 
 EXIT_OK = 0
 EXIT_ERROR = 1

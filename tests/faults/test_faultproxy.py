@@ -10,7 +10,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
-from tests.support.faultproxy import FaultProxy, fault_proxy
+from tests.support.faultproxy import B2Mode, FaultProxy, _capability, fault_proxy
 from tests.support.s3servers import S3Server
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, every byte position distinguishable
@@ -144,6 +144,89 @@ def test_reject_conditional_headers(moto, bucket):
         c.put_object(Bucket=bucket, Key="plain", Body=b"y")
         assert [s.path for s in p.conditional_requests()] == [f"/{bucket}/cond"]
         assert p.injected["reject_conditional"] == 1
+
+
+def _b2_error(exc: pytest.ExceptionInfo) -> tuple[int, str, str]:
+    r = exc.value.response
+    return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"], r["Error"]["Message"]
+
+
+def test_b2_mode_refuses_what_b2_refuses(moto, bucket):
+    """Flexible checksums, conditional writes and an MD5-less DeleteObjects get B2's replies;
+    plain requests pass untouched."""
+    with fault_proxy(moto.endpoint, b2=B2Mode()) as p:
+        c = client(moto, p.endpoint)
+        c.put_object(Bucket=bucket, Key="k/plain", Body=b"y")
+        assert read_all(c, bucket, "k/plain") == b"y"
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket=bucket, Key="k/sha", Body=b"x", ChecksumAlgorithm="SHA256")
+        status, code, msg = _b2_error(e)
+        assert (status, code) == (400, "InvalidArgument")
+        assert msg.startswith("Unsupported header 'x-amz-") and "for this API call" in msg
+        with pytest.raises(ClientError) as e:  # botocore 1.44 on DeleteObjects: CRC32, no MD5
+            c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "k/plain"}]})
+        assert _b2_error(e)[:2] == (400, "InvalidArgument")
+        assert "x-amz-checksum-crc32" in _b2_error(e)[2] or "checksum-algorithm" in _b2_error(e)[2]
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket=bucket, Key="k/cond", Body=b"x", IfNoneMatch="*")
+        assert _b2_error(e)[:2] == (501, "NotImplemented")
+        with pytest.raises(ClientError) as e:
+            c.get_object(Bucket=bucket, Key="k/plain", ChecksumMode="ENABLED")
+        assert "x-amz-checksum-mode" in _b2_error(e)[2]
+        assert {s.fault for s in p.b2_refusals()} == {"b2_unsupported_header", "b2_conditional"}
+
+
+def test_b2_mode_wants_content_md5_on_delete_objects(moto, bucket):
+    with fault_proxy(moto.endpoint, b2=B2Mode()) as p:
+        c = client(moto, p.endpoint)
+        # no checksum header at all (what a compatible client sends, minus the MD5)
+        c.meta.events.register("before-sign.s3.DeleteObjects", _strip_checksums)
+        with pytest.raises(ClientError) as e:
+            c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "objects/ab/blob"}]})
+        assert _b2_error(e)[:2] == (400, "InvalidRequest")
+        assert [s.fault for s in p.b2_refusals()] == ["b2_missing_md5"]
+
+
+def _strip_checksums(request, **_):
+    for h in [h for h in request.headers if h.lower().startswith(("x-amz-checksum",
+                                                                  "x-amz-sdk-checksum"))]:
+        del request.headers[h]
+
+
+def test_b2_mode_plays_a_key_without_a_capability(moto, bucket):
+    with fault_proxy(moto.endpoint, b2=B2Mode(deny=frozenset({"delete", "list"}))) as p:
+        c = client(moto, p.endpoint)
+        assert read_all(c, bucket, "objects/ab/blob") == DATA
+        for call in (lambda: c.delete_object(Bucket=bucket, Key="objects/ab/blob"),
+                     lambda: c.list_objects_v2(Bucket=bucket, Prefix="objects/")):
+            with pytest.raises(ClientError) as e:
+                call()
+            assert _b2_error(e) == (403, "AccessDenied", "not entitled")
+        assert p.injected["b2_denied"] == 2 and not p.b2_refusals()
+    assert [_capability(m, path) for m, path in [
+        ("GET", "/b?list-type=2&prefix=x"), ("GET", "/b/k"), ("HEAD", "/b/k"), ("PUT", "/b/k"),
+        ("POST", "/b?delete"), ("DELETE", "/b/k"), ("POST", "/b/k?uploads")]] == [
+        "list", "read", "read", "write", "delete", "delete", "write"]
+
+
+def test_b2_mode_answers_bursts_with_503_and_retry_after(moto, bucket):
+    import concurrent.futures
+
+    with fault_proxy(moto.endpoint, b2=B2Mode(burst=1, retry_after=2)) as p:
+        p.add("delay", seconds=0.3)  # hold each request so they overlap
+        c = client(moto, p.endpoint)
+
+        def head(_):
+            try:
+                c.head_object(Bucket=bucket, Key="objects/ab/blob")
+                return None
+            except ClientError as exc:
+                return exc.response["ResponseMetadata"]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            errors = [m for m in pool.map(head, range(4)) if m]
+        assert errors and all(m["HTTPStatusCode"] == 503 for m in errors)
+        assert all(m["HTTPHeaders"]["retry-after"] == "2" for m in errors)
+        assert p.injected["b2_burst"] == len(errors) < 4
 
 
 def test_seeded_probability_is_reproducible(moto, bucket):

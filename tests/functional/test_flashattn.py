@@ -107,6 +107,34 @@ def test_install_flash_attn_probes_torch_in_packages(tmp_path):
     assert [u["status"] for u in json.loads(p.stdout)["units"]] == ["satisfied", "satisfied"]
 
 
+def test_bootstrap_installs_flash_attn_last(tmp_path):
+    """`run --requirements FILE --flash-attn VER`: the bootstrapping worker installs FILE, then
+    the matching flash-attn wheel, before the command starts."""
+    py = "%d%d" % sys.version_info[:2]
+    name = f"flash_attn-2.8.3+cu12torch2.6cxx11abiFALSE-cp{py}-cp{py}-linux_x86_64.whl"
+    idx = build_index(tmp_path / "idx", [_fake_torch(tmp_path, "12.4")])
+    fa = make_wheel(tmp_path / "fa", "flash_attn", "2.8.3+cu12torch2.6cxx11abiFALSE",
+                    {"flash_attn/__init__.py": "__version__ = '2.8.3'\n"})
+    (idx / "v2.8.3").mkdir()
+    (idx / "v2.8.3" / name).write_bytes(fa.read_bytes())
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("torch==2.6.0\n")
+    with serve(idx) as srv:
+        env = {**hermetic_env(tmp_path, srv.url + "/simple"), "CACHE_SYNC_INSTALLER": "pip",
+               "CACHE_SYNC_FLASH_ATTN_BASE_URL": srv.url, "CACHE_SYNC_PROGRESS": "off"}
+        p = subprocess.run([sys.executable, "-m", "cache_sync", "--json", "run", "--requirements",
+                            str(reqs), "--flash-attn", "2.8.3", "--", sys.executable, "-c",
+                            "import flash_attn, torch; print(flash_attn.__version__)"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    child_line, _, doc = p.stdout.partition("\n")
+    boot = json.loads(doc)["bootstrap"]
+    assert boot["role"] == "installed"
+    assert boot["installed"] == ["torch==2.6.0", "flash-attn==2.8.3+cu12torch2.6cxx11abiFALSE"]
+    assert child_line == "2.8.3"
+    assert f"flash-attn wheel: {name}" in p.stderr
+
+
 def test_install_flash_attn_skipped_for_cpu_torch(tmp_path):
     idx = build_index(tmp_path / "idx", [_fake_torch(tmp_path, None)])
     with serve(idx) as srv:

@@ -261,13 +261,15 @@ def test_nothing_lands_in_tmpdir_or_home(index, tmp_path, tiny_dir, installer):
     assert snapshot() == before
 
 
-def test_install_pushes_packages_so_a_second_worker_needs_no_install(index, tmp_path):
+@pytest.mark.parametrize("remote", ["local", "seaweedfs-b2"], indirect=True)
+def test_install_pushes_packages_so_a_second_worker_needs_no_install(index, tmp_path, remote):
+    url, extra = remote
     with serve(index) as srv:
-        env = hermetic_env(tmp_path, srv.url + "/simple")
+        env = {**hermetic_env(tmp_path, srv.url + "/simple"), **extra, "CACHE_SYNC_REMOTE": url}
         env["CACHE_SYNC_PROGRESS"] = "off"
         p = cli(env, "--json", "install", "--installer", "pip", "beta")
         assert p.returncode == 0, p.stderr
-        assert [r["area"] for r in js(p)["pushed"]] == ["packages"]
+        assert [r["area"] for r in js(p)["pushed"]] == ["packages", "pip"]  # roles: pip too
         served = len(srv.requests)
         second = {**env, "CACHE_SYNC_ROOT": str(tmp_path / "second")}
         assert cli(second, "pull", "packages").returncode == 0

@@ -106,7 +106,7 @@ def test_worker_flow_setup_install_run_then_second_worker(moto, tmp_path):
             "B2_APPLICATION_KEY_ID": moto.access_key, "B2_APPLICATION_KEY": moto.secret_key,
             "CACHE_SYNC_ENDPOINT_URL": moto.endpoint, "AWS_REGION": moto.region,
             "RUNPOD_REQUIREMENTS": str(req), "FLASH_ATTN_VERSION": "none",
-            "RUNPOD_CHECK_IMPORTS": "workerapp",
+            "RUNPOD_CHECK_IMPORTS": "workerapp", "CACHE_SYNC_DOCTOR_SIZE": "1M",
         })
         flow = (f"source {SETUP} || exit 90\n"
                 f"{INSTALL} --installer pip || exit 91\n"
@@ -114,6 +114,7 @@ def test_worker_flow_setup_install_run_then_second_worker(moto, tmp_path):
                 'workerdep, tempfile; print(workerdep.OK, tempfile.gettempdir())"')
         first = bash(flow, {**base, "CACHE_SYNC_ROOT": str(tmp_path / "w1")})
         assert first.returncode == 0, first.stdout + first.stderr
+        assert "verdict: ok" in first.stderr and "batch delete" in first.stderr  # doctor ran
         assert f"yes {tmp_path / 'w1' / 'tmp'}" in first.stdout
         assert "workerapp" in first.stdout and "installed" in first.stdout
         served = len(srv.requests)

@@ -16,6 +16,11 @@ injects one fault instead:
   reject_conditional  501 NotImplemented for any request carrying If-Match/If-None-Match, as
                on a store without conditional writes (Backblaze B2)
 
+With ``b2=B2Mode(...)`` the proxy also behaves as Backblaze B2's S3-compatible API is
+documented to (see ``B2Mode``): it refuses unsupported headers, conditional writes and a
+DeleteObjects without Content-MD5 the way B2 does, answers bursts with 503 SlowDown +
+Retry-After, and can play a key that lacks a capability (403 AccessDenied).
+
 Rules match on method, a key substring, presence of a Range header, the request ordinal among
 matching requests (``skip``/``times``) and a seeded probability. ``on_request(n, method,
 path)`` sees every request first; if it returns true the request is dropped (RST). The proxy stops by itself
@@ -78,6 +83,85 @@ class Rule:
         return self.kind != "reject_conditional" or any(h in headers for h in CONDITIONAL)
 
 
+# Backblaze's "Unsupported Features" of its S3-compatible API: every flexible-checksum header.
+B2_UNSUPPORTED_HEADERS = ("x-amz-checksum-crc32", "x-amz-checksum-crc32c",
+                          "x-amz-checksum-crc64nvme", "x-amz-checksum-sha1",
+                          "x-amz-checksum-sha256", "x-amz-checksum-algorithm",
+                          "x-amz-sdk-checksum-algorithm", "x-amz-checksum-mode")
+# What B2's refusals look like to a client, and which of them mean "the client broke the
+# dialect" (as opposed to weather: a burst, or a key the test chose to cripple).
+B2_PROTOCOL_REFUSALS = ("b2_unsupported_header", "b2_conditional", "b2_missing_md5")
+CAPABILITIES = ("list", "read", "write", "delete")
+
+
+@dataclass
+class B2Mode:
+    """Backblaze B2's S3-compatible API, as far as its published documentation and observed
+    replies go:
+
+    - any header from B2_UNSUPPORTED_HEADERS (or another ``x-amz-checksum-*``): 400
+      InvalidArgument ``Unsupported header '<name>' received for this API call.``
+    - If-Match / If-None-Match on a write (PUT, POST): 501 NotImplemented ``A header you
+      provided implies functionality that is not implemented`` (no conditional writes);
+    - DeleteObjects (POST ?delete) without Content-MD5: 400 InvalidRequest;
+    - more than ``burst`` requests in flight at once: 503 SlowDown with ``Retry-After``
+      (``burst_times`` bounds how many; B2 sends this when a storage node is busy);
+    - ``deny``: capabilities the application key lacks (list, read, write, delete -- B2's
+      listFiles, readFiles, writeFiles, deleteFiles): 403 AccessDenied ``not entitled``.
+    """
+
+    burst: int = 0                      # 0: no burst limit
+    burst_times: int | None = None      # at most this many 503s (None: unbounded)
+    retry_after: int = 1
+    deny: frozenset[str] = frozenset()
+    in_flight: int = field(default=0, init=False)
+    bursts: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.deny = frozenset(self.deny)
+        unknown = self.deny - set(CAPABILITIES)
+        if unknown:
+            raise ValueError(f"unknown capabilities {sorted(unknown)}")
+
+    def refusal(self, method: str, path: str, headers: dict[str, str]
+                ) -> tuple[str, int, str, str, dict[str, str]] | None:
+        """(kind, status, code, message, extra headers) when B2 would refuse, else None.
+        Called under the proxy's lock with the request already counted in ``in_flight``."""
+        for name in headers:
+            if name in B2_UNSUPPORTED_HEADERS or name.startswith("x-amz-checksum-"):
+                return ("b2_unsupported_header", 400, "InvalidArgument",
+                        f"Unsupported header '{name}' received for this API call.", {})
+        if method in ("PUT", "POST") and any(h in headers for h in CONDITIONAL):
+            return ("b2_conditional", 501, "NotImplemented",
+                    "A header you provided implies functionality that is not implemented", {})
+        capability = _capability(method, path)
+        if capability in self.deny:
+            return ("b2_denied", 403, "AccessDenied", "not entitled", {})
+        if capability == "delete" and method == "POST" and "content-md5" not in headers:
+            return ("b2_missing_md5", 400, "InvalidRequest",
+                    "Missing required header for this request: Content-MD5", {})
+        if self.burst and self.in_flight > self.burst and (
+                self.burst_times is None or self.bursts < self.burst_times):
+            self.bursts += 1
+            return ("b2_burst", 503, "SlowDown", "Please reduce your request rate.",
+                    {"Retry-After": str(self.retry_after)})
+        return None
+
+
+def _capability(method: str, path: str) -> str:
+    """Which B2 key capability a request needs (path-style addressing)."""
+    route, _, query = path.partition("?")
+    params = {p.split("=", 1)[0] for p in query.split("&") if p}
+    object_level = "/" in route.strip("/")
+    if method == "DELETE" or (method == "POST" and "delete" in params):
+        return "delete"
+    if method in ("PUT", "POST"):
+        return "write"
+    if method == "GET" and not object_level:
+        return "list"
+    return "read"
+
+
 @dataclass
 class Seen:
     """One request as the proxy saw it (for assertions: which headers did the client send?)."""
@@ -92,7 +176,8 @@ class Seen:
 class FaultProxy:
     def __init__(self, upstream: str, *, seed: int = 0, max_seconds: float = 300.0,
                  max_requests: int = 100_000,
-                 on_request: Callable[[int, str, str], object] | None = None) -> None:
+                 on_request: Callable[[int, str, str], object] | None = None,
+                 b2: B2Mode | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
@@ -101,6 +186,7 @@ class FaultProxy:
         self.max_seconds = max_seconds
         self.max_requests = max_requests
         self.on_request = on_request
+        self.b2 = b2
         self.injected: Counter[str] = Counter()
         self.requests: list[Seen] = []
         self.lock = threading.Lock()
@@ -131,10 +217,22 @@ class FaultProxy:
     def conditional_requests(self) -> list[Seen]:
         return [s for s in self.requests if any(h in s.headers for h in CONDITIONAL)]
 
-    def _pick(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, Rule | None]:
-        """Record the request and choose at most one rule (first match wins)."""
+    def b2_refusals(self, kinds: tuple[str, ...] = B2_PROTOCOL_REFUSALS) -> list[Seen]:
+        """Requests the B2 mode refused for one of ``kinds`` (default: dialect violations)."""
+        return [s for s in self.requests if s.fault in kinds]
+
+    def _pick(self, method: str, path: str, headers: dict[str, str]
+              ) -> tuple[int, Rule | None, tuple | None]:
+        """Record the request; B2's own refusals come first, then at most one rule (first
+        match wins)."""
         with self.lock:
             n = len(self.requests) + 1
+            if self.b2 is not None:
+                refusal = self.b2.refusal(method, path, headers)
+                if refusal is not None:
+                    self.injected[refusal[0]] += 1
+                    self.requests.append(Seen(n, method, path, headers, refusal[0]))
+                    return n, None, refusal
             chosen = None
             for rule in self.rules:
                 if not rule.matches(method, path, headers):
@@ -151,7 +249,7 @@ class FaultProxy:
                 chosen = rule
                 break
             self.requests.append(Seen(n, method, path, headers, chosen.kind if chosen else None))
-        return n, chosen
+        return n, chosen, None
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -211,7 +309,23 @@ class _Handler(BaseHTTPRequestHandler):
         if p.stopped.is_set():
             self._reset()
             return
-        n, rule = p._pick(self.command, self.path, headers)
+        b2 = p.b2
+        if b2 is not None:
+            with p.lock:
+                b2.in_flight += 1
+        try:
+            self._serve(p, headers, body)
+        finally:
+            if b2 is not None:
+                with p.lock:
+                    b2.in_flight -= 1
+
+    def _serve(self, p: FaultProxy, headers: dict[str, str], body: bytes) -> None:
+        n, rule, refusal = p._pick(self.command, self.path, headers)
+        if refusal is not None:
+            _, status, code, message, extra = refusal
+            self._error(status, code, message, extra)
+            return
         hook = p.on_request
         if hook is not None and hook(n, self.command, self.path):
             self._reset()  # the hook asked to drop this request (e.g. its client was killed)
