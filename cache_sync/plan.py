@@ -14,7 +14,7 @@ from typing import Any
 
 from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
-Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, sha256]
+Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
 
 
 @dataclass(slots=True)
@@ -31,15 +31,17 @@ class LocalItem:
     target: str = ""
 
     def stat_key(self) -> list[int]:
-        # Like rsync (size + mtime) plus the inode; ctime is left out because renaming a
-        # freshly written file into place changes it, which would cost a stat per file.
-        return [self.size, self.mtime_ns, self.ino]
+        # Like git: size, mtime, inode and ctime. mtime alone misses an in-place edit whose
+        # writer restores the mtime (tar, rsync -t, cp -p, a test fixture); ctime cannot be set
+        # from user space. A pull therefore records each file's stat after its last rename.
+        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
 
 
 def index_record(st: os.stat_result, digest: str, size: int | None = None) -> list[Any]:
     """The stat index's record of a file whose contents (``size`` bytes, as read) hash to
-    ``digest``."""
-    return [st.st_size if size is None else size, st.st_mtime_ns, st.st_ino, digest]
+    ``digest``; ``st`` must be taken after the file's last rename (a rename changes ctime)."""
+    return [st.st_size if size is None else size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+            digest]
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -47,8 +49,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
     if item is None or item.kind != "f":
         return None
     rec = index.get(item.path)
-    if rec and len(rec) == 4 and rec[:3] == item.stat_key():
-        return str(rec[3])
+    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
+        return str(rec[4])
     return None
 
 

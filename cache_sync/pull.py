@@ -119,7 +119,7 @@ def apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir:
                         enabled=progress_enabled(settings.progress, settings.json))
 
     def done(e: Entry, final: str, st: os.stat_result) -> None:
-        index[e.path] = index_record(st, e.digest)
+        index[e.path] = index_record(os.lstat(final), e.digest)  # after the rename (ctime)
         progress.add(files=1)
 
     fetcher = Fetcher(store, root, settings.transfers, settings.retries, done,
@@ -144,8 +144,8 @@ def apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir:
                         digest=e.digest)
             index[e.path] = index_record(os.lstat(final), e.digest)
         else:
-            index[e.path] = index_record(
-                write_atomic(final, b"", mode=e.mode, mtime_ns=e.mtime_ns), e.digest)
+            write_atomic(final, b"", mode=e.mode, mtime_ns=e.mtime_ns)
+            index[e.path] = index_record(os.lstat(final), e.digest)
     for e in plan.meta:
         p = os.path.join(root, e.path)
         os.chmod(p, e.mode)
