@@ -17,10 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cache_sync.config import Settings
+from cache_sync.contents import SmallFiles
 from cache_sync.errors import DeadlineExceeded, DiskSpaceError
 from cache_sync.fsutil import copy_atomic, free_bytes, hash_file, symlink_atomic, write_atomic
 from cache_sync.local_cache import AreaState, CacheState, cache_lock, scan
-from cache_sync.plan import Index, PullPlan, index_record, plan_pull
+from cache_sync.plan import (
+    Index,
+    LocalItem,
+    PullPlan,
+    index_record,
+    local_entries,
+    local_head,
+    plan_pull,
+)
 from cache_sync.progress import Progress
 from cache_sync.progress import enabled as progress_enabled
 from cache_sync.repo import Manifests, current_state, open_checked, resolve_areas
@@ -28,6 +37,7 @@ from cache_sync.results import AreaReport
 from cache_sync.snapshot import Entry
 from cache_sync.storage import Store
 from cache_sync.transfer import Fetcher
+from cache_sync.units import merger
 
 RESERVE = 64 << 20  # never fill the disk to the last byte
 
@@ -41,21 +51,23 @@ def check_deadline(deadline: float | None, area: str) -> None:
 
 
 def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: bool = False,
-         deadline: float | None = None) -> list[AreaReport]:
+         deadline: float | None = None, discard_local: bool = False) -> list[AreaReport]:
     """Pull each area; ``deadline`` (``time.monotonic()``) bounds the whole call: it is
-    checked before each area, before any file is written, and before each request."""
+    checked before each area, before any file is written, and before each request. Local
+    changes not yet pushed are merged in as the newest head unless ``discard_local``."""
     chosen = resolve_areas(settings, areas)
     settings.root.mkdir(parents=True, exist_ok=True)
     with cache_lock(settings.root, settings.lock_timeout):
         store = open_checked(settings)
         cache = CacheState(settings.root)
         manifests = Manifests(store, cache)
-        return [_pull_area(settings, store, cache, manifests, a, dry_run, deadline)
-                for a in chosen]
+        return [_pull_area(settings, store, cache, manifests, a, dry_run, deadline,
+                           discard_local) for a in chosen]
 
 
 def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: Manifests,
-               area: str, dry_run: bool, deadline: float | None) -> AreaReport:
+               area: str, dry_run: bool, deadline: float | None,
+               discard_local: bool = False) -> AreaReport:
     t0 = time.monotonic()
     check_deadline(deadline, area)
     rep = AreaReport(area, "pull", dry_run=dry_run)
@@ -70,7 +82,19 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     area_dir = settings.area_path(area)
     local = scan(area_dir, clean_tmp=not dry_run)
     index = cache.load_index(area)
-    plan = plan_pull(target, local, index, state.entries or {})
+    remote = target  # what the state records: the store's merge, never local changes
+    tracked = state.entries or {}  # paths the pull may remove when the target lacks them
+    if state.entries is not None and discard_local:
+        tracked = {**state.entries, **local_entries(local, index).entries}
+    elif state.entries is not None:
+        # Local changes not yet pushed take part in the merge as the newest head (5.2).
+        head, rep.local_changes = local_head(state.entries, hashed_tree(area_dir, local, index))
+        if rep.local_changes:
+            target = merger(area, SmallFiles(store, area_dir))(state.entries, remote, head)
+            tracked = {**state.entries, **head}
+            rep.note = (f"kept {rep.local_changes} local change(s) not yet pushed; "
+                        "push publishes them")
+    plan = plan_pull(target, local, index, tracked)
     if dry_run:
         summary = plan.summary()
         rep.files, rep.bytes = summary["fetch_files"], summary["fetch_bytes"]
@@ -82,10 +106,29 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     fresh = dict(plan.keep)
     fresh.update(apply(settings, store, plan, area, area_dir, rep, deadline))
     cache.save_index(area, {p: r for p, r in fresh.items() if p in target})
-    cache.save_state(area, AreaState(store.url, tuple(heads), target))
+    cache.save_state(area, AreaState(store.url, tuple(heads), remote))
     rep.up_to_date = plan.changes == 0
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def hashed_tree(area_dir: Path, local: dict[str, LocalItem], index: Index) -> dict[str, Entry]:
+    """The local tree as entries, hashing the files the stat index cannot vouch for (those a
+    push would read too) and recording them in ``index`` so that push does not read them
+    again. A file that vanishes meanwhile is left out."""
+    tree = local_entries(local, index)
+    for item in tree.to_hash:
+        path = str(area_dir / item.path)
+        try:
+            st = os.lstat(path)
+            digest = hash_file(path)
+        except FileNotFoundError:
+            del tree.entries[item.path]
+            continue
+        index[item.path] = index_record(st, digest)
+        e = tree.entries[item.path]
+        tree.entries[item.path] = Entry(e.path, "f", e.mode, st.st_mtime_ns, st.st_size, digest)
+    return tree.entries
 
 
 def check_space(area: str, area_dir: Path, need: int) -> None:

@@ -25,6 +25,7 @@ class AreaReport:
     seconds: float = 0.0
     note: str = ""
     skipped: list[str] = field(default_factory=list)
+    local_changes: int = 0  # pull: unpushed local changes merged as the newest head
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
