@@ -158,14 +158,14 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
     if report.failed_required:
         return report
     if opts.push and any(u.status == "installed" for u in report.units):
-        from cache_sync import sync  # the engine; imported late so install works without it
+        from cache_sync.push import push  # the engine; imported late so install works without it
 
         cache_area = install_cache_area(settings)
         areas = ["packages", *([cache_area] if cache_area and settings.push_pip else [])]
         # `run --push-interval` may be pushing the same cache right now: wait for its lock.
         patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
         try:
-            report.pushed = [r.to_dict() for r in sync.push(patient, areas)]
+            report.pushed = [r.to_dict() for r in push(patient, areas)]
         except CacheSyncError as exc:  # keep the report: the packages are installed
             report.push_error = exc
     return report
@@ -177,10 +177,10 @@ def _warm_installer_cache(settings: Settings, log: Callable[[str], None]) -> Non
     area = install_cache_area(settings)
     if area is None:
         return
-    from cache_sync import sync
+    from cache_sync.pull import pull
 
     try:
-        sync.pull(settings, [area])
+        pull(settings, [area])
     except CacheSyncError as exc:
         log(f"installing with a cold download cache: the pull of {area}/ failed: {exc}")
 
