@@ -119,13 +119,22 @@ def tmp_name(directory: str) -> str:
     return f"{directory}/{_TMP_RUN}{next(_tmp_seq)}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """``durable``: fsync the file and its directory (a journal that must survive a crash)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(str(path.parent))
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -188,10 +197,23 @@ class CacheState:
             return AreaState(remote=remote)
         return AreaState(remote, tuple(doc.get("based_on", ())), entries)
 
-    def save_state(self, area: str, st: AreaState) -> None:
+    def save_state(self, area: str, st: AreaState, *, name: str = "state") -> None:
         rows = [e.to_row() for e in sorted((st.entries or {}).values(), key=lambda e: e.path)]
         doc = {"remote": st.remote, "based_on": list(st.based_on), "entries": rows}
-        write_atomic(self.dir / f"{area}.state.zst", _dump(doc))
+        write_atomic(self.dir / f"{area}.{name}.zst", _dump(doc), durable=name != "state")
+
+    def save_next_state(self, area: str, st: AreaState) -> None:
+        """The state a pull's final phase leads to (see ``apply.py``)."""
+        self.save_state(area, st, name="state.next")
+
+    def promote_next_state(self, area: str) -> AreaState | None:
+        """Make the next state the state; returns it (None if there was none)."""
+        nxt = self.dir / f"{area}.state.next.zst"
+        doc = _load(nxt)
+        if not isinstance(doc, dict):
+            return None
+        os.replace(nxt, self.dir / f"{area}.state.zst")
+        return self.load_state(area, doc.get("remote", ""))
 
     def load_index(self, area: str) -> dict[str, list[Any]]:
         doc = _load(self.dir / f"{area}.index.zst")
@@ -285,6 +307,9 @@ def cache_lock(root: Path, timeout: float = 0.0) -> Iterator[None]:
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}".encode(), 0)
+        from cache_sync.apply import roll_forward  # apply builds on this module
+
+        roll_forward(root)  # a pull killed in its final phase is finished before anything else
         yield
     finally:
         os.close(fd)  # releases the flock
