@@ -67,6 +67,8 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
                 make_fetcher: Callable[[str, Callable[[Entry], None]], Fetcher]) -> Staged:
     """Phase 1: every file the plan writes, verified, into ``stage``. Reads the area, never
     writes it. ``make_fetcher(stage root, on_file)`` builds the fetcher."""
+    from cache_sync.sync import hash_file  # noqa: PLC0415 - moves to fsutil with the split
+
     root = str(area_dir)
     clear(stage)
     stage.mkdir(parents=True)
@@ -104,6 +106,8 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
 
 def _copy(src: str, final: str, e: Entry) -> None:
     """A verified copy of ``src`` (or an empty file) at ``final``, with mode and mtime."""
+    from cache_sync.sync import hash_file  # noqa: PLC0415 - moves to fsutil with the split
+
     tmp = tmp_name(os.path.dirname(final))
     try:
         if src:

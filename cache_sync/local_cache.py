@@ -88,17 +88,20 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
                         with contextlib.suppress(OSError):
                             os.unlink(de.path)
                     continue
-                st = de.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISDIR(mode):
-                    items[rel] = item_from_stat(rel, st)
-                    stack.append((rel, de.path))
-                elif stat.S_ISREG(mode):
-                    items[rel] = item_from_stat(rel, st)
-                elif stat.S_ISLNK(mode):
-                    items[rel] = item_from_stat(rel, st, os.readlink(de.path))
-                else:  # FIFOs, sockets, device nodes: not part of a cache
-                    special.append(rel)
+                try:  # a file renamed away since readdir (a finished download) is not here
+                    st = de.stat(follow_symlinks=False)
+                    mode = st.st_mode
+                    if stat.S_ISDIR(mode):
+                        items[rel] = item_from_stat(rel, st)
+                        stack.append((rel, de.path))
+                    elif stat.S_ISREG(mode):
+                        items[rel] = item_from_stat(rel, st)
+                    elif stat.S_ISLNK(mode):
+                        items[rel] = item_from_stat(rel, st, os.readlink(de.path))
+                    else:  # FIFOs, sockets, device nodes: not part of a cache
+                        special.append(rel)
+                except FileNotFoundError:
+                    continue
     if special:
         special.sort()
         shown = ", ".join(special[:3]) + (f" and {len(special) - 3} more" if len(special) > 3

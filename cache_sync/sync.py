@@ -418,7 +418,11 @@ def _push_area(settings: Settings, store: Store | None, cache: CacheState, area:
     try:
         for item in tree.to_hash:
             _check_deadline(deadline, f"push of {area}")
-            entries[item.path] = _hash_and_pack(area_dir, item, index, known, packer)
+            entry = _hash_and_pack(area_dir, item, index, known, packer, base)
+            if entry is None:
+                del entries[item.path]
+            else:
+                entries[item.path] = entry
             progress.add(1, item.size)
         packer.flush()
         uploader.wait()
@@ -507,7 +511,11 @@ def _claim_objects(claim: PushClaim, entries: dict[str, Entry], area_dir: Path,
             known.pop(entries[p].digest, None)
             packer.blobs.pop(entries[p].digest, None)
         for p in stale:
-            entries[p] = _hash_and_pack(area_dir, local[p], index, known, packer)
+            entry = _hash_and_pack(area_dir, local[p], index, known, packer, None)
+            if entry is None:
+                del entries[p]
+            else:
+                entries[p] = entry
         packer.flush()
         uploader.wait()
         _attach_blobs(entries, known, packer)
@@ -540,32 +548,61 @@ def _with_blobs(e: Entry, blobs: tuple) -> Entry:
 
 
 def _hash_and_pack(area_dir: Path, item: LocalItem, index: Index, known: dict[str, tuple],
-                   packer: Packer) -> Entry:
+                   packer: Packer, base: dict[str, Entry] | None) -> Entry | None:
+    """The file's entry, its new content handed to the packer. A file that vanished (a
+    download renamed from ``*.incomplete``) gives None; one that keeps changing while it is
+    read gives its entry in the base snapshot, or None. Both are warned about; the snapshot
+    names only bytes read whole, and the next push takes the rest."""
     path = str(area_dir / item.path)
-    for _ in range(3):
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_size <= packer.chunk_size and st.st_size <= 64 << 20:
-                data = f.read()
-                digest = hashlib.sha256(data).hexdigest()
-                small = len(data) <= packer.small_file
+    try:
+        for _ in range(3):
+            entry = _read_once(path, item, index, known, packer)
+            if entry is not None:
+                return entry
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        index.pop(item.path, None)
+        log.warning("%s vanished during the push; left out of this snapshot", item.path)
+        return None
+    index.pop(item.path, None)
+    old = (base or {}).get(item.path)
+    if old is not None and old.kind == "f" and (old.digest in known or not old.size):
+        log.warning("%s kept changing while it was read; left at its previous state",
+                    item.path)
+        return old
+    log.warning("%s kept changing while it was read; left out of this snapshot", item.path)
+    return None
+
+
+def _read_once(path: str, item: LocalItem, index: Index, known: dict[str, tuple],
+               packer: Packer) -> Entry | None:
+    """One read of the file; None when it changed while being read (size, mtime or ctime
+    moved, or the bytes chunked differ from the bytes hashed)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size <= packer.chunk_size and st.st_size <= 64 << 20:
+            data = f.read()
+            digest = hashlib.sha256(data).hexdigest()
+            small = len(data) <= packer.small_file
+        else:
+            data = b""
+            h = hashlib.sha256()
+            while chunk := f.read(HASH_READ):
+                h.update(chunk)
+            digest = h.hexdigest()
+            small = False
+        after = os.fstat(f.fileno())
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns) or (data and len(data) != st.st_size):
+        return None
+    size = len(data) if data or small else st.st_size
+    if digest not in known and size:
+        try:
+            if small:
+                packer.add_small(digest, data)
             else:
-                data = b""
-                h = hashlib.sha256()
-                while chunk := f.read(HASH_READ):
-                    h.update(chunk)
-                digest = h.hexdigest()
-                small = False
-        size = len(data) if data or small else st.st_size
-        if digest not in known and size:
-            try:
-                if small:
-                    packer.add_small(digest, data)
-                else:
-                    packer.add_large(digest, path, size)
-            except FileChangedError:
-                continue  # rewritten under us: hash it again
-        index[item.path] = [size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
-        return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)
-    raise CacheSyncError(f"{path} keeps changing while it is pushed; stop the writer and retry")
+                packer.add_large(digest, path, size)
+        except FileChangedError:
+            return None  # rewritten under us: hash it again
+    index[item.path] = [size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
+    return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)
 

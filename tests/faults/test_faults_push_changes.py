@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from tests.support import crash
@@ -35,6 +36,7 @@ class Downloader(threading.Thread):
                 for _ in range(4):  # grows while the push may be reading it
                     f.write(os.urandom(24_000))
                     f.flush()
+                    time.sleep(0.005)
             part.rename(self.dir / f"{self.seed}-{n}")
             self.renamed += 1
 
