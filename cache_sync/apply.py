@@ -31,7 +31,7 @@ from typing import Any
 
 from cache_sync import checkpoints
 from cache_sync.errors import CacheSyncError
-from cache_sync.local_cache import TMP_PREFIX, CacheState, tmp_name, write_atomic
+from cache_sync.local_cache import TMP_PREFIX, CacheState, LocalItem, tmp_name, write_atomic
 from cache_sync.plan import Index, PullPlan
 from cache_sync.snapshot import Entry
 from cache_sync.transfer import Fetcher
@@ -67,7 +67,7 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
                 make_fetcher: Callable[[str, Callable[[Entry], None]], Fetcher]) -> Staged:
     """Phase 1: every file the plan writes, verified, into ``stage``. Reads the area, never
     writes it. ``make_fetcher(stage root, on_file)`` builds the fetcher."""
-    from cache_sync.sync import hash_file  # noqa: PLC0415 - moves to fsutil with the split
+    from cache_sync.sync import hash_file  # (a cycle at import time otherwise)
 
     root = str(area_dir)
     clear(stage)
@@ -106,7 +106,7 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
 
 def _copy(src: str, final: str, e: Entry) -> None:
     """A verified copy of ``src`` (or an empty file) at ``final``, with mode and mtime."""
-    from cache_sync.sync import hash_file  # noqa: PLC0415 - moves to fsutil with the split
+    from cache_sync.sync import hash_file  # (a cycle at import time otherwise)
 
     tmp = tmp_name(os.path.dirname(final))
     try:
@@ -133,8 +133,10 @@ def _kind(path: str) -> str | None:
     return "d" if stat.S_ISDIR(mode) else "l" if stat.S_ISLNK(mode) else "f"
 
 
-def build_ops(plan: PullPlan, area_dir: Path, staged: list[str]) -> list[Op]:
-    """The final phase as data. ``staged``: paths whose new file waits in the stage."""
+def build_ops(plan: PullPlan, area_dir: Path, staged: list[str],
+              local: dict[str, LocalItem]) -> list[Op]:
+    """The final phase as data. ``staged``: paths whose new file waits in the stage;
+    ``local``: the scan the plan was made from."""
     root = str(area_dir)
     ops: list[Op] = []
     for rel in plan.remove:  # in the way of a new entry of another kind
@@ -145,8 +147,12 @@ def build_ops(plan: PullPlan, area_dir: Path, staged: list[str]) -> list[Op]:
     ops += [["meta", e.path, e.mode, e.mtime_ns] for e in plan.meta]
     for rel in plan.remove_late:  # deleted in the snapshot: only now that all is in place
         ops.append(["rm", rel, _kind(os.path.join(root, rel))])
-    ops += [["dir", d.path, d.mode, d.mtime_ns]
-            for d in sorted(plan.dirs, key=lambda d: -d.path.count("/"))]
+    # Directory modes and times last, deepest first (writing into a directory changes them);
+    # when nothing else changes, only those that differ.
+    for d in sorted(plan.dirs, key=lambda d: -d.path.count("/")):
+        cur = local.get(d.path)
+        if ops or cur is None or (cur.mode, cur.mtime_ns) != (d.mode, d.mtime_ns):
+            ops.append(["dir", d.path, d.mode, d.mtime_ns])
     return ops
 
 
@@ -194,9 +200,12 @@ def journal_path(cache: CacheState, area: str) -> Path:
 
 def final_phase(cache: CacheState, area: str, area_dir: Path, stage: Path, ops: list[Op]) -> int:
     """Write the journal (the state to reach is already saved as next), run it, finish."""
-    doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage), "ops": ops}
-    write_atomic(journal_path(cache, area), json.dumps(doc).encode(), durable=True)
-    removed = run_ops(area_dir, stage, ops)
+    removed = 0
+    if ops:
+        doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage), "ops": ops}
+        write_atomic(journal_path(cache, area), json.dumps(doc).encode(), durable=True)
+        removed = run_ops(area_dir, stage, ops)
+        checkpoints.reached("pull:final-done")
     finish(cache, area, area_dir, stage)
     return removed
 

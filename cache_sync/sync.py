@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cache_sync import __version__, checkpoints
+from cache_sync import __version__, apply, checkpoints
 from cache_sync.config import Settings, validate_area_name
 from cache_sync.contents import SmallFiles
 from cache_sync.errors import (
-    CacheSyncError,
     DeadlineExceeded,
     DiskSpaceError,
     FormatError,
@@ -181,11 +180,6 @@ def hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _stat_rec(path: str, digest: str, st: os.stat_result | None = None) -> list[Any]:
-    st = st or os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
-
-
 def _check_deadline(deadline: float | None, what: str) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise DeadlineExceeded(
@@ -247,107 +241,43 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
             f"({need + RESERVE:,} in all) but {area_dir} has {free:,} free",
             hint="free space or point CACHE_SYNC_ROOT at a bigger disk",
         )
-    fresh = dict(plan.keep)
-    fresh.update(_apply(settings, store, plan, area, area_dir, rep))
-    cache.save_index(area, {p: r for p, r in fresh.items() if p in target})
-    cache.save_state(area, AreaState(store.url, tuple(heads), target))
+    cache.save_next_state(area, AreaState(store.url, tuple(heads), target))
+    _apply(settings, store, cache, plan, area, area_dir, local, rep)
     rep.up_to_date = plan.changes == 0
     rep.seconds = time.monotonic() - t0
     return rep
 
 
-def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir: Path,
-           rep: AreaReport) -> Index:
-    """Carry out a pull plan; returns index records of every file it put in place."""
-    root = str(area_dir)
-    area_dir.mkdir(parents=True, exist_ok=True)
-    index: Index = {}
-    _remove(root, plan.remove, rep)
-    for d in plan.mkdirs:
-        os.makedirs(os.path.join(root, d.path), exist_ok=True)
-    # Files of the right size whose hash the index does not know: hash before downloading.
-    for e in plan.check:
-        p = os.path.join(root, e.path)
-        if hash_file(p) == e.digest:
-            plan.meta.append(e)
-        else:
-            plan.fetch.append(e)
-    total = len(plan.fetch) + len(plan.copies)
-    progress = Progress(f"pull {area}", total, plan.fetch_bytes,
-                        enabled=progress_enabled(settings.progress, settings.json))
+def _apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, area: str,
+           area_dir: Path, local: dict[str, LocalItem], rep: AreaReport) -> None:
+    """Stage every file, then run the final phase from a journal (``apply.py``): a failure
+    before the journal leaves the area exactly as it was."""
+    stage = apply.stage_dir(cache, area, area_dir)
+    progress = Progress(f"pull {area}", len(plan.fetch) + len(plan.check) + len(plan.copies),
+                        plan.fetch_bytes, enabled=progress_enabled(settings.progress,
+                                                                   settings.json))
 
-    def done(e: Entry, final: str, st: os.stat_result) -> None:
-        index[e.path] = _stat_rec(final, e.digest)  # after the rename, which changes ctime
-        progress.add(files=1)
+    def make_fetcher(root: str, on_file: Callable[[Entry], None]) -> Fetcher:
+        def done(e: Entry, final: str, st: os.stat_result) -> None:
+            on_file(e)
+            progress.add(files=1)
 
-    fetcher = Fetcher(store, root, settings.transfers, settings.retries, done,
-                      on_bytes=lambda n: progress.add(nbytes=n), backoff=settings.retry_base,
-                      dups=plan.dups)
+        return Fetcher(store, root, settings.transfers, settings.retries, done,
+                       on_bytes=lambda n: progress.add(nbytes=n), backoff=settings.retry_base,
+                       dups=plan.dups)
+
     try:
-        fetcher.fetch(plan.fetch)
+        staged = apply.stage_files(plan, area_dir, stage, make_fetcher)
+    except BaseException:
+        apply.clear(stage)
+        raise
     finally:
         progress.close()
-        rep.requests = fetcher.requests
-    # Duplicates of chunked files (the fetcher writes duplicates of packed files itself).
-    for digest, extra in plan.dups.items():
-        placed = fetcher.placed_path(digest)
-        for e in extra:
-            if not os.path.exists(os.path.join(root, e.path)) or e.path not in index:
-                plan.copies.append((e, placed))
-    for e, src in plan.copies:
-        _copy_into_place(root, e, src)
-        index[e.path] = _stat_rec(os.path.join(root, e.path), e.digest)
-    for e in plan.meta:
-        p = os.path.join(root, e.path)
-        os.chmod(p, e.mode)
-        os.utime(p, ns=(e.mtime_ns, e.mtime_ns))
-        index[e.path] = _stat_rec(p, e.digest)
-    for e in plan.links:
-        p = os.path.join(root, e.path)
-        tmp = tmp_name(os.path.dirname(p))
-        os.symlink(e.target, tmp)
-        with contextlib.suppress(OSError):  # not every filesystem keeps symlink times
-            os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
-        os.replace(tmp, p)
-    _remove(root, plan.remove_late, rep)  # only now that every new file is in place
-    # Directory modes and times last, deepest first: writing into a directory changes them.
-    for d in sorted(plan.dirs, key=lambda d: -d.path.count("/")):
-        p = os.path.join(root, d.path)
-        os.chmod(p, d.mode)
-        os.utime(p, ns=(d.mtime_ns, d.mtime_ns))
-    rep.files = fetcher.fetched + len(plan.copies)
+    rep.requests = staged.requests
+    rep.files = len(staged.paths)
     rep.bytes = plan.fetch_bytes
-    return index
-
-
-def _remove(root: str, paths: list[str], rep: AreaReport) -> None:
-    for rel in paths:
-        p = os.path.join(root, rel)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        rep.removed += 1
-
-
-def _copy_into_place(root: str, e: Entry, src: str) -> None:
-    final = os.path.join(root, e.path)
-    tmp = tmp_name(os.path.dirname(final))
-    try:
-        if src:
-            shutil.copyfile(os.path.join(root, src), tmp)
-            if hash_file(tmp) != e.digest:
-                raise CacheSyncError(f"local copy source {src!r} changed during the pull")
-        else:
-            open(tmp, "wb").close()
-        os.chmod(tmp, e.mode)
-        os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    ops = apply.build_ops(plan, area_dir, staged.paths, local)
+    rep.removed = apply.final_phase(cache, area, area_dir, stage, ops)
 
 
 # --- push ----------------------------------------------------------------------------------

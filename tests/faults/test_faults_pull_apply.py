@@ -107,15 +107,17 @@ def test_failed_pull_leaves_the_area_exactly_as_it_was(world, damage):
     b.run("verify")
 
 
-@pytest.mark.parametrize("nth", [1, 3, 8, 20, 45])
-def test_kill_in_the_final_phase_is_rolled_forward(world, nth):
-    """SIGKILL before the nth operation of the final phase; the next command that opens the
-    root (``verify``, which never pulls) finishes it: the area is v2 exactly."""
+@pytest.mark.parametrize("at", ["pull:final-op#1", "pull:final-op#3", "pull:final-op#8",
+                                "pull:final-op#20", "pull:final-done#1"])
+def test_kill_in_the_final_phase_is_rolled_forward(world, at):
+    """SIGKILL before the nth operation of the final phase (or after the last one, before the
+    state is promoted); the next command that opens the root (``verify``, which never pulls)
+    finishes it: the area is v2 exactly."""
     a, b, _ = world
-    env = {**b.env, "FAULTS_KILL_AT": f"pull:final-op#{nth}",
+    env = {**b.env, "FAULTS_KILL_AT": at,
            "PYTHONPATH": KILLPOINT + os.pathsep + b.env["PYTHONPATH"]}
     r = b.run("pull", ok=False, env=env)
-    assert r.returncode == -9, f"not killed at final operation {nth}: {r.returncode} {r.stderr}"
+    assert r.returncode == -9, f"not killed at {at}: {r.returncode} {r.stderr}"
     assert list((b.root / ".cache-sync").glob("*.apply.json")), "no journal left by the kill"
     b.run("verify")  # rolls forward, then checks every file against the new state
     assert crash.diff_trees(a.tree(), b.tree(), mtime=True) == []
