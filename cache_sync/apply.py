@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,23 +198,32 @@ def journal_path(cache: CacheState, area: str) -> Path:
     return cache.dir / f"{area}{JOURNAL}"
 
 
-def final_phase(cache: CacheState, area: str, area_dir: Path, stage: Path, ops: list[Op]) -> int:
-    """Write the journal (the state to reach is already saved as next), run it, finish."""
+def final_phase(cache: CacheState, area: str, area_dir: Path, stage: Path, ops: list[Op],
+                target: dict[str, Entry], local_only: list[str]) -> int:
+    """Write the journal (the state to reach is already saved as next), run it, finish.
+    ``target``: what the area becomes; ``local_only``: its files whose content the state does
+    not record (local changes kept by the merge), left out of the index a roll-forward
+    rebuilds from the state."""
     removed = 0
     if ops:
-        doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage), "ops": ops}
+        doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage), "ops": ops,
+               "local_only": local_only}
         write_atomic(journal_path(cache, area), json.dumps(doc).encode(), durable=True)
         removed = run_ops(area_dir, stage, ops)
         checkpoints.reached("pull:final-done")
-    finish(cache, area, area_dir, stage)
+    finish(cache, area, area_dir, stage, target)
     return removed
 
 
-def finish(cache: CacheState, area: str, area_dir: Path, stage: Path) -> None:
-    """The area now holds the next state: make it the state, with an index of its files."""
+def finish(cache: CacheState, area: str, area_dir: Path, stage: Path,
+           target: dict[str, Entry] | None = None, local_only: Sequence[str] = ()) -> None:
+    """The area now holds the next state: make it the state, with an index of its files
+    (of ``target``, or of the state's entries but ``local_only``)."""
     state = cache.promote_next_state(area)
-    if state is not None:
-        cache.save_index(area, index_of(area_dir, state.entries or {}))
+    if target is None and state is not None:
+        target = {p: e for p, e in (state.entries or {}).items() if p not in set(local_only)}
+    if target is not None:
+        cache.save_index(area, index_of(area_dir, target))
     clear(stage)
     with contextlib.suppress(FileNotFoundError):
         journal_path(cache, area).unlink()
@@ -250,6 +259,6 @@ def roll_forward(root: Path) -> list[str]:
             continue
         log.warning("finishing the pull of %s that was cut off in its final phase", area)
         run_ops(Path(area_dir), Path(stage), ops)
-        finish(cache, area, Path(area_dir), Path(stage))
+        finish(cache, area, Path(area_dir), Path(stage), None, doc.get("local_only") or ())
         done.append(area)
     return done

@@ -190,8 +190,8 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
     report.seconds = round(time.monotonic() - t0, 3)
     if report.role != "installed":
         report.role = "waited"
-        log(f"bootstrap: worker {', '.join(report.holders) or '?'} installed it; pulled "
-            f"after {report.seconds:.1f}s")
+        who = f"worker {', '.join(report.holders)}" if report.holders else "the store"
+        log(f"bootstrap: {who} had it; pulled after {report.seconds:.1f}s")
     return report
 
 

@@ -67,3 +67,13 @@ def test_no_repo_configured_keeps_the_plain_paths_and_downloads_nothing(tmp_path
     pinned = hub_models({**env, "HANDLER_F5_MODEL_REPO": "SWivid/F5-TTS",
                          "HANDLER_F5_MODEL_REVISION": "a" * 40})
     assert pinned == [f"SWivid/F5-TTS@{'a' * 40}:{';'.join(F5_FILES)}"]
+
+
+def test_a_missing_hub_file_names_the_bootstrap_as_the_fix(tmp_path):
+    from handler.engine import ModelMissingError
+
+    c = HandlerConfig.from_env({"CACHE_SYNC_ROOT": str(tmp_path),
+                                "HANDLER_F5_MODEL_REPO": "SWivid/F5-TTS"})
+    err = ModelMissingError(c.f5_ckpt, "F5-TTS checkpoint", "HANDLER_F5_CKPT", tmp_path)
+    assert "models--SWivid--F5-TTS" in err.public and "CACHE_SYNC_HF_MODELS_HOOK" in err.public
+    assert str(tmp_path) not in err.public
