@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from cache_sync import checkpoints
-from cache_sync.errors import CacheSyncError
-from cache_sync.local_cache import TMP_PREFIX, CacheState, LocalItem, tmp_name, write_atomic
-from cache_sync.plan import Index, PullPlan
+from cache_sync.fsutil import TMP_PREFIX, copy_atomic, hash_file, symlink_atomic, write_atomic
+from cache_sync.local_cache import CacheState
+from cache_sync.plan import Index, LocalItem, PullPlan, index_record
 from cache_sync.snapshot import Entry
 from cache_sync.transfer import Fetcher
 
-log = logging.getLogger("cache_sync.apply")
+log = logging.getLogger("cache_sync.staging")
 JOURNAL = ".apply.json"
 Op = list[Any]
 
@@ -67,8 +67,6 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
                 make_fetcher: Callable[[str, Callable[[Entry], None]], Fetcher]) -> Staged:
     """Phase 1: every file the plan writes, verified, into ``stage``. Reads the area, never
     writes it. ``make_fetcher(stage root, on_file)`` builds the fetcher."""
-    from cache_sync.sync import hash_file  # (a cycle at import time otherwise)
-
     root = str(area_dir)
     clear(stage)
     stage.mkdir(parents=True)
@@ -106,23 +104,10 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
 
 def _copy(src: str, final: str, e: Entry) -> None:
     """A verified copy of ``src`` (or an empty file) at ``final``, with mode and mtime."""
-    from cache_sync.sync import hash_file  # (a cycle at import time otherwise)
-
-    tmp = tmp_name(os.path.dirname(final))
-    try:
-        if src:
-            shutil.copyfile(src, tmp)
-            if hash_file(tmp) != e.digest:
-                raise CacheSyncError(f"local copy source {src!r} changed during the pull")
-        else:
-            open(tmp, "wb").close()
-        os.chmod(tmp, e.mode)
-        os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    if src:
+        copy_atomic(src, final, mode=e.mode, mtime_ns=e.mtime_ns, digest=e.digest)
+    else:
+        write_atomic(final, b"", mode=e.mode, mtime_ns=e.mtime_ns)
 
 
 def _kind(path: str) -> str | None:
@@ -181,11 +166,7 @@ def run_ops(area_dir: Path, stage: Path, ops: list[Op]) -> int:
             if os.path.lexists(src):  # else moved by the run that was killed
                 os.replace(src, p)
         elif kind == "ln":
-            tmp = tmp_name(os.path.dirname(p))
-            os.symlink(op[2], tmp)
-            with contextlib.suppress(OSError):  # not every filesystem keeps symlink times
-                os.utime(tmp, ns=(op[3], op[3]), follow_symlinks=False)
-            os.replace(tmp, p)
+            symlink_atomic(op[2], p, op[3])
         elif kind in ("meta", "dir"):
             os.chmod(p, op[2])
             os.utime(p, ns=(op[3], op[3]))
@@ -208,7 +189,7 @@ def final_phase(cache: CacheState, area: str, area_dir: Path, stage: Path, ops: 
     if ops:
         doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage), "ops": ops,
                "local_only": local_only}
-        write_atomic(journal_path(cache, area), json.dumps(doc).encode(), durable=True)
+        write_atomic(journal_path(cache, area), json.dumps(doc).encode(), fsync=True)
         removed = run_ops(area_dir, stage, ops)
         checkpoints.reached("pull:final-done")
     finish(cache, area, area_dir, stage, target)
@@ -242,7 +223,7 @@ def index_of(area_dir: Path, entries: dict[str, Entry]) -> Index:
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size == e.size:
-            index[e.path] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, e.digest]
+            index[e.path] = index_record(st, e.digest)
     return index
 
 
