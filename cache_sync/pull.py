@@ -44,8 +44,8 @@ RESERVE = 64 << 20  # never fill the disk to the last byte
 def check_deadline(deadline: float | None, area: str) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise DeadlineExceeded(
-            f"pull of {area} cut off by its time budget; every file in place is complete "
-            "and the next pull fetches the rest"
+            f"pull of {area} cut off by its time budget before its final phase; the area is "
+            "unchanged and the next pull starts it again"
         )
 
 
