@@ -347,42 +347,48 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _measure(args: argparse.Namespace, stack: Stack, server: Any, scratch: Path,
+             results: dict[str, Any]) -> None:
+    from tests.support.pkgindex import serve
+
+    bench = Bench(args, stack, server, scratch)
+    bench.seed()
+    results["bytes"] = bench.bytes
+    results["files"] = sum(len(f) for a in stack.areas for _, _, f in os.walk(stack.root / a))
+    modes = [m for m in bench.modes if m not in ("uv", "s5cmd") or shutil.which(m)]
+    latencies = {"none": [0.0], "20ms": [args.rtt_ms], "both": [0.0, args.rtt_ms]}[args.latency]
+    with serve(bench.index) as index:
+        index_url = index.url + "/simple"
+        bench.warm_installers(index_url)
+        for rtt in latencies:
+            label = f"+{rtt:g} ms" if rtt else "0 ms"
+            with _endpoints(server.endpoint, index_url, rtt) as (s3, idx):
+                results["limit"][label] = bench.limit_seconds(s3)
+                per_mode: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+                for run in range(args.runs):
+                    k = run % len(modes)
+                    for mode in modes[k:] + modes[:k]:  # rotate the order between runs
+                        r = bench.start(mode, s3, idx, run)
+                        _log(f"{label} {mode} run {run + 1}: {r}")
+                        per_mode[mode].append(r)
+                results["runs"][label] = per_mode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    from tests.support.pkgindex import serve
     from tests.support.s3servers import seaweedfs_server
 
+    args.data_dir.mkdir(parents=True, exist_ok=True)
     stack = build(args.data_dir, args.stack, args.requirements)
-    latencies = {"none": [0.0], "20ms": [args.rtt_ms], "both": [0.0, args.rtt_ms]}[args.latency]
     results: dict[str, Any] = {
-        "stack": stack.name, "date": datetime.datetime.now(datetime.timezone.utc)
-        .strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}", "runs": {}, "limit": {}, "n": args.runs}
-    with tempfile.TemporaryDirectory(dir=args.data_dir, prefix="ready-") as tmp, \
-            seaweedfs_server(str(Path(tmp) / "weed")) as server:
-        scratch = Path(tmp)
-        bench = Bench(args, stack, server, scratch)
-        bench.seed()
-        results["bytes"] = bench.bytes
-        results["files"] = sum(len(f) for a in stack.areas for _, _, f in os.walk(stack.root / a))
-        with serve(bench.index) as index:
-            index_url = index.url + "/simple"
-            bench.warm_installers(index_url)
-            for rtt in latencies:
-                label = f"+{rtt:g} ms" if rtt else "0 ms"
-                with _endpoints(server.endpoint, index_url, rtt) as (s3, idx):
-                    results["limit"][label] = bench.limit_seconds(s3)
-                    per_mode: dict[str, list[dict[str, float]]] = {m: [] for m in bench.modes}
-                    for run in range(args.runs):
-                        modes = bench.modes[run % len(bench.modes):] + \
-                            bench.modes[:run % len(bench.modes)]  # rotate the order
-                        for mode in modes:
-                            if mode not in ("pip", "uv", "s5cmd") or shutil.which(
-                                    "s5cmd" if mode == "s5cmd" else "uv" if mode == "uv" else "ls"):
-                                r = bench.start(mode, s3, idx, run)
-                                _log(f"{label} {mode} run {run + 1}: {r}")
-                                per_mode[mode].append(r)
-                    results["runs"][label] = per_mode
+        "stack": stack.name, "n": args.runs, "runs": {}, "limit": {},
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}"}
+    with tempfile.TemporaryDirectory(dir=args.data_dir, prefix="ready-") as tmp:
+        (Path(tmp) / "weed").mkdir()
+        with seaweedfs_server(str(Path(tmp) / "weed")) as server:
+            _measure(args, stack, server, Path(tmp), results)
     table = render(results)
     print(table)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,29 +189,49 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
 
 def _work(settings: Settings, plan: Plan, need: Missing, base_env: Mapping[str, str],
           report: Report, log: Callable[[str], None]) -> None:
-    """The holder's part: install and download only what is still missing, push each."""
-    from cache_sync import sync
-
-    if need.specs:
-        log(f"bootstrap: this worker installs {plan.requirements}")
-        notes: list[str] = []
-        last = flashattn.last_spec(settings, settings.flash_attn, None, base_env, notes)
-        result = install(settings, plan.specset, InstallOptions(installer=settings.installer),
-                         base_env, log=lambda m: log(f"bootstrap: {m}"), extra=last)
-        for note in notes:
-            log(f"bootstrap: {note}")
-        if result.failed_required:
-            raise InstallError("bootstrap install failed: " + describe_failure(result),
-                               hint="fix the requirements file; optional packages may fail")
-        if result.push_error is not None:
-            raise result.push_error
-        report.installed = [f"{n}=={v}" for u in result.units for n, v in u.new.items()]
-        report.pushed += result.pushed
-    if need.models:
-        hfmodels.download(need.models, hub_cache(settings), base_env,
-                          lambda m: log(f"bootstrap: {m}"))
-        report.downloaded = [str(m) for m in need.models]
-        report.pushed += [r.to_dict() for r in sync.push(settings, ["models"])]
+    """The holder's part: install and download only what is still missing, push each. The
+    model download runs beside the install (network vs. CPU and disk; a torch-sized install
+    and a GB-sized model each take minutes), and each area is pushed as soon as it is done,
+    so waiters can pull one while the other is still coming."""
+    with ThreadPoolExecutor(1, thread_name_prefix="bootstrap-models") as pool:
+        models = pool.submit(_models, settings, need, base_env, report, log) if (
+            need.models) else None
+        try:
+            if need.specs:
+                _install(settings, plan, base_env, report, log)
+        finally:
+            if models is not None:
+                models.result()  # wait for it either way; its error is raised here
     still = missing(settings, plan)
     if still:
         raise CacheSyncError(f"bootstrap finished but {still.describe()} still missing")
+
+
+def _install(settings: Settings, plan: Plan, base_env: Mapping[str, str], report: Report,
+             log: Callable[[str], None]) -> None:
+    log(f"bootstrap: this worker installs {plan.requirements}")
+    notes: list[str] = []
+    last = flashattn.last_spec(settings, settings.flash_attn, None, base_env, notes)
+    result = install(settings, plan.specset, InstallOptions(installer=settings.installer),
+                     base_env, log=lambda m: log(f"bootstrap: {m}"), extra=last)
+    for note in notes:
+        log(f"bootstrap: {note}")
+    if result.failed_required:
+        raise InstallError("bootstrap install failed: " + describe_failure(result),
+                           hint="fix the requirements file; optional packages may fail")
+    if result.push_error is not None:
+        raise result.push_error
+    report.installed = [f"{n}=={v}" for u in result.units for n, v in u.new.items()]
+    report.pushed += result.pushed
+
+
+def _models(settings: Settings, need: Missing, base_env: Mapping[str, str], report: Report,
+            log: Callable[[str], None]) -> None:
+    from cache_sync import sync
+
+    hfmodels.download(need.models, hub_cache(settings), base_env,
+                      lambda m: log(f"bootstrap: {m}"))
+    report.downloaded = [str(m) for m in need.models]
+    # install's own push may hold the cache lock right now: wait for it
+    patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
+    report.pushed += [r.to_dict() for r in sync.push(patient, ["models"])]

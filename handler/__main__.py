@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 from handler.config import HandlerConfig, HandlerConfigError
+from handler.logs import log
 from handler.worker import Worker
 
 
@@ -21,8 +22,11 @@ def main() -> None:
     try:
         worker = Worker(HandlerConfig.from_env())
     except HandlerConfigError as err:
-        # Stay up and answer every job with the reason, rather than crash-looping.
-        worker = Worker(None, startup_error=f"configuration error: {err}")
+        # Stay up and answer every job with the reason, rather than crash-looping. The value
+        # goes to the log only: replies name the variable.
+        log(f"configuration error: {err}")
+        worker = Worker(None, startup_error=f"configuration error in {err.variable}; the "
+                                            "worker's log has the details")
     worker.warm_load()  # before runpod takes the first job
     import runpod
 

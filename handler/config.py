@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cache_sync.config import default_root
 from handler.models import F5_CKPT, F5_DIR, repo_dir
+from handler.netfetch import IPNetwork, UrlPolicy, parse_allowlist
 
 ENGINES = ("f5", "light")
 MiB = 1024 * 1024
@@ -33,7 +34,14 @@ DEFAULT_ASR_REVISION = "main"
 
 
 class HandlerConfigError(ValueError):
-    """A handler environment variable is malformed (one line, names the variable)."""
+    """A handler environment variable is malformed (one line, names the variable).
+
+    The full message (with the value) goes to the worker's log; replies name only
+    ``variable``, since a value such as a bucket URL is the operator's business."""
+
+    def __init__(self, message: str, variable: str) -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -43,9 +51,9 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise HandlerConfigError(f"{name}={raw!r} is not a whole number") from None
+        raise HandlerConfigError(f"{name}={raw!r} is not a whole number", name) from None
     if value < minimum:
-        raise HandlerConfigError(f"{name}={value} is below the minimum {minimum}")
+        raise HandlerConfigError(f"{name}={value} is below the minimum {minimum}", name)
     return value
 
 
@@ -57,9 +65,9 @@ def _float(env: Mapping[str, str], name: str, default: float,
     try:
         value = float(raw)
     except ValueError:
-        raise HandlerConfigError(f"{name}={raw!r} is not a number") from None
+        raise HandlerConfigError(f"{name}={raw!r} is not a number", name) from None
     if minimum is not None and not value >= minimum:  # also refuses nan
-        raise HandlerConfigError(f"{name}={raw} is below the minimum {minimum:g}")
+        raise HandlerConfigError(f"{name}={raw} is below the minimum {minimum:g}", name)
     return value
 
 
@@ -72,7 +80,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise HandlerConfigError(f"{name}={raw!r} is not a boolean (use true/false)")
+    raise HandlerConfigError(f"{name}={raw!r} is not a boolean (use true/false)", name)
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,10 @@ class HandlerConfig:
     max_ref_seconds: float
     max_nfe_step: int
     allow_url_ref_audio: bool
-    url_timeout: float
+    url_timeout: float  # the whole fetch of a reference URL, every hop and byte
+    url_allow_hosts: frozenset[str]  # exempt from the address checks (HANDLER_URL_ALLOWLIST)
+    url_allow_nets: tuple[IPNetwork, ...]
+    max_output_seconds: float  # estimated length of the generated audio
     output_url: str | None  # s3://bucket/prefix for "output": "s3"
     output_url_expires: int
     asr_model: str  # HF id (looked up in hf_hub_dir) or a model directory path
@@ -111,13 +122,18 @@ class HandlerConfig:
         engine = (env.get("HANDLER_ENGINE") or "f5").strip().lower()
         if engine not in ENGINES:
             raise HandlerConfigError(
-                f"HANDLER_ENGINE={engine!r} is unknown (use one of: {', '.join(ENGINES)})"
-            )
+                f"HANDLER_ENGINE={engine!r} is unknown (use one of: {', '.join(ENGINES)})",
+                "HANDLER_ENGINE")
         output_url = env.get("HANDLER_OUTPUT_URL") or _default_output_url(env)
         if output_url and not output_url.startswith("s3://"):
             raise HandlerConfigError(
-                f"HANDLER_OUTPUT_URL={output_url!r} is not an s3://bucket/prefix URL"
-            )
+                f"HANDLER_OUTPUT_URL={output_url!r} is not an s3://bucket/prefix URL",
+                "HANDLER_OUTPUT_URL")
+        try:
+            allow_hosts, allow_nets = parse_allowlist(env.get("HANDLER_URL_ALLOWLIST", ""))
+        except ValueError as err:
+            raise HandlerConfigError(f"HANDLER_URL_ALLOWLIST: {err}",
+                                     "HANDLER_URL_ALLOWLIST") from None
         return cls(
             cache_root=root,
             engine=engine,
@@ -132,9 +148,12 @@ class HandlerConfig:
             max_text_chars=_int(env, "HANDLER_MAX_TEXT_CHARS", 2000, minimum=1),
             max_ref_audio_bytes=_int(env, "HANDLER_MAX_REF_AUDIO_BYTES", 10 * MiB, minimum=1),
             max_ref_seconds=_float(env, "HANDLER_MAX_REF_SECONDS", 30.0),
+            max_output_seconds=_float(env, "HANDLER_MAX_OUTPUT_SECONDS", 300.0, minimum=1.0),
             max_nfe_step=_int(env, "HANDLER_MAX_NFE_STEP", 64, minimum=1),
-            allow_url_ref_audio=_bool(env, "HANDLER_ALLOW_URL_REF_AUDIO", True),
-            url_timeout=_float(env, "HANDLER_URL_TIMEOUT", 20.0),
+            allow_url_ref_audio=_bool(env, "HANDLER_ALLOW_URL_REF_AUDIO", False),
+            url_timeout=_float(env, "HANDLER_URL_TIMEOUT", 20.0, minimum=0.1),
+            url_allow_hosts=allow_hosts,
+            url_allow_nets=allow_nets,
             output_url=output_url,
             output_url_expires=_int(env, "HANDLER_OUTPUT_URL_EXPIRES", 3600, minimum=1),
             asr_model=env.get("HANDLER_ASR_MODEL") or DEFAULT_ASR_MODEL,
@@ -142,6 +161,11 @@ class HandlerConfig:
             asr_keep_seconds=_float(env, "HANDLER_ASR_KEEP_SECONDS", 0.0, minimum=0.0),
             hf_hub_dir=Path(env.get("HF_HUB_CACHE") or models / "huggingface" / "hub"),
         )
+
+
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy(max_bytes=self.max_ref_audio_bytes, deadline=self.url_timeout,
+                         allow_hosts=self.url_allow_hosts, allow_nets=self.url_allow_nets)
 
 
 def _default_output_url(env: Mapping[str, str]) -> str | None:

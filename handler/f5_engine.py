@@ -15,14 +15,20 @@ transcriber (``asr_backend``) is transformers' Whisper pipeline on the same devi
 from __future__ import annotations
 
 import os
-import threading
 from array import array
 from pathlib import Path
 from typing import Any
 
 from handler.asr import AsrBackend, WhisperBackend
 from handler.config import HandlerConfig
-from handler.engine import EngineError, SynthesisRequest, SynthesisResult, require_file
+from handler.engine import (
+    EngineError,
+    SynthesisRequest,
+    SynthesisResult,
+    cache_relative,
+    require_file,
+    seeded,
+)
 
 BACKBONES = ("DiT", "UNetT", "MMDiT")
 
@@ -63,7 +69,6 @@ class F5Engine:
         self.model: Any = None
         self.vocoder: Any = None
         self.device = "cpu"
-        self._rng_lock = threading.Lock()  # torch's global RNG is shared by all threads
 
     def _files(self) -> dict[str, Path]:
         c, root = self.config, self.config.cache_root
@@ -104,7 +109,8 @@ class F5Engine:
             "vocos", is_local=True, local_path=str(self.config.vocos_dir), device=self.device,
         )
         params = sum(p.numel() for p in self.model.parameters())
-        return {**{k: str(v) for k, v in files.items()}, "backbone": backbone,
+        root = self.config.cache_root
+        return {**{k: cache_relative(v, root) for k, v in files.items()}, "backbone": backbone,
                 "parameters": params, "device": self.device,
                 "dtype": str(next(self.model.parameters()).dtype)}
 
@@ -142,14 +148,10 @@ class F5Engine:
                 speed=req.speed, device=self.device,
             ))
 
-        if req.seed is not None:
-            with self._rng_lock:
-                torch.manual_seed(req.seed)
-                wave, rate, _ = run()
-        else:
+        with seeded(req.seed, torch.manual_seed) as seed:  # every job: see seeded()
             wave, rate, _ = run()
         if wave is None:
             raise EngineError("F5-TTS produced no audio")
         samples = array("f", np.asarray(wave, dtype=np.float32).tobytes())
         return SynthesisResult(samples, int(rate), {"engine": self.name, "chunks": len(batches),
-                                                    "nfe_step": req.nfe_step, "seed": req.seed})
+                                                    "nfe_step": req.nfe_step, "seed": seed})

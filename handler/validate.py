@@ -6,20 +6,23 @@ The result of a bad job is RunPod's ``{"error": "..."}`` with one line such as
 
 from __future__ import annotations
 
+import base64
 import os
-import urllib.error
-import urllib.request
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from handler.audio import Audio, AudioError, b64decode, decode_wav
 from handler.config import HandlerConfig
+from handler.engine import MAX_SEED
+from handler.jsonsafe import echo
+from handler.logs import log
+from handler.netfetch import FetchError, fetch
 
 FIELDS = ("text", "ref_audio", "ref_text", "speed", "nfe_step", "seed", "output")
 OUTPUTS = ("base64", "s3")
 SPEED_RANGE = (0.3, 3.0)
-MAX_SEED = 2**31 - 1
 
 
 class InputError(ValueError):
@@ -40,8 +43,28 @@ class JobInput:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return echo(value, 40)
+
+
+def check_output_length(text: str, ref_text: str, ref_seconds: float, speed: float,
+                        config: HandlerConfig) -> None:
+    """Refuse a job whose speech would be over ``HANDLER_MAX_OUTPUT_SECONDS``, estimated by
+    F5-TTS's own rule (``utils_infer.infer_batch_process``: the prepared reference's seconds
+    per UTF-8 byte of its text, times the text's bytes, divided by speed), before inference."""
+    ref_bytes = len(ref_text.encode("utf-8", "surrogatepass")) or 1
+    seconds = ref_seconds / ref_bytes * len(text.encode("utf-8", "surrogatepass")) / speed
+    if seconds > config.max_output_seconds:
+        raise InputError({"text": f"would make about {seconds:.0f} s of speech at speed "
+                                  f"{speed:g}, the limit is {config.max_output_seconds:g} s: "
+                                  "shorten the text or raise the speed"})
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate(raw: Any, config: HandlerConfig) -> JobInput:
@@ -49,15 +72,18 @@ def validate(raw: Any, config: HandlerConfig) -> JobInput:
     if not isinstance(raw, dict):
         raise InputError({"input": f"must be a JSON object (got {type(raw).__name__})"})
     errors: dict[str, str] = {}
-    unknown = sorted(set(raw) - set(FIELDS))
+    unknown = sorted(str(k) for k in set(raw) - set(FIELDS))
     if unknown:
-        errors["input"] = f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(FIELDS)})"
+        names = ", ".join(echo(k, 30) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        errors["input"] = f"unknown field(s) {names} (allowed: {', '.join(FIELDS)})"
 
     text = raw.get("text")
     if not isinstance(text, str) or not text.strip():
         errors["text"] = "is required: a non-empty string"
     elif len(text) > config.max_text_chars:
         errors["text"] = f"is {len(text)} characters, the limit is {config.max_text_chars}"
+    elif not _is_utf8(text):
+        errors["text"] = "has a character UTF-8 cannot carry (a lone surrogate such as \\ud800)"
 
     ref_text = raw.get("ref_text")
     if ref_text is None:
@@ -66,6 +92,9 @@ def validate(raw: Any, config: HandlerConfig) -> JobInput:
         errors["ref_text"] = f"must be a string (got {type(ref_text).__name__})"
     elif len(ref_text) > config.max_text_chars:
         errors["ref_text"] = f"is {len(ref_text)} characters, the limit is {config.max_text_chars}"
+    elif not _is_utf8(ref_text):
+        errors["ref_text"] = "has a character UTF-8 cannot carry (a lone surrogate such as " \
+                             "\\ud800)"
 
     speed = raw.get("speed", 1.0)
     lo, hi = SPEED_RANGE
@@ -108,59 +137,98 @@ def validate(raw: Any, config: HandlerConfig) -> JobInput:
 
 def load_ref_audio(ref: str, config: HandlerConfig) -> Audio:
     """Resolve ``ref_audio`` (base64 / URL / cache path) to decoded audio, within limits."""
-    limit = config.max_ref_audio_bytes
     if ref.startswith(("UklGR", "data:")):  # "RIFF" in base64, or a data: URL
-        if len(ref) * 3 // 4 > limit + 3:
-            raise InputError({"ref_audio": f"is over the {limit}-byte limit"})
-        try:
-            data = b64decode(ref)
-        except AudioError as err:
-            raise InputError({"ref_audio": str(err)}) from None
-    elif ref.startswith(("http://", "https://")):
-        data = _fetch(ref, config)
-    else:
-        data = _read_cache_path(ref, config)
-    if len(data) > limit:
-        raise InputError({"ref_audio": f"is {len(data)} bytes, over the {limit}-byte limit"})
+        return _decode(_from_base64(ref, config), config)
+    if ref.startswith(("http://", "https://")):
+        return _from_url(ref, config)
+    return _from_cache_path(ref, config)
+
+
+def _decode(data: bytes, config: HandlerConfig) -> Audio:
+    if len(data) > config.max_ref_audio_bytes:
+        raise InputError({"ref_audio": f"is {len(data)} bytes, over the "
+                                       f"{config.max_ref_audio_bytes}-byte limit"})
     try:
-        audio = decode_wav(data)
+        audio = decode_wav(data, max_seconds=config.max_ref_seconds)
     except AudioError as err:
         raise InputError({"ref_audio": str(err)}) from None
     if audio.seconds <= 0.0:
         raise InputError({"ref_audio": "has no samples"})
-    if audio.seconds > config.max_ref_seconds:
-        raise InputError({"ref_audio": f"is {audio.seconds:.1f} s long, the limit is "
-                                       f"{config.max_ref_seconds:g} s"})
     return audio
 
 
-def _fetch(url: str, config: HandlerConfig) -> bytes:
-    if not config.allow_url_ref_audio:
-        raise InputError({"ref_audio": "URLs are disabled (HANDLER_ALLOW_URL_REF_AUDIO=false)"})
+def _from_base64(ref: str, config: HandlerConfig) -> bytes:
     limit = config.max_ref_audio_bytes
+    if len(ref) * 3 // 4 > limit + 3:
+        raise InputError({"ref_audio": f"is over the {limit}-byte limit"})
     try:
-        with urllib.request.urlopen(url, timeout=config.url_timeout) as resp:
-            data = resp.read(limit + 1)  # never read an unbounded body
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise InputError({"ref_audio": f"could not fetch {url}: {err}"}) from None
-    if len(data) > limit:
-        raise InputError({"ref_audio": f"{url} is over the {limit}-byte limit"})
-    return data
+        return b64decode(ref)
+    except AudioError as err:
+        raise InputError({"ref_audio": str(err)}) from None
 
 
-def _read_cache_path(ref: str, config: HandlerConfig) -> bytes:
+def url_error(config: HandlerConfig) -> str:
+    """The one answer for every URL that cannot be used, whatever the reason: a caller must
+    not tell "refused" from "HTTP 500" from "not a WAV" (that would make the worker a port
+    scanner for its network). The reason is in the worker's log."""
+    return (f"could not use this URL (blocked address, unreachable, HTTP error, over "
+            f"{config.max_ref_audio_bytes} bytes or {config.url_timeout:g} s, or not a WAV "
+            "this worker accepts); the worker's log has the reason")
+
+
+def _from_url(url: str, config: HandlerConfig) -> Audio:
+    if not config.allow_url_ref_audio:
+        raise InputError({"ref_audio": "URLs are disabled on this endpoint (the operator can "
+                                       "set HANDLER_ALLOW_URL_REF_AUDIO=true); send base64 WAV"})
+    try:
+        return _decode(fetch(url, config.url_policy()), config)
+    except FetchError as err:
+        log(f"ref_audio URL {echo(url, 200)} refused: {err}")
+    except InputError as err:
+        log(f"ref_audio URL {echo(url, 200)} unusable: {err}")
+    raise InputError({"ref_audio": url_error(config)})
+
+
+# Base64 of other audio containers, taken for a path before: name them instead.
+_OTHER_AUDIO = {b"fLaC": "FLAC", b"RF64": "RF64 (64-bit WAV)", b"OggS": "Ogg",
+                b"ID3": "MP3", b"FORM": "AIFF", b"caff": "CAF"}
+_B64_HEAD = re.compile(r"[A-Za-z0-9+/]{8}")
+MAX_PATH_CHARS = 1024
+
+
+def _from_cache_path(ref: str, config: HandlerConfig) -> Audio:
+    if _B64_HEAD.match(ref):
+        head = base64.b64decode(ref[:8])
+        for magic, name in _OTHER_AUDIO.items():
+            if head.startswith(magic):
+                raise InputError({"ref_audio": f"looks like base64 {name} audio: only WAV is "
+                                               "accepted (base64 WAV starts 'UklGR')"})
+    if "\x00" in ref or len(ref) > MAX_PATH_CHARS:
+        raise InputError({"ref_audio": "is neither base64 WAV (which starts 'UklGR'), an "
+                                       "http(s) URL, nor a cache path (at most "
+                                       f"{MAX_PATH_CHARS} characters, no NUL)"})
+    try:
+        data = _read_cache_file(ref, config)
+    except (OSError, ValueError, UnicodeError) as err:
+        log(f"ref_audio path {echo(ref, 200)}: {type(err).__name__}: {err}")
+        data = None
+    if data is None or data[:4] not in (b"RIFF", b"RF64"):
+        # One answer for missing, outside the cache, too big, unreadable or not audio: a
+        # caller learns nothing about which files exist on the worker, nor their sizes.
+        raise InputError({"ref_audio": "no usable WAV at this cache path (give a WAV file "
+                                       "inside the cache root, e.g. voices/ref.wav, of at "
+                                       f"most {config.max_ref_audio_bytes} bytes)"})
+    return _decode(data, config)
+
+
+def _read_cache_file(ref: str, config: HandlerConfig) -> bytes:
     root = config.cache_root.resolve()
-    path = Path(ref) if os.path.isabs(ref) else root / ref
-    real = path.resolve()
+    real = (Path(ref) if os.path.isabs(ref) else root / ref).resolve()
     # Refuse anything outside the cache, including via `..` or a symlink.
     if real != root and root not in real.parents:
-        raise InputError({"ref_audio": f"path {ref!r} is outside the cache root {root}; "
-                                       "give base64 WAV, a URL, or a path under the cache"})
-    if not real.is_file():
-        raise InputError({"ref_audio": f"no file at {real} (neither base64 WAV, which starts "
-                                       "'UklGR', nor a URL, nor an existing cache path)"})
-    size = real.stat().st_size
-    if size > config.max_ref_audio_bytes:
-        raise InputError({"ref_audio": f"{real} is {size} bytes, over the "
-                                       f"{config.max_ref_audio_bytes}-byte limit"})
-    return real.read_bytes()
+        raise ValueError(f"{real} is outside the cache root {root}")
+    with open(real, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > config.max_ref_audio_bytes:
+            raise ValueError(f"{real} is {size} bytes, over the limit")
+        return f.read(config.max_ref_audio_bytes + 1)

@@ -2,7 +2,13 @@
 
 A worker that cannot load its model does not exit: RunPod would restart it in a loop and the
 caller would only see timeouts. It stays up and answers every job with the load error, which
-names the missing file and the fix.
+names the missing file (relative to the cache root) and the fix.
+
+Nothing blocks the event loop: validation (which may download and decode a reference clip),
+inference, encoding and delivery run in threads, so a health job or a second job is answered
+while a slow one runs. Replies never carry a traceback, an absolute path, the cache root or
+the bucket: the details go to the worker's log (``handler.logs``), and every reply is made
+JSON-safe last (``handler.jsonsafe``) so runpod can always post it.
 """
 
 from __future__ import annotations
@@ -20,15 +26,17 @@ from cache_sync import readiness
 from handler.asr import AsrModelMissingError, Transcriber, resolve_model_dir
 from handler.audio import Audio, encode_wav
 from handler.config import HandlerConfig
-from handler.engine import Engine, SynthesisRequest, make_engine
+from handler.engine import Engine, EngineError, ModelMissingError, SynthesisRequest, make_engine
+from handler.jsonsafe import clean, json_safe
+from handler.logs import JOB_ID, log
 from handler.outputs import OutputWriter
-from handler.validate import InputError, JobInput, validate
+from handler.validate import InputError, JobInput, check_output_length, validate
 
-HANDLER_VERSION = "0.1.0"
+HANDLER_VERSION = "0.2.0"
 
 
-def _log(message: str) -> None:
-    print(f"handler: {message}", file=sys.stderr, flush=True)
+def _log_exception(what: str) -> None:
+    log(f"{what}:\n{traceback.format_exc()}")
 
 
 def _on_runpod() -> bool:
@@ -42,7 +50,8 @@ class Worker:
         self.engine: Engine | None = make_engine(config) if config else None
         self.writer = OutputWriter(config) if config else None
         self.transcriber = self._make_transcriber()
-        self.load_error: str | None = startup_error
+        self.load_error: str | None = startup_error  # for the log: may name paths
+        self.public_error: str | None = startup_error  # for replies: no absolute paths
         self.loaded: dict[str, Any] = {}
         self.load_seconds: float | None = None
         self.jobs_done = 0
@@ -51,9 +60,10 @@ class Worker:
     def warm_load(self) -> bool:
         """Load the engine before the first job. Never raises: a failure is remembered."""
         if self.engine is None:
-            _log(f"not loading: {self.load_error}")
+            log(f"not loading: {self.load_error}")
             return False
         start = time.perf_counter()
+        name = self.engine.name
         try:
             # Under `cache-sync run`, models/ may still be pulling: import the engine's
             # libraries meanwhile, then wait for the area. Otherwise check the model files
@@ -62,28 +72,39 @@ class Worker:
             if not overlapping:
                 self.engine.check_files()
             self.engine.import_modules()
-            _log(f"imported engine {self.engine.name} in {time.perf_counter() - start:.2f}s")
+            log(f"imported engine {self.engine.name} in {time.perf_counter() - start:.2f}s")
             if overlapping:
                 waited = readiness.wait(["models"])
-                _log(f"waited {waited:.1f}s for the models area")
+                log(f"waited {waited:.1f}s for the models area")
             self.loaded = self.engine.load()
-        except readiness.AreaNotReady as err:
+        except ModelMissingError as err:  # the message says it all
+            self.load_error, self.public_error = str(err), err.public
+        except readiness.AreaNotReady as err:  # the pull's error may name the store: log only
             self.load_error = str(err)
-        except FileNotFoundError as err:  # ModelMissingError and friends: message says it all
-            self.load_error = str(err)
+            self.public_error = ("the models area did not arrive from the store; the worker's "
+                                 "log has the details")
         except ImportError as err:
-            self.load_error = (f"engine {self.engine.name!r} cannot import {err.name or err}: "
-                               "install its packages into the cache with `cache-sync install` "
-                               "(see docs/handler.md)")
+            self.load_error = self.public_error = (
+                f"engine {name!r} cannot import {err.name or 'a module it needs'}: install its "
+                "packages into the cache with `cache-sync install` (see docs/handler.md)")
+            if not err.name:
+                self.load_error += f" ({err})"
         except Exception as err:  # noqa: BLE001 (corrupt checkpoint, OOM, ...: never crash-loop)
-            traceback.print_exc()
-            self.load_error = f"engine {self.engine.name!r} failed to load: " \
-                              f"{type(err).__name__}: {err}"
+            _log_exception("warm load failed")
+            self.load_error = f"engine {name!r} failed to load: {type(err).__name__}: {err}"
+            self.public_error = f"engine {name!r} failed to load ({type(err).__name__}); " \
+                                "the worker's log has the details"
         self.load_seconds = round(time.perf_counter() - start, 3)
         if self.load_error:
-            _log(f"NOT READY: {self.load_error}")
+            log(f"NOT READY: {self.load_error}")
             return False
-        _log(f"ready: engine {self.engine.name} loaded in {self.load_seconds}s")
+        assert self.config is not None
+        try:
+            free = f"{shutil.disk_usage(self.config.cache_root).free} bytes free"
+        except OSError as err:
+            free = f"free space unknown: {err}"
+        log(f"ready: engine {name} loaded in {self.load_seconds}s from {self.config.cache_root} "
+            f"({free})")
         return True
 
     def _make_transcriber(self) -> Transcriber | None:
@@ -98,17 +119,29 @@ class Worker:
 
     # --- jobs --------------------------------------------------------------------------
     async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """runpod's handler: one job in, one JSON-safe reply out, whatever happens inside."""
+        job_id = clean(str(job.get("id", "job")))[:100] if isinstance(job, dict) else "job"
+        JOB_ID.set(job_id)  # this job's task only; to_thread carries it into threads
+        try:
+            reply = await self._handle(job, job_id)
+        except Exception:  # noqa: BLE001 (the last guard: a reply, never a traceback)
+            _log_exception("unexpected error")
+            reply = {"error": f"internal error in job {job_id}; the worker's log has the "
+                              "details"}
+        return json_safe(reply)  # type: ignore[no-any-return]
+
+    async def _handle(self, job: dict[str, Any], job_id: str) -> dict[str, Any]:
         raw = job.get("input")
         if isinstance(raw, dict) and raw.get("health") is True:
             return self.health()
         if self.load_error or self.engine is None or self.config is None:
-            return {"error": f"worker not ready: {self.load_error}"}
+            return {"error": f"worker not ready: {self.public_error}"}
         try:
-            inp = validate(raw, self.config)
+            # Off the event loop: it may download and decode a reference clip.
+            inp = await asyncio.to_thread(validate, raw, self.config)
         except InputError as err:
             return {"error": str(err), "fields": err.fields}
 
-        job_id = str(job.get("id", "job"))
         tp = time.perf_counter()
         try:
             req, prep = await asyncio.to_thread(self._prepare, inp)
@@ -122,18 +155,24 @@ class Worker:
             # Inference blocks for seconds: run it in a thread so the event loop keeps
             # heart-beating and taking jobs up to the concurrency limit.
             result = await asyncio.to_thread(self.engine.synthesize, req)
-        except Exception as err:  # noqa: BLE001 (reported as the job's error)
-            traceback.print_exc()
-            return {"error": f"synthesis failed: {type(err).__name__}: {err}"}
+        except EngineError as err:  # written for the caller
+            _log_exception("synthesis failed")
+            return {"error": f"synthesis failed: {err}"}
+        except Exception as err:  # noqa: BLE001 (reported as the job's error, details logged)
+            _log_exception("synthesis failed")
+            return {"error": f"synthesis failed ({type(err).__name__}); the worker's log has "
+                             "the details"}
         t1 = time.perf_counter()
         wav = await asyncio.to_thread(encode_wav, result.samples, result.sample_rate)
         t2 = time.perf_counter()
         try:
             assert self.writer is not None
             delivered = await asyncio.to_thread(self.writer.deliver, wav, inp.output, job_id)
-        except Exception as err:  # noqa: BLE001 (reported as the job's error)
-            return {"error": f"could not deliver the audio ({inp.output}): "
-                             f"{type(err).__name__}: {err}"}
+        except Exception as err:  # noqa: BLE001 (reported as the job's error, details logged)
+            target = self.config.output_url if inp.output == "s3" else "the reply"
+            _log_exception(f"delivery ({inp.output}, to {target}) failed")
+            return {"error": f"could not deliver the audio ({inp.output}: "
+                             f"{type(err).__name__}); the worker's log has the details"}
         t3 = time.perf_counter()
         self.jobs_done += 1
         return {
@@ -178,16 +217,23 @@ class Worker:
             try:
                 got = self.transcriber.transcribe(prepared.samples, prepared.sample_rate)
             except AsrModelMissingError as err:
-                raise _JobFailed(f"ref_text is empty and the transcriber is unavailable: {err}")
+                log(f"transcriber unavailable: {err}")
+                assert self.config is not None
+                public = str(err).replace(str(self.config.cache_root), "<cache root>")
+                raise _JobFailed("ref_text is empty and the transcriber is unavailable: "
+                                 f"{public}") from None
             except Exception as err:  # noqa: BLE001 (the job's error; the worker goes on)
-                traceback.print_exc()
-                raise _JobFailed(f"transcription failed: {type(err).__name__}: {err}") from None
+                _log_exception("transcription failed")
+                raise _JobFailed(f"transcription failed ({type(err).__name__}); the worker's "
+                                 "log has the details") from None
             asr_total = time.perf_counter() - t0
             ref_text = got.text
             out["transcript"] = got.text
             out["asr"] = {**self.transcriber.status(), "device": got.device}
             timings = {"asr_load_seconds": got.load_seconds, "asr_seconds": got.seconds}
         ref_text = refprep.finish_ref_text(ref_text)
+        assert self.config is not None
+        check_output_length(inp.text, ref_text, prepared.seconds, inp.speed, self.config)
         chunk_chars = refprep.max_chars(ref_text, prepared.seconds, inp.speed)
         chunks = refprep.chunk_text(inp.text, chunk_chars)
         out["reference"] = {**prepared.report(), "chunk_chars": chunk_chars}
@@ -203,31 +249,25 @@ class Worker:
 
             runpod.serverless.progress_update(job, message)
         except Exception as err:  # noqa: BLE001 (progress is best-effort, never a job failure)
-            _log(f"progress update failed: {err}")
+            log(f"progress update failed: {err}")
 
     # --- health ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        """Ready or not and why, what is loaded, versions: no paths, sizes or bucket names."""
+        return {
             "ready": self.load_error is None,
             # not "error": runpod would turn a health answer into a failed job
-            "not_ready_reason": self.load_error,
+            "not_ready_reason": self.public_error,
             "engine": self.engine.describe() if self.engine else None,
             "loaded": self.loaded,
             "load_seconds": self.load_seconds,
             "jobs_done": self.jobs_done,
+            "concurrency": self.config.concurrency if self.config else None,
+            "url_ref_audio": self.config.allow_url_ref_audio if self.config else None,
             "asr": self.transcriber.status() if self.transcriber else None,
             "versions": _versions(),
+            "gpu": _gpu_memory(),
         }
-        if self.config:
-            out["cache_root"] = str(self.config.cache_root)
-            try:
-                usage = shutil.disk_usage(self.config.cache_root)
-                out["cache_free_bytes"] = usage.free
-            except OSError as err:
-                out["cache_free_bytes"] = None
-                out["cache_disk_error"] = str(err)
-        out["gpu"] = _gpu_memory()
-        return out
 
 
 class _JobFailed(RuntimeError):

@@ -55,7 +55,7 @@ def test_24bit_and_8bit_pcm():
 @pytest.mark.parametrize("data,words", [
     (b"OggS" + bytes(40), "no RIFF/WAVE header"),
     (_wav(2, 4, 1, bytes(8)), "unsupported WAV encoding"),
-    (b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0" + bytes(16) + b"data\0\0\0\0", "implausible"),
+    (b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0" + bytes(16) + b"data\0\0\0\0", "not a standard rate"),
     (b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0" + bytes(16), "no data chunk"),
 ])
 def test_bad_wavs_are_named(data, words):
@@ -155,3 +155,117 @@ def test_light_engine_missing_model_names_file_and_fix(tmp_path: Path):
     assert w.warm_load() is False
     assert str(tmp_path / "models/light-tts/model.json") in w.load_error
     assert "cache-sync push models" in w.load_error and "HANDLER_LIGHT_MODEL" in w.load_error
+
+
+# --- hostile jobs: decoders, address policy, guards ----------------------------------------
+
+@pytest.fixture(params=["numpy", "stdlib"])
+def decoder(request, monkeypatch):
+    """Both WAV decoders: numpy's (beside f5-tts) and the bare image's standard library one."""
+    from handler import audio
+
+    if request.param == "stdlib":
+        monkeypatch.setattr(audio, "_numpy", lambda: None)
+    return request.param
+
+
+def test_both_decoders_agree_on_every_encoding(decoder):
+    frames24 = b"".join(v.to_bytes(3, "little", signed=True) for v in (4194304, -8388608, 1))
+    assert list(decode_wav(_wav(1, 24, 1, frames24)).samples) == \
+        pytest.approx([0.5, -1.0, 1 / 8388608])
+    assert list(decode_wav(_wav(1, 8, 1, bytes([128, 192, 0]))).samples) == \
+        pytest.approx([0, 0.5, -1.0])
+    pcm16 = array("h", [16384, -32768, 0, 8192]).tobytes()
+    stereo = decode_wav(_wav(1, 16, 2, pcm16))
+    assert list(stereo.samples) == pytest.approx([-0.25, 0.125])
+    pcm32 = array("i", [2**30, -2**31]).tobytes()
+    assert list(decode_wav(_wav(1, 32, 1, pcm32)).samples) == pytest.approx([0.5, -1.0])
+    assert decode_wav(encode_wav([0.25] * 10)).samples[3] == pytest.approx(0.25, abs=1e-4)
+
+
+@pytest.mark.parametrize("rate,channels,words", [
+    (47999, 1, "47999 Hz is not a standard rate"),
+    (1000, 1, "not a standard rate"),
+    (16000, 3, "3 channels"),
+    (16000, 32767, "32767 channels"),
+])
+def test_only_standard_rates_and_mono_or_stereo(rate, channels, words):
+    with pytest.raises(AudioError, match=words):
+        decode_wav(_wav(1, 16, channels, bytes(2 * channels * 4), rate=rate))
+
+
+def test_length_is_checked_from_the_header_before_decoding(decoder):
+    data = _wav(1, 24, 2, bytes(6 * 48000 * 31), rate=48000)  # 31 s of 24-bit stereo
+    with pytest.raises(AudioError, match="31.0 s long, the limit is 30 s"):
+        decode_wav(data, max_seconds=30)
+
+
+def test_a_long_24bit_stereo_clip_decodes_quickly():
+    import time
+
+    data = _wav(1, 24, 2, bytes(range(252)) * (6 * 48000 * 30 // 252), rate=48000)
+    start = time.perf_counter()
+    audio = decode_wav(data)
+    took = time.perf_counter() - start
+    assert audio.seconds == pytest.approx(30, abs=0.01)
+    assert took < 2.0, took  # ~0.06 s with numpy here; the per-sample loop took ~2 s mono
+
+
+@pytest.mark.parametrize("address,reason", [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
+    ("2002:7f00:1::", "loopback"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+    ("10.1.2.3", "private"), ("fd00::1", "private"), ("224.0.0.1", "multicast"),
+    ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("100.64.0.1", "not globally routable"), ("64:ff9b::7f00:1", "reserved"),
+    ("8.8.8.8", None), ("2001:4860:4860::8888", None),
+])
+def test_address_policy(address, reason):
+    import ipaddress
+
+    from handler.netfetch import blocked_reason
+
+    got = blocked_reason(ipaddress.ip_address(address))
+    assert (got is None) if reason is None else (got is not None and reason in got), got
+
+
+def test_allowlist_parses_hosts_and_networks_and_names_a_bad_entry():
+    import ipaddress
+
+    cfg = HandlerConfig.from_env({"CACHE_SYNC_ROOT": "/tmp/x", "HANDLER_URL_ALLOWLIST":
+                                  " Audio.Internal. , 10.20.0.0/16,127.0.0.2,[::1]"})
+    assert cfg.url_allow_hosts == frozenset({"audio.internal"})
+    assert ipaddress.ip_address("10.20.3.4") in cfg.url_allow_nets[0]
+    policy = cfg.url_policy()
+    assert policy.allows("x", ipaddress.ip_address("::1"))
+    assert not policy.allows("x", ipaddress.ip_address("127.0.0.1"))
+    assert cfg.allow_url_ref_audio is False  # URL fetching is off by default
+    with pytest.raises(HandlerConfigError, match="HANDLER_URL_ALLOWLIST: 'bad host!'"):
+        HandlerConfig.from_env({"HANDLER_URL_ALLOWLIST": "ok.example, bad host!"})
+
+
+def test_last_guard_turns_any_exception_into_a_generic_json_safe_reply(tmp_path, monkeypatch):
+    import json
+
+    from handler import worker as worker_mod
+    from handler.validate import InputError
+
+    (tmp_path / "models" / "light-tts").mkdir(parents=True)
+    (tmp_path / "models" / "light-tts" / "model.json").write_text("{}")
+    w = Worker(HandlerConfig.from_env({"CACHE_SYNC_ROOT": str(tmp_path),
+                                       "HANDLER_ENGINE": "light"}))
+    assert w.warm_load()
+
+    def explode(raw, config):
+        raise OSError(f"disk error under {tmp_path}")
+
+    monkeypatch.setattr(worker_mod, "validate", explode)
+    out = asyncio.run(w.handle({"id": "j-1", "input": {}}))
+    assert out == {"error": "internal error in job j-1; the worker's log has the details"}
+
+    def surrogate(raw, config):
+        raise InputError({"input": "bad \ud800 name"})
+
+    monkeypatch.setattr(worker_mod, "validate", surrogate)
+    out = asyncio.run(w.handle({"id": "j-\udc80", "input": {}}))
+    json.dumps(out, ensure_ascii=False).encode("utf-8")  # what runpod does: must not raise
+    assert "\\ud800" in out["error"] and "\\ud800" in out["fields"]["input"]

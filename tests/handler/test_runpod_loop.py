@@ -15,6 +15,7 @@ import pytest
 
 from handler.audio import decode_wav
 from tests.support.fake_runpod import FakeRunPod
+from tests.support.hostile_sites import URL_DEADLINE, open_sites
 from tests.support.worker_helpers import REPO, stop, tone_b64, worker_env, write_light_model
 
 pytestmark = pytest.mark.timeout(180)
@@ -82,27 +83,104 @@ def test_job_loop_finishes_in_flight_job_on_sigterm(fake, tmp_path):
         stop(proc)
 
 
-def test_concurrency_runs_jobs_side_by_side_in_threads(fake, tmp_path):
-    """HANDLER_CONCURRENCY=2 reaches runpod's concurrency_modifier: two 1.5 s jobs overlap
-    (inference runs in a thread, so the event loop keeps taking and answering)."""
-    root = tmp_path / "cache"
-    write_light_model(root, synth_seconds=1.5)
-    env = worker_env(root, tmp_path, {**fake.env(), "HANDLER_ENGINE": "light",
-                                      "HANDLER_CONCURRENCY": "2"})
-    log = tmp_path / "worker.log"
-    proc = _start([sys.executable, "-m", "handler"], env, log)
-    try:
-        assert fake.wait_for(lambda: fake.pings, 60), log.read_text()[-3000:]  # loop is up
-        fake.add_job("a", JOB)
-        fake.add_job("b", JOB)
-        assert fake.wait_for(lambda: fake.results("a") and fake.results("b"), 60), \
-            log.read_text()[-3000:]
-        a, b = fake.results("a")[0], fake.results("b")[0]
-        starts = [t for j, t in fake.taken if j in ("a", "b")]
-        assert "audio_base64" in a.body["output"] and "audio_base64" in b.body["output"]
-        assert max(a.at, b.at) - min(starts) < 2.6  # serial would be >= 3.0 s
-    finally:
-        stop(proc)
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """One job-loop worker for the hostile-job tests: HANDLER_CONCURRENCY=3, URLs on with
+    127.0.0.2 allow-listed, a 1 s light engine (draws from the process-wide RNG as it goes)."""
+    tmp = tmp_path_factory.mktemp("hostile-loop")
+    root = tmp / "cache"
+    write_light_model(root, synth_seconds=1.0)
+    with open_sites() as sites:
+        fake = FakeRunPod().start()
+        env = worker_env(root, tmp, {**fake.env(), "HANDLER_ENGINE": "light",
+                                     "HANDLER_CONCURRENCY": "3",
+                                     "HANDLER_ALLOW_URL_REF_AUDIO": "true",
+                                     "HANDLER_URL_ALLOWLIST": "127.0.0.2",
+                                     "HANDLER_URL_TIMEOUT": str(URL_DEADLINE)})
+        log = tmp / "worker.log"
+        proc = _start([sys.executable, "-m", "handler"], env, log)
+        try:
+            assert fake.wait_for(lambda: fake.pings, 60), log.read_text()[-3000:]  # loop is up
+            yield fake, sites, log
+        finally:
+            stop(proc)
+            fake.stop()
+
+
+def _results(fake: FakeRunPod, log: Path, ids: list[str], timeout: float = 60) -> dict:
+    assert fake.wait_for(lambda: all(fake.results(j) for j in ids), timeout), \
+        log.read_text()[-3000:]
+    return {j: fake.results(j)[0] for j in ids}
+
+
+def _taken_at(fake: FakeRunPod, job_id: str) -> float:
+    return next(t for j, t in fake.taken if j == job_id)
+
+
+def test_a_slow_download_does_not_delay_an_ordinary_job(hostile):
+    """HANDLER_CONCURRENCY reaches runpod's concurrency_modifier (batch job-take) and the
+    download runs off the event loop: with a dripping server holding one job until the URL
+    deadline, an ordinary job sent after it is answered in about its own 1 s."""
+    fake, sites, log = hostile
+    fake.add_job("slow", {**JOB, "ref_audio": sites["public"].url("/slow")})
+    assert fake.wait_for(lambda: "/slow" in sites["public"].hits, 30)
+    sent = time.monotonic()
+    fake.add_job("quick", {**JOB, "text": "Quick."})
+    res = _results(fake, log, ["slow", "quick"])
+    quick_s = res["quick"].at - sent  # from queueing, not taking: a stalled loop takes late
+    slow_s = res["slow"].at - _taken_at(fake, "slow")
+    print(f"\nconcurrency 3: ordinary job answered in {quick_s:.2f} s while a slow download "
+          f"ran; the slow job was cut after {slow_s:.2f} s")
+    assert "audio_base64" in res["quick"].body["output"]
+    assert quick_s < 3.0 and res["quick"].at < res["slow"].at
+    assert "could not use this URL" in res["slow"].body["error"]
+    assert URL_DEADLINE - 0.5 < slow_s < URL_DEADLINE + 3.0
+
+
+def test_seeded_jobs_reproduce_while_running_side_by_side(hostile):
+    """Two seeded jobs and an unseeded one at once give the same audio as the seeded jobs
+    alone: every job samples under one lock (as F5-TTS's torch.randn needs), and an
+    unseeded job reports the seed it drew, which reproduces it."""
+    fake, _, log = hostile
+    a, b = {**JOB, "text": "Seeded job A.", "seed": 11}, {**JOB, "text": "Seeded job B.",
+                                                         "seed": 12}
+    u = {k: v for k, v in JOB.items() if k != "seed"} | {"text": "Unseeded job."}
+    for job_id, inp in (("a1", a), ("b1", b), ("u1", u)):
+        fake.add_job(job_id, inp)
+    together = _results(fake, log, ["a1", "b1", "u1"])
+    drawn = together["u1"].body["output"]["engine_info"]["seed"]
+    alone = {}
+    for job_id, inp in (("a2", a), ("b2", b), ("u2", {**u, "seed": drawn})):
+        fake.add_job(job_id, inp)
+        alone.update(_results(fake, log, [job_id]))
+    for one, two in (("a1", "a2"), ("b1", "b2"), ("u1", "u2")):
+        assert together[one].body["output"]["audio_base64"] == \
+            alone[two].body["output"]["audio_base64"], one
+    assert together["a1"].body["output"]["audio_base64"] != \
+        together["b1"].body["output"]["audio_base64"]
+
+
+def test_lone_surrogates_get_a_posted_error_not_a_stuck_job(hostile):
+    """A lone surrogate (JSON "\\ud800") in a field name, a path, a URL or the text: each
+    job gets exactly one posted result, an error that shows the character escaped."""
+    fake, _, log = hostile
+    bad = {
+        "name": {**JOB, "\ud800": 1},
+        "path": {**JOB, "ref_audio": "voices/\ud800.wav"},
+        "url": {**JOB, "ref_audio": "http://127.0.0.2/\ud800.wav"},
+        "host": {**JOB, "ref_audio": "http://\ud800.example/ref.wav"},
+        "text": {**JOB, "text": "hello \ud800"},
+        "ref_text": {**JOB, "ref_text": "\ud800"},
+    }
+    for job_id, inp in bad.items():
+        fake.add_job(f"sur-{job_id}", inp)
+    res = _results(fake, log, [f"sur-{j}" for j in bad], timeout=60)
+    for job_id, post in res.items():
+        assert len(fake.results(job_id)) == 1
+        error = post.body["error"]
+        assert error.startswith("invalid input: ") and "Traceback" not in error, error
+    assert "\\ud800" in res["sur-name"].body["error"]  # escaped, as six ASCII characters
+    assert "ref_audio: could not use this URL" in res["sur-url"].body["error"]
 
 
 RUN_CMD = REPO / "cache_sync" / "cli" / "cmd_run.py"

@@ -78,6 +78,7 @@ class ApiWorker:
     """`python -m handler --rp_serve_api` on 127.0.0.1:port."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.cache_root = Path(env["CACHE_SYNC_ROOT"])
         self.port = free_port()
         self.log = log
         self._log_file = open(log, "wb")  # noqa: SIM115 (closed in close())
