@@ -124,17 +124,25 @@ class _Heads:
 
     def current(self, store: Any) -> dict[str, list[str]]:
         from cache_sync.history import History
-        from cache_sync.sync import list_refs
+        from cache_sync.repo import list_refs
 
         return {a: [h.id for h in History(list_refs(store, a)).heads] for a in self.areas}
 
+    def local(self, store: Any) -> dict[str, list[str]]:
+        """The heads each area was last pulled or pushed at (``--no-pull``: maybe stale, so
+        the first look at the store pulls what moved)."""
+        from cache_sync.local_cache import CacheState
+
+        cache = CacheState(self.settings.root)
+        return {a: list(cache.load_state(a, store.url).based_on) for a in self.areas}
+
     def pull_if_moved(self, store: Any) -> bool:
-        from cache_sync import sync
+        from cache_sync.pull import pull
 
         now = self.current(store)
         if now == self.seen:
             return False
-        sync.pull(self.settings, list(self.areas))
+        pull(self.settings, list(self.areas))
         self.seen = now
         return True
 
@@ -156,7 +164,7 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
     timing = lease.Timing.for_expiry(settings.lease_expiry, settings.lease_settle)
     claim = lease.Lease(store, LEASE_NAME, settings.worker, timing)
     heads = _Heads(settings, log, plan.areas)
-    heads.seen = heads.current(store)  # what our pull already brought
+    heads.seen = heads.local(store)  # what this cache is based on (its pull, or none)
 
     def others_done() -> bool:
         return heads.pull_if_moved(store) and not missing(settings, plan)
@@ -182,8 +190,8 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
     report.seconds = round(time.monotonic() - t0, 3)
     if report.role != "installed":
         report.role = "waited"
-        log(f"bootstrap: worker {', '.join(report.holders) or '?'} installed it; pulled "
-            f"after {report.seconds:.1f}s")
+        who = f"worker {', '.join(report.holders)}" if report.holders else "the store"
+        log(f"bootstrap: {who} had it; pulled after {report.seconds:.1f}s")
     return report
 
 
@@ -227,11 +235,11 @@ def _install(settings: Settings, plan: Plan, base_env: Mapping[str, str], report
 
 def _models(settings: Settings, need: Missing, base_env: Mapping[str, str], report: Report,
             log: Callable[[str], None]) -> None:
-    from cache_sync import sync
+    from cache_sync.push import push
 
     hfmodels.download(need.models, hub_cache(settings), base_env,
                       lambda m: log(f"bootstrap: {m}"))
     report.downloaded = [str(m) for m in need.models]
     # install's own push may hold the cache lock right now: wait for it
     patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
-    report.pushed += [r.to_dict() for r in sync.push(patient, ["models"])]
+    report.pushed += [r.to_dict() for r in push(patient, ["models"])]

@@ -138,6 +138,7 @@ class Settings:
     small_file: int = 4 * MiB
     keep: int = 5
     gc_grace: float = 24 * 3600.0
+    gc_window: float = 300.0
     progress: str = "auto"
     json: bool = False
     verbose: int = 0
@@ -154,7 +155,7 @@ class Settings:
     min_free: int = 512 * MiB
     min_free_os: int = 256 * MiB
     os_disk: str = "/"
-    push_pip: bool = False
+    push_pip: bool = True
     flash_attn_base_url: str = (
         "https://github.com/Dao-AILab/flash-attention/releases/download")
     # fleet (issue 11): see docs/design.md "Workers sharing a root"
@@ -292,6 +293,7 @@ class Settings:
             small_file=num("small_file", _parse_size, 4 * MiB),
             keep=num("keep", _parse_int, 5, minimum=1),
             gc_grace=num("gc_grace", _parse_float, 24 * 3600.0),
+            gc_window=num("gc_window", _parse_float, 300.0, minimum=1.0),
             progress=progress,
             json=json_out,
             verbose=int(verbose),
@@ -352,13 +354,23 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free=num("min_free", _parse_size, 512 * MiB),
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
-        push_pip=num("push_pip", _parse_bool, False),
+        push_pip=num("push_pip", _parse_bool, True),
         overlap=num("overlap", _parse_bool, False),
         # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
                              or "https://github.com/Dao-AILab/flash-attention/releases/download"
                              ).rstrip("/"),
     )
+
+
+def sanitize_worker(worker: str) -> str:
+    """A worker id usable as a directory name."""
+    return (re.sub(r"[^A-Za-z0-9._-]", "_", worker).lstrip(".") or "worker")[:100]
+
+
+def process_worker_id() -> str:
+    """The worker id when nothing names one: ``<host>-<pid>`` of this process."""
+    return sanitize_worker(f"{socket.gethostname()}-{os.getpid()}")
 
 
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")  # what botocore itself accepts
@@ -395,17 +407,15 @@ def check_areas(chosen: Sequence[str], configured: Sequence[str]) -> None:
 
 def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:
     """Who this worker is on a shared root, and whether it runs inside RunPod."""
-    worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or (
-        f"{socket.gethostname()}-{os.getpid()}")
-    worker = re.sub(r"[^A-Za-z0-9._-]", "_", worker).lstrip(".") or "worker"
+    worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or process_worker_id()
     runpod_var = next((v for v in ("RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID") if env.get(v)), "")
-    return dict(
-        worker=worker[:100],
-        worker_grace=num("worker_grace", _parse_float, 900.0, minimum=1.0),
-        runpod_volume=env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
-        runpod_var=runpod_var,
-        allow_local=num("allow_local", _parse_bool, False),
-    )
+    return {
+        "worker": sanitize_worker(worker),
+        "worker_grace": num("worker_grace", _parse_float, 900.0, minimum=1.0),
+        "runpod_volume": env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
+        "runpod_var": runpod_var,
+        "allow_local": num("allow_local", _parse_bool, False),
+    }
 
 
 def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import shlex
 from collections.abc import Mapping
 
 from cache_sync.config import Settings
+from cache_sync.workers import scratch_dirs
 
 # Variables whose value is a search path: we prepend, the caller's entries stay after ours.
 PATH_LIKE = ("PATH", "PYTHONPATH")
@@ -40,14 +41,17 @@ def cache_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict
     packages = root / "packages"
     models = root / "models"
     hf_home = models / "huggingface"
+    tmp, build = scratch_dirs(settings)
     env = {
         # cache-sync itself: a child calling `cache-sync push` must reach the same cache and
         # store even though XDG_CACHE_HOME (which locates the default store) changes below.
         "CACHE_SYNC_ROOT": str(root),
         "CACHE_SYNC_REMOTE": settings.remote,
-        # temporary files: what protects the OS disk (pip no longer honours PIP_BUILD_DIR)
-        "TMPDIR": str(root / "tmp"),
-        "PIP_BUILD_DIR": str(root / "build"),
+        "CACHE_SYNC_WORKER": settings.worker,
+        # temporary files, one dir per worker (workers may share the root): what protects
+        # the OS disk (pip no longer honours PIP_BUILD_DIR)
+        "TMPDIR": str(tmp),
+        "PIP_BUILD_DIR": str(build),
         # packages
         "PIP_CACHE_DIR": str(root / "pip"),
         "UV_CACHE_DIR": str(root / "pip" / "uv"),
@@ -90,7 +94,8 @@ def describe(name: str) -> str:
         "CACHE_SYNC_ROOT": "cache root (so child cache-sync calls use the same cache)",
         "CACHE_SYNC_REMOTE": "store URL (so child cache-sync calls use the same store)",
         "CACHE_SYNC_ENDPOINT_URL": "S3 endpoint for child cache-sync calls",
-        "TMPDIR": "all temporary files (pip unpack/build, tempfile) off the OS disk",
+        "CACHE_SYNC_WORKER": "this worker's id (its own tmp/ and build/ dirs on a shared root)",
+        "TMPDIR": "all temporary files (pip unpack/build, tempfile) off the OS disk, per worker",
         "PIP_BUILD_DIR": "build dir for old pips (new pips use TMPDIR)",
         "PIP_CACHE_DIR": "pip download cache (area pip/)",
         "UV_CACHE_DIR": "uv cache (inside area pip/)",

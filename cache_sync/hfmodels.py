@@ -136,7 +136,8 @@ def download(models: Sequence[HubModel], hub_cache: Path, base_env: Mapping[str,
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
             raise ModelDownloadError(f"download of {model} failed: {lines[-1]}",
-                                     hint="check the repo, revision and HF_TOKEN")
+                                     hint="check HF_ENDPOINT and the network, the repo, "
+                                     "its revision and HF_TOKEN")
         if not present(hub_cache, model):
             raise ModelDownloadError(f"download of {model} finished but files are missing "
                                      f"under {storage_dir(hub_cache, model.repo)}")

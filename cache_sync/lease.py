@@ -10,8 +10,9 @@ A claim is *live* while ``now - alive`` <= ``expiry``, where ``now`` is the newe
 LastModified in the same LIST (store time: no two machines' clocks are ever compared). Live
 claims are ordered by ``(claim LastModified, claim name)``. A candidate *holds* the lease when
 its claim is first among the live claims in a LIST made at least ``settle`` seconds (its own
-monotonic clock) after its claim's PUT returned; ``settle`` exceeds the store's LastModified
-granularity, so a claim that LIST could not see sorts after it.
+monotonic clock) after its claim's PUT returned. A claim whose PUT took longer than
+``max_put`` is withdrawn and made again, and ``settle - max_put`` exceeds the store's
+LastModified granularity, so a claim that LIST could not see sorts after it.
 
 This module is pure protocol over ``Store``: no threads except the optional renewer, no
 knowledge of what the lease protects.
@@ -99,6 +100,19 @@ def interpret(infos: list[ObjectInfo], prefix: str, expiry: float) -> View:
     view.live.sort(key=lambda c: c.order)
     view.stray = [n + ALIVE for n in alive if n not in placed]
     return view
+
+
+def describe(store: Store, name: str, expiry: float) -> dict[str, object] | None:
+    """For ``status``: who holds lease ``name``, how long since it renewed (store clock), who
+    waits; None when nobody is in it."""
+    prefix = f"{PREFIX}{name}/"
+    view = interpret(list(store.list(prefix)), prefix, expiry)
+    if view.first is None:
+        return None
+    return {"holder": view.first.worker,
+            "renewed_seconds_ago": round(view.now - view.first.alive, 1),
+            "waiting": [c.worker for c in view.live[1:]],
+            "expired": [c.worker for c in view.expired]}
 
 
 class Lease:

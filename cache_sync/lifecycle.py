@@ -1,6 +1,7 @@
 """``cache-sync run -- CMD``: the worker's supervisor.
 
-preflight (free space, fresh ``tmp/`` and ``build/``) -> pull the code areas (``packages/``,
+preflight (free space, a fresh ``tmp/<worker>/`` and ``build/<worker>/``, dead workers' dirs
+swept: ``workers.py``) -> pull the serving areas (``roles.py``): the code areas (``packages/``,
 ``deps/``) -> env -> start CMD while the data areas (``models/``) keep pulling in the
 background (the worker imports meanwhile and waits for them through ``cache_sync.readiness``)
 -> wait,
@@ -15,9 +16,9 @@ us, so every child is reaped (``waitpid(-1)``). Outside PID 1 we ask to be a chi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,8 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache_sync import diskguard, readiness
-from cache_sync.config import EPHEMERAL_DIRS, Settings
+from cache_sync import diskguard, readiness, workers
+from cache_sync.config import Settings
 from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import (
@@ -37,6 +38,7 @@ from cache_sync.errors import (
     ConfigError,
     DeadlineExceeded,
 )
+from cache_sync.roles import serving_areas
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
@@ -79,14 +81,6 @@ def _become_subreaper() -> None:
         pass
 
 
-def wipe_ephemeral(settings: Settings, recreate: bool) -> None:
-    for name in EPHEMERAL_DIRS:
-        path = settings.root / name
-        shutil.rmtree(path, ignore_errors=True)
-        if recreate:
-            path.mkdir(parents=True, exist_ok=True)
-
-
 def exit_code_of(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code  # killed by signal N -> 128+N, as shells do
@@ -114,12 +108,12 @@ class _BackgroundPull(threading.Thread):
         self.reports: list[dict] = []
 
     def run(self) -> None:
-        from cache_sync import sync
+        from cache_sync.pull import pull
 
         for i, area in enumerate(self.areas):
             start = time.monotonic()
             try:
-                self.reports += [r.to_dict() for r in sync.pull(self.settings, [area])]
+                self.reports += [r.to_dict() for r in pull(self.settings, [area])]
                 self.log(f"pulled: {area} (in the background, {time.monotonic() - start:.1f}s)")
                 if self.after is not None and i == len(self.areas) - 1:
                     self.bootstrap = self.after()
@@ -149,17 +143,17 @@ class _PeriodicPush(threading.Thread):
         self.count = 0
 
     def run(self) -> None:
-        from cache_sync import sync
+        from cache_sync.push import push
 
         # a push by another worker on a shared root: wait for it at most one interval
         settings = self.settings.with_overrides(
             lock_timeout=min(self.settings.lock_timeout, self.interval))
         while not self.stop.wait(self.interval):
             try:
-                areas = list(self.settings.areas)
+                areas = serving_areas(self.settings)
                 if self.background is not None:
                     areas = self.background.complete(areas)
-                sync.push(settings, areas, deadline=time.monotonic() + self.interval)
+                push(settings, areas, deadline=time.monotonic() + self.interval)
                 self.count += 1
             except CacheSyncError as exc:  # keep the worker running; the final push follows
                 self.log(f"periodic push failed: {exc}")
@@ -172,7 +166,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
-    from cache_sync import bootstrap, sync
+    from cache_sync import bootstrap
+    from cache_sync.pull import pull
 
     plan = bootstrap.plan_from(settings, os.environ) if opts.bootstrap else bootstrap.Plan()
 
@@ -196,15 +191,20 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     # Handlers go in before the pull: as PID 1 an unhandled SIGTERM would be dropped, and a
     # signal during the pull must stop the worker from starting rather than be lost.
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
-    data = [a for a in settings.areas if a in DATA_AREAS] if opts.overlap and opts.pull else []
-    code = [a for a in settings.areas if a not in data]
+    serving = serving_areas(settings)  # never pip/: roles.py
+    data = [a for a in serving if a in DATA_AREAS] if opts.overlap and opts.pull else []
+    code = [a for a in serving if a not in data]
     status_file = settings.state_dir / f"ready-{os.getpid()}.json"
     background: _BackgroundPull | None = None
+    scratch = contextlib.ExitStack()
     try:
-        wipe_ephemeral(settings, recreate=True)
+        # this worker's own tmp/<worker>/ and build/<worker>/, its liveness marker, heartbeat
+        scratch.enter_context(workers.session(settings, owner=True))
         if opts.pull and code:
-            result.pulled = [r.to_dict() for r in sync.pull(settings, code)]
-            log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled)
+            result.pulled = [r.to_dict() for r in pull(settings, code)]
+            log("pulled: " + ", ".join(
+                r["area"] + (f" ({r['note']})" if r.get("local_changes") else "")
+                for r in result.pulled)
                 + (f" ({', '.join(data)} pulling in the background)" if data else ""))
         # With the overlap, the packages part of the bootstrap runs now and the models part
         # after the background pull of models/ (see _BackgroundPull).
@@ -249,7 +249,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             periodic.stop.set()
             periodic.join(opts.push_timeout)
             result.periodic_pushes = periodic.count
-        areas = list(settings.areas)
+        areas = list(serving)
         if background is not None:
             # A worker that exits early leaves its background pull behind: wait for it within
             # the push budget; what is still pulling then is not pushed (and the thread dies
@@ -264,7 +264,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        wipe_ephemeral(settings, recreate=False)
+        scratch.close()
         status_file.unlink(missing_ok=True)
     return result
 
@@ -318,7 +318,7 @@ def _describe(status: int) -> str:
 def _final_push(settings: Settings, opts: RunOptions, start: float,
                 periodic: _PeriodicPush | None, result: RunResult,
                 log: Callable[[str], None], areas: Sequence[str]) -> None:
-    from cache_sync import sync
+    from cache_sync.push import push
 
     deadline = start + opts.push_timeout
     # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
@@ -331,7 +331,7 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
         log(result.push_error)
         return
     try:
-        result.pushed = [r.to_dict() for r in sync.push(settings, areas, deadline=deadline)]
+        result.pushed = [r.to_dict() for r in push(settings, areas, deadline=deadline)]
         log("pushed: " + ", ".join(
             f"{r['area']} ({'up to date' if r.get('up_to_date') else r.get('snapshot')})"
             for r in result.pushed))

@@ -1,34 +1,25 @@
-"""status, log, verify and gc: read-mostly operations over the store and the cache."""
+"""status, log and verify: read-only operations over the store and the cache (gc is
+``garbage.py``)."""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from cache_sync.config import Settings
 from cache_sync.errors import IntegrityError
+from cache_sync.fsutil import free_bytes, hash_file
 from cache_sync.history import History
-from cache_sync.layout import OBJECTS, SNAPSHOTS, SnapshotRef, oid_from_key, parse_snapshot_key
 from cache_sync.local_cache import CacheState, cache_lock, scan
-from cache_sync.plan import local_entries, plan_pull, same_tree
-from cache_sync.storage import open_store
-from cache_sync.sync import (
-    Manifests,
-    check_store_format,
-    current_state,
-    free_bytes,
-    hash_file,
-    list_refs,
-    resolve_areas,
-)
+from cache_sync.plan import local_entries, plan_pull
+from cache_sync.repo import Manifests, current_state, list_refs, open_checked, resolve_areas
+from cache_sync.storage import store_url
 
 
 def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, Any]:
     chosen = resolve_areas(settings, areas)
-    store = open_store(settings)
-    check_store_format(store)
+    store = open_checked(settings)
     cache = CacheState(settings.root)
     manifests = Manifests(store, cache)
     rows = []
@@ -40,9 +31,7 @@ def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
         index = cache.load_index(area)
         plan = plan_pull(target, local, index, state.entries or {}) if heads else None
         tree = local_entries(local, index)
-        base = state.entries
-        push_clean = not tree.to_hash and (
-            (base is not None and same_tree(tree.entries, base)) or (base is None and not local))
+        push_clean = tree.unchanged(state.entries)
         rows.append({
             "area": area,
             "local": list(state.based_on),
@@ -52,18 +41,22 @@ def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
             "push": {"changed": not push_clean, "files_to_read": len(tree.to_hash),
                      "bytes_to_read": sum(i.size for i in tree.to_hash)},
         })
+    from cache_sync import lease
+    from cache_sync.bootstrap import LEASE_NAME
+
+    held = lease.describe(store, LEASE_NAME, settings.lease_expiry)
     return {
         "root": str(settings.root),
         "remote": store.url,
         "free_bytes": free_bytes(settings.root),
         "areas": rows,
+        "leases": {LEASE_NAME: held} if held else {},
     }
 
 
 def log(settings: Settings, areas: Sequence[str] | None = None) -> list[dict[str, Any]]:
     chosen = resolve_areas(settings, areas)
-    store = open_store(settings)
-    check_store_format(store)
+    store = open_checked(settings)
     manifests = Manifests(store, CacheState(settings.root))
     out = []
     for area in chosen:
@@ -83,9 +76,7 @@ def verify(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
     """Re-hash every local file against the snapshot the area was last synced to."""
     chosen = resolve_areas(settings, areas)
     cache = CacheState(settings.root)
-    remote = settings.remote
-    if remote.startswith("file://"):
-        remote = "file://" + os.path.abspath(remote[len("file://"):])
+    remote = store_url(settings.remote)
     result: dict[str, Any] = {"areas": [], "ok": True}
     with cache_lock(settings.root, settings.lock_timeout):
         for area in chosen:
@@ -116,77 +107,6 @@ def verify(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
                 result["ok"] = False
             result["areas"].append(row)
     return result
-
-
-def gc(settings: Settings, *, dry_run: bool = False, keep: int | None = None,
-       grace: float | None = None) -> dict[str, Any]:
-    """Delete snapshots beyond the newest ``keep`` per area (heads are always kept) and then
-    objects no kept snapshot references, but only objects older than ``grace`` seconds, so an
-    unfinished push never loses what it uploaded."""
-    keep = keep or settings.keep
-    grace = settings.gc_grace if grace is None else grace
-    store = open_store(settings)
-    check_store_format(store)
-    manifests = Manifests(store, CacheState(settings.root))
-    by_area: dict[str, list[SnapshotRef]] = {}
-    for info in store.list(SNAPSHOTS):
-        ref = parse_snapshot_key(info.key, info.mtime)
-        if ref is not None:
-            by_area.setdefault(ref.area, []).append(ref)
-    kept: list[SnapshotRef] = []
-    dropped: list[SnapshotRef] = []
-    for refs in by_area.values():
-        k, d = _retain(refs, keep)
-        kept += k
-        dropped += d
-    referenced: set[str] = set()
-    for ref in kept:
-        for e in manifests.load(ref).entries.values():
-            referenced.update(b.oid for b in e.blobs)
-    now = time.time()
-    doomed, doomed_bytes, young = [], 0, 0
-    for info in store.list(OBJECTS):
-        oid = oid_from_key(info.key)
-        if oid is None or oid in referenced:
-            continue
-        if now - info.mtime < grace:
-            young += 1
-            continue
-        doomed.append(info.key)
-        doomed_bytes += info.size
-    if not dry_run:
-        store.delete(doomed)
-        store.delete([r.key for r in dropped])
-    return {
-        "dry_run": dry_run,
-        "snapshots_kept": len(kept),
-        "snapshots_deleted": len(dropped),
-        "objects_deleted": len(doomed),
-        "bytes_deleted": doomed_bytes,
-        "objects_in_grace": young,
-        "objects_referenced": len(referenced),
-    }
-
-
-def _retain(refs: list[SnapshotRef], keep: int) -> tuple[list[SnapshotRef], list[SnapshotRef]]:
-    """Newest ``keep`` plus every head; then, so that no kept snapshot turns into a false
-    head, also every child of a kept snapshot whose children would all be dropped."""
-    hist = History(refs)
-    ordered = sorted(refs, key=lambda r: r.id)
-    kept = {r.id for r in ordered[-keep:]} | {h.id for h in hist.heads}
-    children: dict[str, list[str]] = {}
-    for r in refs:
-        for p in r.parents:
-            children.setdefault(p, []).append(r.id)
-    changed = True
-    while changed:
-        changed = False
-        for sid in list(kept):
-            kids = children.get(sid, [])
-            if kids and not any(k in kept for k in kids):
-                kept.add(max(kids))
-                changed = True
-    return ([r for r in ordered if r.id in kept], [r for r in ordered if r.id not in kept])
 
 
 def verify_or_raise(result: dict[str, Any]) -> None:

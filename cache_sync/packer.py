@@ -93,14 +93,20 @@ class Uploader:
                 raise f.exception()  # type: ignore[misc]
 
     def wait(self) -> None:
+        """Until every submitted object is stored (raises the first failure); the pool stays
+        open for more (a push uploads again what gc deleted under it)."""
         try:
             for f in self.futures:
                 f.result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            self.abort()
+            raise
+        self.futures = []
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    close = abort
 
 
 class _Group:

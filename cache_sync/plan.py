@@ -7,14 +7,41 @@ whose contents must be read because the index cannot vouch for them.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache_sync.local_cache import LocalItem
 from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
-Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, sha256]
+Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
+
+
+@dataclass(slots=True)
+class LocalItem:
+    """One directory, regular file or symlink found by a scan of a local area."""
+
+    path: str
+    kind: str  # f d l
+    mode: int
+    mtime_ns: int
+    size: int
+    ino: int
+    ctime_ns: int
+    target: str = ""
+
+    def stat_key(self) -> list[int]:
+        # Like git: size, mtime, inode and ctime. mtime alone misses an in-place edit whose
+        # writer restores the mtime (tar, rsync -t, cp -p, a test fixture); ctime cannot be set
+        # from user space. A pull therefore records each file's stat after its last rename.
+        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
+
+
+def index_record(st: os.stat_result, digest: str, size: int | None = None) -> list[Any]:
+    """The stat index's record of a file whose contents (``size`` bytes, as read) hash to
+    ``digest``; ``st`` must be taken after the file's last rename (a rename changes ctime)."""
+    return [st.st_size if size is None else size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+            digest]
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -22,8 +49,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
     if item is None or item.kind != "f":
         return None
     rec = index.get(item.path)
-    if rec and len(rec) == 4 and rec[:3] == item.stat_key():
-        return str(rec[3])
+    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
+        return str(rec[4])
     return None
 
 
@@ -148,6 +175,15 @@ class LocalTree:
     to_hash: list[LocalItem]
     skipped: list[str]  # symlinks that leave the area
 
+    def unchanged(self, base: dict[str, Entry] | None) -> bool:
+        """True when a push would send nothing: no file to read, and the tree equals the
+        state last synced (or, never synced, there is nothing local at all)."""
+        if self.to_hash:
+            return False
+        if base is None:
+            return not self.entries and not self.skipped
+        return same_tree(self.entries, base)
+
 
 def local_entries(local: dict[str, LocalItem], index: Index) -> LocalTree:
     entries: dict[str, Entry] = {}
@@ -189,3 +225,22 @@ def same_tree(a: dict[str, Entry], b: dict[str, Entry]) -> bool:
     if a.keys() != b.keys():
         return False
     return all(a[p].same_content(b[p]) for p in a)
+
+
+def local_head(state: dict[str, Entry], tree: dict[str, Entry]) -> tuple[dict[str, Entry], int]:
+    """The local tree as a merge head based on ``state`` (docs/design.md 5.2), and how many
+    paths it changed. An entry that differs from the state only in its mtime keeps the
+    state's entry: a touched file or a directory whose listing changed is no change worth
+    winning a merge over (and coarse network-volume timestamps would make every file one)."""
+    head: dict[str, Entry] = {}
+    changed = 0
+    for path, e in tree.items():
+        s = state.get(path)
+        if s is not None and (s.kind, s.mode, s.size, s.digest, s.target) == (
+                e.kind, e.mode, e.size, e.digest, e.target):
+            head[path] = s
+        else:
+            head[path] = e
+            changed += 1
+    changed += sum(1 for p in state if p not in tree)
+    return head, changed

@@ -13,9 +13,10 @@ A job's ``ref_audio`` URL is attacker-controlled. ``urllib.request.urlopen`` wou
    host), so a DNS answer that changes between check and connect (rebinding) is never used;
 4. redirects are followed by hand, at most ``MAX_REDIRECTS``, each one re-checked from step 1.
 
-One deadline bounds the whole fetch (resolution aside: the system resolver has its own
-timeout): a watchdog shuts the socket down when it passes, so a server that drips one byte at
-a time, even inside the headers, is cut at the deadline, not after ``timeout`` per read.
+One deadline bounds the whole fetch: name resolution runs in a helper thread that is given up
+on at the deadline, and a watchdog shuts the socket down when it passes, so a server that
+drips one byte at a time, even inside the headers, is cut at the deadline, not after
+``timeout`` per read.
 
 Every failure is a :class:`FetchError` whose message is for the worker's log only; the caller
 gets one generic message (see ``validate``) so the worker cannot be used to scan ports.
@@ -32,6 +33,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_REDIRECTS = 3
 READ_SIZE = 64 * 1024
@@ -128,12 +130,34 @@ def _parse(url: str) -> _Target:
     return _Target(scheme, host, port or (443 if scheme == "https" else 80), path)
 
 
+def _resolve_within(resolve: Callable[[str, int], Iterable[str]], host: str, port: int,
+                    seconds: float) -> list[str]:
+    """``resolve(host, port)``, given up on after ``seconds`` (getaddrinfo has no timeout of
+    its own; the abandoned thread ends when the resolver does)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["addresses"] = list(resolve(host, port))
+        except BaseException as err:  # noqa: BLE001 (handed to the caller below)
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name=f"resolve {host}", daemon=True)
+    thread.start()
+    thread.join(max(0.0, seconds))
+    if thread.is_alive():
+        raise FetchError(f"resolving {host!r} took longer than the deadline")
+    if "error" in box:
+        raise box["error"]
+    return box["addresses"]  # type: ignore[no-any-return]
+
+
 def _checked_address(target: _Target, policy: UrlPolicy,
-                     resolve: Callable[[str, int], Iterable[str]]) -> str:
+                     resolve: Callable[[str, int], Iterable[str]], deadline: float) -> str:
     """The address to connect to: every address the host resolves to must pass."""
     try:
-        addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in
-                     resolve(target.host, target.port)]
+        found = _resolve_within(resolve, target.host, target.port, deadline - time.monotonic())
+        addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
     except (OSError, UnicodeError, ValueError) as err:
         raise FetchError(f"cannot resolve {target.host!r}: {err}") from None
     if not addresses:
@@ -210,7 +234,7 @@ def fetch(url: str, policy: UrlPolicy,
     try:
         for _hop in range(MAX_REDIRECTS + 1):
             target = _parse(url)
-            address = _checked_address(target, policy, resolve)
+            address = _checked_address(target, policy, resolve, deadline)
             status, location, body = _get(target, address, policy, deadline, watchdog)
             if status in (301, 302, 303, 307, 308):
                 if not location:

@@ -20,13 +20,21 @@ import shutil
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from cache_sync import readiness
 from handler.asr import AsrModelMissingError, Transcriber, resolve_model_dir
 from handler.audio import Audio, encode_wav
 from handler.config import HandlerConfig
-from handler.engine import Engine, EngineError, ModelMissingError, SynthesisRequest, make_engine
+from handler.engine import (
+    Engine,
+    EngineError,
+    ModelMissingError,
+    SynthesisRequest,
+    cache_relative,
+    make_engine,
+)
 from handler.jsonsafe import clean, json_safe
 from handler.logs import JOB_ID, log
 from handler.outputs import OutputWriter
@@ -111,6 +119,7 @@ class Worker:
         config, engine = self.config, self.engine
         if config is None or engine is None:
             return None
+        # (replies name a path model relative to the cache: _asr_status)
         return Transcriber(lambda: engine.asr_backend(resolve_model_dir(config)),
                            config.asr_keep_seconds, config.asr_model)
 
@@ -229,7 +238,7 @@ class Worker:
             asr_total = time.perf_counter() - t0
             ref_text = got.text
             out["transcript"] = got.text
-            out["asr"] = {**self.transcriber.status(), "device": got.device}
+            out["asr"] = {**self._asr_status(), "device": got.device}
             timings = {"asr_load_seconds": got.load_seconds, "asr_seconds": got.seconds}
         ref_text = refprep.finish_ref_text(ref_text)
         assert self.config is not None
@@ -264,10 +273,21 @@ class Worker:
             "jobs_done": self.jobs_done,
             "concurrency": self.config.concurrency if self.config else None,
             "url_ref_audio": self.config.allow_url_ref_audio if self.config else None,
-            "asr": self.transcriber.status() if self.transcriber else None,
+            "asr": self._asr_status() if self.transcriber else None,
             "versions": _versions(),
             "gpu": _gpu_memory(),
         }
+
+
+    def _asr_status(self) -> dict[str, Any]:
+        """The transcriber's status for a reply: a model given as a path is named relative to
+        the cache root (``HANDLER_ASR_MODEL`` may be an absolute directory)."""
+        assert self.transcriber is not None and self.config is not None
+        status = self.transcriber.status()
+        model = str(status.get("model", ""))
+        if os.path.isabs(model):
+            status["model"] = cache_relative(Path(model), self.config.cache_root)
+        return status
 
 
 class _JobFailed(RuntimeError):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
+from cache_sync import workers
 from cache_sync.cli.output import Output
-from cache_sync.config import Settings
+from cache_sync.config import Settings, sanitize_worker
 from cache_sync.envs import SHELLS, cache_env, describe, ensure_layout, render
 from cache_sync.errors import ConfigError
 
@@ -24,10 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    if workers.owns_its_id(settings):
+        # No worker named: the exports belong to the shell that evaluates them, our parent
+        # (`eval "$(cache-sync env)"` execs us straight from it), alive as long as it is.
+        settings = settings.with_overrides(
+            worker=sanitize_worker(f"{socket.gethostname()}-{os.getppid()}"))
     env = cache_env(settings, os.environ)
     # The directories must exist: tempfile silently falls back to /tmp (the OS disk) when
     # TMPDIR points at a missing directory, which is the very failure this prevents.
     ensure_layout(settings)
+    workers.touch_marker(settings)
     if args.var:
         if args.var not in env:
             raise ConfigError(

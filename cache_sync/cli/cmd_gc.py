@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from cache_sync import maintenance
+from cache_sync import garbage
 from cache_sync.cli.output import human_bytes
 
 NAME = "gc"
-HELP = "delete snapshots beyond --keep per area and objects no kept snapshot references"
+HELP = ("delete snapshots beyond --keep per area; mark objects no kept snapshot references and "
+        "delete those an earlier run marked")
 
 
 def add_arguments(p) -> None:
@@ -14,16 +15,19 @@ def add_arguments(p) -> None:
     p.add_argument("--keep", type=int, metavar="N",
                    help="snapshots to keep per area (default CACHE_SYNC_KEEP or 5)")
     p.add_argument("--grace", type=float, metavar="S",
-                   help="only delete objects older than S seconds (default CACHE_SYNC_GC_GRACE"
-                        " or 86400)")
+                   help="mark only objects older than S seconds, and delete them no sooner "
+                        "than S seconds (at least CACHE_SYNC_GC_WINDOW) after marking (default "
+                        "CACHE_SYNC_GC_GRACE or 86400)")
 
 
 def run(args, settings, out) -> int:
-    data = maintenance.gc(settings, dry_run=args.dry_run, keep=args.keep, grace=args.grace)
+    data = garbage.gc(settings, dry_run=args.dry_run, keep=args.keep, grace=args.grace)
     verb = "would delete" if args.dry_run else "deleted"
     out.result(data, (f"gc: {verb} {data['snapshots_deleted']} snapshots and "
-                      f"{data['objects_deleted']} objects ({human_bytes(data['bytes_deleted'])});"
-                      f" kept {data['snapshots_kept']} snapshots; "
-                      f"{data['objects_in_grace']} unreferenced objects are within the grace "
-                      "period"))
+                      f"{data['objects_deleted']} objects ({human_bytes(data['bytes_deleted'])})"
+                      f" marked earlier; kept {data['snapshots_kept']} snapshots; marked "
+                      f"{data['objects_marked']} objects ({human_bytes(data['bytes_marked'])}) "
+                      f"for deletion by a run at least {data['delete_after_seconds']:g} s "
+                      f"from now; {data['objects_in_grace']} unreferenced objects are within "
+                      "the grace period"))
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from cache_sync import flashattn
+from cache_sync import flashattn, workers
 from cache_sync.cli.output import Output
 from cache_sync.config import Settings
 from cache_sync.errors import CacheSyncError, ConfigError
@@ -84,7 +84,10 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
     flash = flashattn.last_spec(settings, args.flash_attn, args.flash_attn_url, os.environ,
                                 notes)
-    report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
+    # Its own scratch dirs on a shared root; under `run` (CACHE_SYNC_WORKER inherited) the
+    # dirs are run's, and run cleans them.
+    with workers.session(settings, owner=workers.owns_its_id(settings)):
+        report = install(settings, specset, opts, os.environ, log=out.info, extra=flash)
     report.notes += notes
     error: CacheSyncError | None = None
     if report.failed_required:

@@ -34,5 +34,8 @@ def run(args, settings, out) -> int:
             f"remote {data['remote']}\n\n"
             + out.table(["area", "local", "remote", "in sync", "pull would fetch",
                          "push would read"], rows))
+    for name, held in data.get("leases", {}).items():
+        text += (f"\n\nlease {name}: held by {held['holder']} (renewed "
+                 f"{held['renewed_seconds_ago']:g}s ago), {len(held['waiting'])} waiting")
     out.result(data, text)
     return 0

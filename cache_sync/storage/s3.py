@@ -9,6 +9,7 @@ DeleteObjects and adds the Content-MD5 it no longer computes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -56,7 +57,25 @@ def parse_remote(url: str) -> tuple[str, str]:
     return bucket, (prefix + "/" if prefix else "")
 
 
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
 def make_client(settings: Settings) -> Any:
+    """One client per process and connection settings: building a botocore client parses
+    the S3 service model (~0.3-0.5 s of CPU, a quarter of a 512 MiB pull's CPU when every
+    pull and push built its own); clients are thread-safe, their creation is not."""
+    key = (settings.endpoint_url, settings.region, settings.profile, settings.access_key_id,
+           settings.secret_access_key, settings.session_token, settings.transfers,
+           settings.connect_timeout, settings.read_timeout, dialect_of(settings))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = _new_client(settings)
+        return client
+
+
+def _new_client(settings: Settings) -> Any:
     config = Config(
         max_pool_connections=max(10, settings.transfers * 2),
         connect_timeout=settings.connect_timeout,

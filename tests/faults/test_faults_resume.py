@@ -29,7 +29,9 @@ def test_resumed_push_after_gc_of_its_orphans(tmp_path):
     r = crash.kill_when(ws.argv("push"), ws.env, journaled)
     assert r.killed and journaled()
     before = crash.count_files(store)
-    gc = ws.run("gc", "--grace", "0")  # the orphans are older than the grace period
+    ws.run("gc", "--grace", "0")  # the orphans are older than the grace period: marked
+    fk.age_store(ws, "gc/marks")  # ... and a later run, past the marks' delay, deletes them
+    gc = ws.run("gc", "--grace", "0")
     assert crash.count_files(store) < before, f"gc removed nothing: {gc.stdout}"
     ws.run("push")
     fk.audit_store(ws)  # every object the new snapshot names must exist
@@ -53,7 +55,9 @@ def test_push_from_a_state_whose_snapshot_gc_removed(tmp_path):
     b.run("push")  # S2
     (b.area() / "b2.txt").write_text("b2")
     b.run("push")  # S3
-    gc = b.run("gc", "--keep", "1", "--grace", "0")
+    b.run("gc", "--keep", "1", "--grace", "0")
+    fk.age_store(b, "gc/marks")
+    gc = b.run("gc", "--keep", "1", "--grace", "0")  # x.bin's objects are deleted now
     assert "x.bin" not in gc.stdout
     (a.area() / "a.txt").write_text("a's addition")
     a.run("push")  # S4, parent S1 (gone)

@@ -82,11 +82,16 @@ class Worker:
         return self.err.read_text()
 
 
-def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path) -> Worker:
+def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path,
+                 root: Path | None = None) -> Worker:
+    """A worker with its own HOME and logs; its own cache root unless ``root`` (a shared
+    network volume) is given."""
     base = tmp / name
     base.mkdir(parents=True)
     wenv = {**env, **hermetic_env(base, env["PIP_INDEX_URL"]),
             "CACHE_SYNC_REMOTE": env["CACHE_SYNC_REMOTE"], "RUNPOD_POD_ID": name}
+    if root is not None:
+        wenv["CACHE_SYNC_ROOT"] = str(root)
     served = base / "served.json"
     out, err = base / "out.json", base / "err.log"
     (base / "child.py").write_text(CHILD)
@@ -94,7 +99,7 @@ def start_worker(tmp: Path, name: str, env: dict[str, str], reqs: Path) -> Worke
            "--", sys.executable, str(base / "child.py"), str(served)]
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(cmd, env=wenv, stdout=fo, stderr=fe, start_new_session=True)
-    return Worker(name, base / "cache", proc, time.time(), out, err, served)
+    return Worker(name, root or base / "cache", proc, time.time(), out, err, served)
 
 
 def wait_all(workers: list[Worker], timeout: float = 120) -> None:
@@ -123,21 +128,21 @@ def fleet_env(tmp: Path, remote: str, server_env: dict[str, str], index_url: str
             "CACHE_SYNC_INSTALLER": installer}
 
 
-def resolves(srv) -> dict[str, int]:
-    """Index page fetches per project: one per install of it, with pip or uv."""
+def _fetches(srv, prefix: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for path, status in srv.requests:
-        if path.startswith("/simple/") and status == 200:
+        if path.startswith(prefix) and status == 200:
             out[path] = out.get(path, 0) + 1
     return out
+
+
+def resolves(srv) -> dict[str, int]:
+    """Index page fetches per project: one per install of it, with pip or uv."""
+    return _fetches(srv, "/simple/")
 
 
 def wheel_downloads(srv) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for path, status in srv.requests:
-        if path.startswith("/files/") and status == 200:
-            out[path] = out.get(path, 0) + 1
-    return out
+    return _fetches(srv, "/files/")
 
 
 def based_on(w: Worker, remote: str, area: str) -> tuple[str, ...]:
@@ -147,8 +152,8 @@ def based_on(w: Worker, remote: str, area: str) -> tuple[str, ...]:
 def store_heads(remote: str, env: dict[str, str], area: str) -> list[str]:
     settings = Settings.from_env({**env, "CACHE_SYNC_ROOT": "/nonexistent"})
     from cache_sync.history import History
+    from cache_sync.repo import list_refs
     from cache_sync.storage import open_store
-    from cache_sync.sync import list_refs
 
     return [h.id for h in History(list_refs(open_store(settings), area)).heads]
 
@@ -201,6 +206,29 @@ def test_six_workers_one_install_one_download_same_snapshots(index, hub, seaweed
     print("fleet timings (tiny test packages, SeaweedFS on loopback):", timings)
 
 
+@pytest.mark.slow  # a fleet scenario beyond the default set: the lease over fleet-root's locks
+def test_workers_sharing_one_root_bootstrap_once(index, hub, seaweed, tmp_path):
+    """Three workers on one network volume (one cache root) and one bucket: one install into
+    the shared packages/, the others wait for its push, all serve."""
+    bucket = seaweed.make_bucket()
+    remote = f"s3://{bucket}/cache"
+    shared = tmp_path / "volume" / "cache"
+    with serve(index) as srv:
+        env = fleet_env(tmp_path, remote, seaweed.env(), srv.url + "/simple", hub.url,
+                        installer="uv")
+        reqs = tmp_path / "requirements.txt"
+        workers = [start_worker(tmp_path, f"v{i}", env, reqs, root=shared) for i in range(3)]
+        wait_all(workers)
+        for w in workers:
+            check_served(w)
+        assert sorted(w.result()["bootstrap"]["role"] for w in workers) == [
+            "installed", "waited", "waited"]
+        assert resolves(srv) == {"/simple/tinya/": 1, "/simple/tinyb/": 1}
+        assert hub.total_downloads() == 2
+        assert store_heads(remote, env, "packages") == list(
+            based_on(workers[0], remote, "packages"))
+
+
 def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_path):
     """The holder is SIGKILLed (with its installer) while its wheel download trickles; the next
     worker holds the lease within expiry plus a margin, installs, and the fleet converges on
@@ -224,6 +252,7 @@ def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_p
         killed = time.monotonic()
         holder.proc.wait()
         srv.rate = None  # the next holder's download need not crawl
+        assert store_heads(remote, env, "packages") == []  # nothing half-installed published
         rest = [w for w in workers if w is not holder]
         takeover = None
         while takeover is None and time.monotonic() < killed + 60:
@@ -319,6 +348,10 @@ def test_a_waiting_worker_stops_at_once_on_sigterm_and_withdraws_its_claim(tmp_p
             assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
             time.sleep(0.05)
         assert len(holder.claims()) >= 1  # the waiter's own place in the queue
+        st = subprocess.run([sys.executable, "-m", "cache_sync", "status"], env={
+            **hermetic_env(tmp_path), "CACHE_SYNC_ROOT": str(tmp_path / "other")},
+            capture_output=True, text=True, timeout=60, check=False)
+        assert "lease bootstrap: held by elsewhere" in st.stdout and "1 waiting" in st.stdout
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         assert proc.wait(10) == 128 + signal.SIGTERM
@@ -340,3 +373,63 @@ def test_the_wait_is_bounded_one_line_and_exit_75(tmp_path):
         assert "Traceback" not in err.read_text() and holder.claims() == []
     finally:
         holder.stop()
+
+
+@pytest.mark.parametrize(("extra", "args", "expect"), [
+    ({}, ["--requirements", "/nonexistent/reqs.txt"], "cannot read requirements file"),
+    ({"CACHE_SYNC_HF_MODELS": "org/a/b"}, [], "does not name a Hub repo"),
+    ({"HF_ENDPOINT": "http://127.0.0.1:9"}, ["--hf-model", "org/x"],
+     "download of org/x@main failed"),
+])
+def test_bad_bootstrap_input_is_one_line_and_nothing_starts(tmp_path, extra, args, expect):
+    env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off", **extra}
+    marker = tmp_path / "started"
+    p = subprocess.run([sys.executable, "-m", "cache_sync", "run", *args, "--",
+                        sys.executable, "-c", f"open({str(marker)!r}, 'w')"], env=env,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode in (1, 2), p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("cache-sync: error")]
+    assert len(errors) == 1 and expect in errors[0], p.stderr
+    assert "Traceback" not in p.stderr and not marker.exists()
+
+
+def test_gc_at_any_moment_leaves_the_lease_alone(tmp_path):
+    """gc (any worker, any moment) deletes only unreferenced objects and old snapshots: a live
+    holder's claim and liveness objects survive it, so gc never hands the lease to a second
+    installer."""
+    holder = _FakeHolder(tmp_path / "store")
+    try:
+        env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off"}
+        (tmp_path / "cache" / "packages").mkdir(parents=True)
+        (tmp_path / "cache" / "packages" / "x.py").write_text("X = 1\n")
+        for args in (["push"], ["gc", "--keep", "1", "--grace", "0"]):
+            p = subprocess.run([sys.executable, "-m", "cache_sync", *args], env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+            assert p.returncode == 0, p.stderr
+        keys = sorted(i.key for i in holder.store.list("leases/"))
+        assert keys == ["leases/bootstrap/elsewhere-00000001.alive",
+                        "leases/bootstrap/elsewhere-00000001.claim"]
+    finally:
+        holder.stop()
+
+
+def test_no_pull_worker_still_pulls_what_the_store_has_before_installing(index, tmp_path):
+    """`run --no-pull --requirements`: the cache is unsatisfied, but the store already holds
+    the install; the worker pulls it instead of installing again (no index request)."""
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("tinya==1.0\n")
+    with serve(index) as srv:
+        env = {**hermetic_env(tmp_path, srv.url + "/simple"), "CACHE_SYNC_PROGRESS": "off"}
+        cmd = [sys.executable, "-m", "cache_sync", "--json", "run", "--requirements", str(reqs),
+               "--", sys.executable, "-c", "import tinya"]
+        first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                               check=False)
+        assert first.returncode == 0 and json.loads(first.stdout)["bootstrap"]["role"] == (
+            "installed"), first.stderr
+        asked = len(srv.requests)
+        env2 = {**env, "CACHE_SYNC_ROOT": str(tmp_path / "fresh")}
+        second = subprocess.run([*cmd[:5], "--no-pull", *cmd[5:]], env=env2,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout)["bootstrap"]["role"] != "installed"
+        assert len(srv.requests) == asked

@@ -38,7 +38,8 @@ def test_eval_in_bash_then_import_installed_package(tmp_path):
     cache = tmp_path / "cache"
     assert value == "42"
     assert module_file.startswith(str(cache / "packages"))
-    assert tmpdir == str(cache / "tmp")  # exists (env creates it), so tempfile uses it
+    # the shell's own dir (env creates it, so tempfile uses it): <host>-<the shell's pid>
+    assert tmpdir.startswith(str(cache / "tmp") + "/") and Path(tmpdir).is_dir()
     assert hf_home.startswith(str(cache / "models"))
 
 
@@ -52,7 +53,8 @@ def test_eval_twice_does_not_grow_path(tmp_path):
 
 def test_single_var_json_and_unknown(tmp_path):
     env = hermetic_env(tmp_path)
-    assert cli(env, "env", "TMPDIR").stdout.strip() == str(tmp_path / "cache" / "tmp")
+    named = {**env, "CACHE_SYNC_WORKER": "w1"}
+    assert cli(named, "env", "TMPDIR").stdout.strip() == str(tmp_path / "cache" / "tmp" / "w1")
     data = json.loads(cli(env, "env", "--shell", "json").stdout)
     assert data["PIP_CACHE_DIR"] == str(tmp_path / "cache" / "pip")
     assert data["PYTHONPATH"].split(":")[0] == str(tmp_path / "cache" / "packages")
@@ -77,12 +79,13 @@ def test_explain_lists_user_set_and_derived_without_secrets(tmp_path):
 
 
 def test_render_shells_quote_safely(tmp_path):
-    s = Settings.from_env({"CACHE_SYNC_ROOT": str(tmp_path / "it's here")})
+    s = Settings.from_env({"CACHE_SYNC_ROOT": str(tmp_path / "it's here"),
+                           "CACHE_SYNC_WORKER": "w1"})
     env = cache_env(s, {"PATH": "/usr/bin:/bin"})
     bash = render(env, "bash")
     r = subprocess.run(["bash", "-c", bash + '\nprintf %s "$TMPDIR"'], capture_output=True,
                        text=True)
-    assert r.stdout == str(tmp_path / "it's here" / "tmp")
+    assert r.stdout == str(tmp_path / "it's here" / "tmp" / "w1")
     fish = render(env, "fish")
     assert "set -gx PATH " in fish and "'/usr/bin' " not in fish  # plain words stay bare
     assert fish.count("set -gx") == len(env)
@@ -138,6 +141,7 @@ def test_fish_eval_of_a_root_with_quote_and_semicolon(tmp_path):
     root = tmp_path / "r\\';touch PWNED;'x"
     env = hermetic_env(tmp_path)
     env["CACHE_SYNC_ROOT"] = str(root)
+    env["CACHE_SYNC_WORKER"] = "w1"
     out = cli(env, "env", "--shell", "fish")
     assert out.returncode == 0, out.stderr
     script = tmp_path / "env.fish"
@@ -146,4 +150,4 @@ def test_fish_eval_of_a_root_with_quote_and_semicolon(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "PWNED").exists()
-    assert r.stdout.strip() == str(root / "tmp")
+    assert r.stdout.strip() == str(root / "tmp" / "w1")

@@ -269,7 +269,7 @@ def test_install_pushes_packages_so_a_second_worker_needs_no_install(index, tmp_
         env["CACHE_SYNC_PROGRESS"] = "off"
         p = cli(env, "--json", "install", "--installer", "pip", "beta")
         assert p.returncode == 0, p.stderr
-        assert [r["area"] for r in js(p)["pushed"]] == ["packages"]
+        assert [r["area"] for r in js(p)["pushed"]] == ["packages", "pip"]  # roles: pip too
         served = len(srv.requests)
         second = {**env, "CACHE_SYNC_ROOT": str(tmp_path / "second")}
         assert cli(second, "pull", "packages").returncode == 0

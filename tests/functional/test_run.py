@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -64,7 +65,8 @@ def test_sigterm_reaches_child_files_pushed_tmp_gone_exit_status(env, tmp_path):
     proc = start(env, "run", "--push-timeout", "30", "--", sys.executable, "-c", CHILD)
     try:
         assert wait_until(lambda: (tmp_path / "ready").exists(), 30), proc.stderr
-        assert (tmp_path / "ready").read_text() == str(tmp_path / "cache" / "tmp")
+        tmpdir = (tmp_path / "ready").read_text()  # this worker's own: tmp/<host>-<pid>
+        assert tmpdir == str(tmp_path / "cache" / "tmp" / f"{socket.gethostname()}-{proc.pid}")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -73,7 +75,8 @@ def test_sigterm_reaches_child_files_pushed_tmp_gone_exit_status(env, tmp_path):
     assert (tmp_path / "child-got-SIGTERM").exists()
     assert "exited with 7" in err and "pushed" in err
     for eph in ("tmp", "build"):
-        assert not (tmp_path / "cache" / eph).exists()
+        assert list((tmp_path / "cache" / eph).iterdir()) == []
+    assert list((tmp_path / "cache" / ".cache-sync" / "workers").iterdir()) == []
     got = pulled_elsewhere(env, tmp_path) / "made-on-sigterm.txt"
     assert got.read_text() == "written by the child after SIGTERM\n"
 
@@ -249,14 +252,15 @@ def test_signal_during_pull_means_the_command_never_starts(env, tmp_path):
         pytest.skip("the pull finished before the signal arrived (machine too fast)")
     assert proc.returncode == 128 + signal.SIGTERM
     assert not marker.exists()
-    assert not (tmp_path / "cache" / "tmp").exists()
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
 
 def test_child_inherits_the_callers_environment_plus_the_cache_exports(env, tmp_path):
     """RUNPOD_*, AWS_*, HANDLER_* reach the worker; the cache's TMPDIR/PYTHONPATH override."""
     env = {**env, "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/job", "TMPDIR": "/elsewhere"}
     code = ("import os, sys; ok = os.environ.get('RUNPOD_WEBHOOK_GET_JOB') == "
-            "'http://127.0.0.1:1/job' and os.environ['TMPDIR'].endswith('/tmp') "
+            "'http://127.0.0.1:1/job' "
+            "and os.path.basename(os.path.dirname(os.environ['TMPDIR'])) == 'tmp' "
             "and os.environ['TMPDIR'] != '/elsewhere'; sys.exit(0 if ok else 9)")
     p = cli(env, "run", "--no-pull", "--no-push", "--", sys.executable, "-c", code)
     assert p.returncode == 0, p.stderr

@@ -269,3 +269,27 @@ def test_last_guard_turns_any_exception_into_a_generic_json_safe_reply(tmp_path,
     out = asyncio.run(w.handle({"id": "j-\udc80", "input": {}}))
     json.dumps(out, ensure_ascii=False).encode("utf-8")  # what runpod does: must not raise
     assert "\\ud800" in out["error"] and "\\ud800" in out["fields"]["input"]
+
+
+def test_health_names_an_asr_model_directory_relative_to_the_cache(tmp_path):
+    (tmp_path / "models" / "light-tts").mkdir(parents=True)
+    (tmp_path / "models" / "light-tts" / "model.json").write_text("{}")
+    w = Worker(HandlerConfig.from_env({
+        "CACHE_SYNC_ROOT": str(tmp_path), "HANDLER_ENGINE": "light",
+        "HANDLER_ASR_MODEL": str(tmp_path / "models" / "whisper-tiny")}))
+    assert w.warm_load()
+    health = asyncio.run(w.handle({"id": "h", "input": {"health": True}}))
+    assert health["asr"]["model"] == "models/whisper-tiny"
+    assert str(tmp_path) not in repr(health)
+
+
+def test_a_wav_of_countless_tiny_chunks_is_refused_quickly():
+    import time
+
+    junk = (b"junk" + struct.pack("<I", 0)) * 1_000_000  # 8 MB of empty chunks
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + junk + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + bytes(4)
+    start = time.perf_counter()
+    with pytest.raises(AudioError, match="more than 64 chunks"):
+        decode_wav(b"RIFF" + struct.pack("<I", len(body)) + body)
+    assert time.perf_counter() - start < 0.5

@@ -24,27 +24,38 @@ from typing import Any
 
 import pytest
 
-from tests.support.hostile_sites import URL_DEADLINE, Site, open_sites
+from tests.support.hostile_sites import URL_DEADLINE, Site, make_tls, open_sites
 from tests.support.worker_helpers import api_worker, tone_b64, worker_env, write_light_model
 
 pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
-def sites() -> Iterator[dict[str, Site]]:
+def sites(tmp_path_factory) -> Iterator[dict[str, Site]]:
+    """The plain sites, plus `tls` on 127.0.0.2: HTTPS with a certificate for audio.test and
+    127.0.0.2 from a throw-away CA (the worker trusts it through SSL_CERT_FILE)."""
+    ca_file, context = make_tls(tmp_path_factory.mktemp("tls"), ["audio.test"], ["127.0.0.2"])
+    tls = Site("127.0.0.2", tls=context)
     with open_sites() as all_sites:
-        yield all_sites
+        yield {**all_sites, "tls": tls, "ca_file": ca_file}  # type: ignore[dict-item]
+    tls.close()
 
 
 REBIND_HOOK = '''
 import socket
+import time
 _real_getaddrinfo = socket.getaddrinfo
 _asked = []
+_STATIC = {"audio.test": "127.0.0.2", "wrong.test": "127.0.0.2"}
 
 def getaddrinfo(host, port, *args, **kwargs):
-    """rebind.test answers an allowed address first, the internal one afterwards."""
+    """rebind.test answers an allowed address first, the internal one afterwards;
+    slow-dns.test takes 30 s; audio.test and wrong.test are 127.0.0.2."""
     if host == "rebind.test":
         _asked.append(host)
         host = "127.0.0.2" if len(_asked) == 1 else "127.0.0.1"
+    elif host == "slow-dns.test":
+        time.sleep(30)
+    host = _STATIC.get(host, host)
     return _real_getaddrinfo(host, port, *args, **kwargs)
 
 socket.getaddrinfo = getaddrinfo
@@ -74,7 +85,8 @@ def worker(tmp_path_factory, sites, moto):
     tmp = tmp_path_factory.mktemp("hostile")
     root = tmp / "cache"
     write_light_model(root)
-    env = _worker_env(tmp, root, **moto.env(), CACHE_SYNC_REMOTE=f"s3://{MISSING_BUCKET}/c")
+    env = _worker_env(tmp, root, **moto.env(), CACHE_SYNC_REMOTE=f"s3://{MISSING_BUCKET}/c",
+                      SSL_CERT_FILE=str(sites["ca_file"]))
     with api_worker(env, tmp / "worker.log") as w:
         yield w
 
@@ -165,6 +177,19 @@ def test_connection_goes_to_the_checked_address_not_a_second_lookup(worker, site
     assert sites["internal"].hits == []
 
 
+def test_https_connects_to_the_checked_address_and_verifies_the_url_host(worker, sites):
+    """TLS goes to the pinned address with the URL's host as the name checked against the
+    certificate: audio.test (resolved by the hook to 127.0.0.2) and 127.0.0.2 itself pass;
+    wrong.test, the same server under a name its certificate lacks, is refused."""
+    tls = sites["tls"]
+    for host in ("audio.test", "127.0.0.2"):
+        out = worker.runsync(job(f"https://{host}:{tls.port}/ref.wav"))
+        assert out["status"] == "COMPLETED", (host, out, worker.output()[-2000:])
+    url_error(worker, f"https://wrong.test:{tls.port}/ref.wav")
+    assert "wrong.test" in worker.output() and "CERTIFICATE_VERIFY_FAILED" in worker.output()
+    assert tls.hits == ["/ref.wav", "/ref.wav"]  # the refused handshake sent no request
+
+
 def test_one_error_for_every_url_failure(worker, sites):
     """Refused port, HTTP 500, not a WAV, blocked address, blocked redirect: the caller gets
     the same text, so the worker cannot be used to map ports or services."""
@@ -187,12 +212,14 @@ def test_one_error_for_every_url_failure(worker, sites):
 def test_slow_server_is_cut_at_the_deadline_while_the_worker_keeps_serving(worker, sites):
     results: dict[str, Any] = {}
 
-    def slow(path: str) -> None:
+    def slow(url: str) -> None:
         start = time.monotonic()
-        out = worker.runsync(job(sites["public"].url(path)), timeout=60)
-        results[path] = (out, time.monotonic() - start)
+        out = worker.runsync(job(url), timeout=60)
+        results[url.rsplit("/", 1)[-1]] = (out, time.monotonic() - start)
 
-    threads = [threading.Thread(target=slow, args=(p,)) for p in ("/slow", "/slow-headers")]
+    urls = [sites["public"].url("/slow"), sites["public"].url("/slow-headers"),
+            "http://slow-dns.test/dns"]  # the hook's resolver takes 30 s
+    threads = [threading.Thread(target=slow, args=(u,)) for u in urls]
     for t in threads:
         t.start()
     time.sleep(0.7)  # both downloads under way
@@ -204,7 +231,7 @@ def test_slow_server_is_cut_at_the_deadline_while_the_worker_keeps_serving(worke
     ordinary_s = time.monotonic() - start
     for t in threads:
         t.join(60)
-    print(f"\nhealth job during two slow downloads: {health_s:.3f} s; ordinary job: "
+    print(f"\nhealth job during three slow fetches: {health_s:.3f} s; ordinary job: "
           f"{ordinary_s:.3f} s; slow downloads cut after "
           + ", ".join(f"{p} {took:.2f} s" for p, (_, took) in results.items()))
     assert health["status"] == "COMPLETED" and health["output"]["ready"] is True
@@ -214,6 +241,7 @@ def test_slow_server_is_cut_at_the_deadline_while_the_worker_keeps_serving(worke
         assert out["status"] == "FAILED" and "could not use this URL" in out["error"], out
         assert URL_DEADLINE - 0.5 < took < URL_DEADLINE + 3.0, (path, took)
     assert worker.output().count(f"deadline of {URL_DEADLINE:g} s passed") >= 2
+    assert "resolving 'slow-dns.test' took longer than the deadline" in worker.output()
 
 
 def test_upload_failure_names_neither_bucket_nor_endpoint(worker, moto):

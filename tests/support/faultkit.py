@@ -16,11 +16,11 @@ from pathlib import Path
 import zstandard
 
 from cache_sync.config import Settings
+from cache_sync.fsutil import TMP_PREFIX
 from cache_sync.layout import object_key
-from cache_sync.local_cache import TMP_PREFIX
+from cache_sync.repo import list_refs
 from cache_sync.snapshot import CODEC_ZSTD, Snapshot, decode
 from cache_sync.storage import Store, open_store
-from cache_sync.sync import list_refs
 from tests.support import crash
 
 # Small pack/chunk sizes so a few MiB of test data make many objects (many kill points) and
@@ -192,6 +192,16 @@ def audit_store(ws: Workspace, area: str = AREA,
             assert got == exp, f"snapshot {snap.id} differs from the tree pushed as it"
     store.close()
     return Audit(snaps, len(objects))
+
+
+def age_store(ws: Workspace, prefix: str, seconds: float = 3 * 86400.0) -> None:
+    """Move the store-side times (mtimes) under ``prefix`` of a local store back: time
+    passing for gc's grace and mark delays, without waiting."""
+    base = Path(ws.remote[len("file://"):]) / prefix
+    for p in base.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            os.utime(p, (st.st_atime - seconds, st.st_mtime - seconds))
 
 
 def snapshot_ids(ws: Workspace, area: str = AREA) -> set[str]:

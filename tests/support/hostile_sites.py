@@ -5,11 +5,15 @@ requests it gets, with routes that redirect, fail, drip bytes or serve a WAV."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from tests.support.worker_helpers import tone_wav
 
@@ -20,7 +24,7 @@ WAV = tone_wav(0.5)
 class Site:
     """A tiny HTTP server on one address that counts every request it gets."""
 
-    def __init__(self, host: str, port: int = 0) -> None:
+    def __init__(self, host: str, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.hits: list[str] = []
         site = self
 
@@ -50,13 +54,16 @@ class Site:
         server_cls = type("S", (http.server.ThreadingHTTPServer,), {"address_family": family,
                                                                     "daemon_threads": True})
         self.server = server_cls((host, port), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.host = host
+        self.scheme = "https" if tls else "http"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, path: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -128,3 +135,41 @@ def open_sites() -> Iterator[dict[str, Site]]:
     finally:
         for site in all_sites.values():
             site.close()
+
+
+def make_tls(directory: Path, names: list[str], addresses: list[str]) -> tuple[Path, ssl.SSLContext]:
+    """A throw-away CA (its PEM path, for the worker's SSL_CERT_FILE) and a server context
+    whose certificate covers ``names`` and ``addresses``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def cert(subject: str, key, issuer: str, signer, ca: bool, sans: list) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - day).not_valid_after(now + day)
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("hostile-test-ca", ca_key, "hostile-test-ca", ca_key, True, [])
+    sans = [x509.DNSName(n) for n in names] + \
+        [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    leaf = cert(names[0], key, "hostile-test-ca", ca_key, False, sans)
+    pem = serialization.Encoding.PEM
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca_file.write_bytes(ca.public_bytes(pem))
+    cert_file.write_bytes(leaf.public_bytes(pem))
+    key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return ca_file, context

@@ -1,0 +1,24 @@
+"""Named points of the push, pull and gc protocols.
+
+``reached(name)`` does nothing unless a test has installed a hook; the fault tests use it to
+interleave other actors (another push, a gc run, a kill) at exactly these points instead of
+guessing with sleeps. Names: ``push:uploaded``, ``push:claim``, ``push:claimed``,
+``push:wait``, ``push:recheck``, ``push:commit``, ``gc:claims``, ``gc:snapshots``,
+``gc:delete``, ``gc:mark``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_hook: Callable[[str], None] | None = None
+
+
+def reached(name: str) -> None:
+    if _hook is not None:
+        _hook(name)
+
+
+def install(hook: Callable[[str], None] | None) -> None:
+    global _hook
+    _hook = hook
