@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from cache_sync import sync
+from cache_sync.pull import pull
+from cache_sync.push import push
 from tests.support import crash
 from tests.support import faultkit as fk
 from tests.support.faultproxy import FaultProxy
@@ -66,7 +67,7 @@ def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
             expected[sid] = want
         fk.audit_store(ws, expected=expected, verified=verified)
         fresh = ws.sibling(f"fresh{i}")
-        sync.pull(fresh.settings())
+        pull(fresh.settings())
         got = fresh.tree()
         assert not crash.diff_trees(committed, got) or not crash.diff_trees(want, got), (
             "a fresh pull after a killed push is a mix:\n"
@@ -77,7 +78,7 @@ def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
         for sid in fk.snapshot_ids(ws) - before:
             expected[sid] = want
         shutil.rmtree(fresh.root)
-        sync.pull(fresh.settings())
+        pull(fresh.settings())
         assert crash.diff_trees(want, fresh.tree(), mtime=True) == []
         shutil.rmtree(fresh.root)
         committed = want
@@ -87,8 +88,8 @@ def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
 
 def _pull_loop(writer: fk.Workspace, reader: fk.Workspace, n: int, seed: int, kill) -> int:
     fk.make_tree(writer.area(), seed)
-    sync.push(writer.settings())
-    sync.pull(reader.settings())
+    push(writer.settings())
+    pull(reader.settings())
     prev = writer.tree()
     landed = 0
     for i in range(3 * n):
@@ -97,7 +98,7 @@ def _pull_loop(writer: fk.Workspace, reader: fk.Workspace, n: int, seed: int, ki
         fk.mutate(writer.area(), seed * 1000 + i)
         if i % 3 == 0:  # sometimes a big change: many packs and chunks to fetch
             fk.make_tree(writer.area() / f"batch{i}", seed + i, files=40, big=2)
-        sync.push(writer.settings())
+        push(writer.settings())
         want = writer.tree()
         r = kill(reader.argv("pull"), i)
         if r.killed:

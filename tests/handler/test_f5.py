@@ -47,8 +47,7 @@ def _stack_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PIP_", "UV_", "CACHE_SYNC_", "HANDLER_", "HF_"))}
     env.update({
-        # PyPI only: with this machine's pip.conf extra indexes, uv's first-index rule refuses
-        # transformers==4.57.6 (the local index has other versions of it).
+        # PyPI only, as a RunPod worker sees it (not this machine's pip.conf local indexes).
         "PIP_CONFIG_FILE": os.devnull,
         "CACHE_SYNC_ROOT": str(root), "CACHE_SYNC_REMOTE": f"file://{root}-store",
         "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
