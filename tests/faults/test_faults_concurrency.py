@@ -14,7 +14,7 @@ import time
 import pytest
 
 from cache_sync.history import History
-from cache_sync.sync import list_refs
+from cache_sync.repo import list_refs
 from tests.support import crash
 from tests.support import faultkit as fk
 from tests.support.faultproxy import FaultProxy
