@@ -48,6 +48,21 @@ def stop(proc: subprocess.Popen, me: str, base: Path) -> tuple[int, str]:
     return proc.returncode, err
 
 
+def reap(base: Path, workers: dict[str, subprocess.Popen | None]) -> None:
+    """After a failure: let every child exit (its stop file), then make sure `run` is gone
+    (SIGTERM is forwarded to the child; SIGKILL only as a last resort)."""
+    for me, proc in workers.items():
+        if proc is None or proc.poll() is not None:
+            continue
+        (base / f"stop-{me}").touch()
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 def test_two_runs_on_one_root_both_serve_and_keep_their_scratch_files(tmp_path):
     env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off"}
     root = tmp_path / "cache"
@@ -84,10 +99,7 @@ def test_two_runs_on_one_root_both_serve_and_keep_their_scratch_files(tmp_path):
         code_a, err_a = stop(a, "a", tmp_path)
         assert code_a == 0, err_a  # a's child found its scratch file intact at the end
     finally:
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.communicate()
+        reap(tmp_path, {"a": a, "b": b})
     assert sorted(p.name for p in (root / "tmp").iterdir()) == ["live-host-8"]
     assert sorted(p.name for p in markers.iterdir()) == ["live-host-8"]
 
@@ -118,9 +130,7 @@ def test_worker_arriving_while_a_push_holds_the_lock_waits_then_serves(tmp_path,
             assert pusher.poll() is not None  # it started serving only after the push
             code, err = stop(third, "c", tmp_path)
         finally:
-            for p in (pusher, locals().get("third")):
-                if p is not None and p.poll() is None:
-                    p.kill()
+            reap(tmp_path, {"c": locals().get("third")})
             _o, push_err = pusher.communicate(timeout=60)
         assert pusher.returncode == 0, push_err
         assert code == 0, err
