@@ -145,7 +145,29 @@ class CacheState:
     def save_state(self, area: str, st: AreaState) -> None:
         rows = [e.to_row() for e in sorted((st.entries or {}).values(), key=lambda e: e.path)]
         doc = {"remote": st.remote, "based_on": list(st.based_on), "entries": rows}
-        write_atomic(self.dir / f"{area}.state.zst", _dump(doc), mkdir=True)
+        path = self.dir / f"{area}.state.zst"
+        write_atomic(path, _dump(doc), mkdir=True)
+        # The heads alone, beside it, for the up-to-date check (synced_heads); written after
+        # the state and naming the state file's size and mtime, so it never vouches for a
+        # state file other than the one it was written with.
+        stamp = os.stat(path)
+        write_atomic(self.dir / f"{area}.heads.json", json.dumps({
+            "remote": st.remote, "based_on": list(st.based_on),
+            "state": [stamp.st_size, stamp.st_mtime_ns]}).encode(), mkdir=True)
+
+    def synced_heads(self, area: str, remote: str) -> tuple[str, ...] | None:
+        """The heads the area was last synced to, without decoding the state (one small read
+        and one stat); None when unknown or when the state file changed since."""
+        try:
+            doc = json.loads((self.dir / f"{area}.heads.json").read_bytes())
+            stamp = os.stat(self.dir / f"{area}.state.zst")
+        except (OSError, ValueError):
+            return None
+        if (not isinstance(doc, dict) or doc.get("remote") != remote
+                or doc.get("state") != [stamp.st_size, stamp.st_mtime_ns]):
+            return None
+        based_on = doc.get("based_on")
+        return tuple(str(h) for h in based_on) if isinstance(based_on, list) else None
 
     def load_index(self, area: str) -> dict[str, list[Any]]:
         doc = _load(self.dir / f"{area}.index.zst")
