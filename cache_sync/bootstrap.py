@@ -124,7 +124,7 @@ class _Heads:
 
     def current(self, store: Any) -> dict[str, list[str]]:
         from cache_sync.history import History
-        from cache_sync.sync import list_refs
+        from cache_sync.repo import list_refs
 
         return {a: [h.id for h in History(list_refs(store, a)).heads] for a in self.areas}
 
@@ -137,12 +137,12 @@ class _Heads:
         return {a: list(cache.load_state(a, store.url).based_on) for a in self.areas}
 
     def pull_if_moved(self, store: Any) -> bool:
-        from cache_sync import sync
+        from cache_sync.pull import pull
 
         now = self.current(store)
         if now == self.seen:
             return False
-        sync.pull(self.settings, list(self.areas))
+        pull(self.settings, list(self.areas))
         self.seen = now
         return True
 
@@ -235,11 +235,11 @@ def _install(settings: Settings, plan: Plan, base_env: Mapping[str, str], report
 
 def _models(settings: Settings, need: Missing, base_env: Mapping[str, str], report: Report,
             log: Callable[[str], None]) -> None:
-    from cache_sync import sync
+    from cache_sync.push import push
 
     hfmodels.download(need.models, hub_cache(settings), base_env,
                       lambda m: log(f"bootstrap: {m}"))
     report.downloaded = [str(m) for m in need.models]
     # install's own push may hold the cache lock right now: wait for it
     patient = settings.with_overrides(lock_timeout=max(settings.lock_timeout, 120.0))
-    report.pushed += [r.to_dict() for r in sync.push(patient, ["models"])]
+    report.pushed += [r.to_dict() for r in push(patient, ["models"])]

@@ -25,9 +25,9 @@ from cache_sync.layout import (
     parse_snapshot_key,
 )
 from cache_sync.local_cache import CacheState
+from cache_sync.repo import Manifests, check_store_format
 from cache_sync.storage import Store, open_store
 from cache_sync.storage.base import ObjectInfo
-from cache_sync.sync import Manifests, check_store_format
 
 log = logging.getLogger("cache_sync.gc")
 BATCH = 1000

@@ -108,12 +108,12 @@ class _BackgroundPull(threading.Thread):
         self.reports: list[dict] = []
 
     def run(self) -> None:
-        from cache_sync import sync
+        from cache_sync.pull import pull
 
         for i, area in enumerate(self.areas):
             start = time.monotonic()
             try:
-                self.reports += [r.to_dict() for r in sync.pull(self.settings, [area])]
+                self.reports += [r.to_dict() for r in pull(self.settings, [area])]
                 self.log(f"pulled: {area} (in the background, {time.monotonic() - start:.1f}s)")
                 if self.after is not None and i == len(self.areas) - 1:
                     self.bootstrap = self.after()
@@ -143,7 +143,7 @@ class _PeriodicPush(threading.Thread):
         self.count = 0
 
     def run(self) -> None:
-        from cache_sync import sync
+        from cache_sync.push import push
 
         # a push by another worker on a shared root: wait for it at most one interval
         settings = self.settings.with_overrides(
@@ -153,7 +153,7 @@ class _PeriodicPush(threading.Thread):
                 areas = serving_areas(self.settings)
                 if self.background is not None:
                     areas = self.background.complete(areas)
-                sync.push(settings, areas, deadline=time.monotonic() + self.interval)
+                push(settings, areas, deadline=time.monotonic() + self.interval)
                 self.count += 1
             except CacheSyncError as exc:  # keep the worker running; the final push follows
                 self.log(f"periodic push failed: {exc}")
@@ -166,7 +166,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     diskguard.check(diskguard.floors(settings), action="start the worker")
     ensure_layout(settings)
     result = RunResult(exit_code=0)
-    from cache_sync import bootstrap, sync
+    from cache_sync import bootstrap
+    from cache_sync.pull import pull
 
     plan = bootstrap.plan_from(settings, os.environ) if opts.bootstrap else bootstrap.Plan()
 
@@ -200,7 +201,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         # this worker's own tmp/<worker>/ and build/<worker>/, its liveness marker, heartbeat
         scratch.enter_context(workers.session(settings, owner=True))
         if opts.pull and code:
-            result.pulled = [r.to_dict() for r in sync.pull(settings, code)]
+            result.pulled = [r.to_dict() for r in pull(settings, code)]
             log("pulled: " + ", ".join(
                 r["area"] + (f" ({r['note']})" if r.get("local_changes") else "")
                 for r in result.pulled)
@@ -317,7 +318,7 @@ def _describe(status: int) -> str:
 def _final_push(settings: Settings, opts: RunOptions, start: float,
                 periodic: _PeriodicPush | None, result: RunResult,
                 log: Callable[[str], None], areas: Sequence[str]) -> None:
-    from cache_sync import sync
+    from cache_sync.push import push
 
     deadline = start + opts.push_timeout
     # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
@@ -330,7 +331,7 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
         log(result.push_error)
         return
     try:
-        result.pushed = [r.to_dict() for r in sync.push(settings, areas, deadline=deadline)]
+        result.pushed = [r.to_dict() for r in push(settings, areas, deadline=deadline)]
         log("pushed: " + ", ".join(
             f"{r['area']} ({'up to date' if r.get('up_to_date') else r.get('snapshot')})"
             for r in result.pushed))

@@ -1,5 +1,5 @@
-"""The on-disk cache: scanning an area, the stat index, per-area state, the lock, and atomic
-file writes. Layout under the cache root::
+"""The on-disk cache: scanning an area, the stat index, per-area state, the journal and
+the lock. Layout under the cache root::
 
     <area>/...                          the synced trees
     .cache-sync/lock                    flock'd by the running cache-sync process
@@ -11,9 +11,7 @@ file writes. Layout under the cache root::
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import itertools
 import json
 import logging
 import os
@@ -27,30 +25,12 @@ from typing import Any
 
 import zstandard
 
-from cache_sync.errors import DiskSpaceError, LockedError
+from cache_sync.errors import LockedError
+from cache_sync.fsutil import TMP_PREFIX, write_atomic
+from cache_sync.plan import LocalItem
 from cache_sync.snapshot import Blob, Entry
 
 log = logging.getLogger(__name__)
-
-TMP_PREFIX = ".cs-tmp-"
-
-
-@dataclass(slots=True)
-class LocalItem:
-    path: str
-    kind: str  # f d l
-    mode: int
-    mtime_ns: int
-    size: int
-    ino: int
-    ctime_ns: int
-    target: str = ""
-
-    def stat_key(self) -> list[int]:
-        # Like git: size, mtime, inode and ctime. mtime alone misses an in-place edit whose
-        # writer restores the mtime (tar, rsync -t, cp -p, a test fixture); ctime cannot be set
-        # from user space. A pull therefore records each file's stat after its last rename.
-        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
 
 
 def item_from_stat(rel: str, st: os.stat_result, target: str = "") -> LocalItem:
@@ -88,17 +68,20 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
                         with contextlib.suppress(OSError):
                             os.unlink(de.path)
                     continue
-                st = de.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISDIR(mode):
-                    items[rel] = item_from_stat(rel, st)
-                    stack.append((rel, de.path))
-                elif stat.S_ISREG(mode):
-                    items[rel] = item_from_stat(rel, st)
-                elif stat.S_ISLNK(mode):
-                    items[rel] = item_from_stat(rel, st, os.readlink(de.path))
-                else:  # FIFOs, sockets, device nodes: not part of a cache
-                    special.append(rel)
+                try:  # a file renamed away since readdir (a finished download) is not here
+                    st = de.stat(follow_symlinks=False)
+                    mode = st.st_mode
+                    if stat.S_ISDIR(mode):
+                        items[rel] = item_from_stat(rel, st)
+                        stack.append((rel, de.path))
+                    elif stat.S_ISREG(mode):
+                        items[rel] = item_from_stat(rel, st)
+                    elif stat.S_ISLNK(mode):
+                        items[rel] = item_from_stat(rel, st, os.readlink(de.path))
+                    else:  # FIFOs, sockets, device nodes: not part of a cache
+                        special.append(rel)
+                except FileNotFoundError:
+                    continue
     if special:
         special.sort()
         shown = ", ".join(special[:3]) + (f" and {len(special) - 3} more" if len(special) > 3
@@ -106,32 +89,6 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
         log.warning("%s: skipped %d FIFO, socket or device node%s (not synced): %s",
                     area_dir, len(special), "" if len(special) == 1 else "s", shown)
     return items
-
-
-# --- small atomic helpers ------------------------------------------------------------------
-_TMP_RUN = f"{TMP_PREFIX}{os.urandom(4).hex()}-"
-_tmp_seq = itertools.count()
-
-
-def tmp_name(directory: str) -> str:
-    """A fresh temporary name in ``directory`` (random per process, then a counter: no
-    syscall per name; ``itertools.count`` is atomic under the GIL)."""
-    return f"{directory}/{_TMP_RUN}{next(_tmp_seq)}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(str(path.parent))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise DiskSpaceError(f"no space left writing {path}") from None
-        raise
 
 
 def _dump(obj: Any) -> bytes:
@@ -188,17 +145,31 @@ class CacheState:
             return AreaState(remote=remote)
         return AreaState(remote, tuple(doc.get("based_on", ())), entries)
 
-    def save_state(self, area: str, st: AreaState) -> None:
+    def save_state(self, area: str, st: AreaState, *, name: str = "state") -> None:
         rows = [e.to_row() for e in sorted((st.entries or {}).values(), key=lambda e: e.path)]
         doc = {"remote": st.remote, "based_on": list(st.based_on), "entries": rows}
-        write_atomic(self.dir / f"{area}.state.zst", _dump(doc))
+        write_atomic(self.dir / f"{area}.{name}.zst", _dump(doc), mkdir=True,
+                     fsync=name != "state")
+
+    def save_next_state(self, area: str, st: AreaState) -> None:
+        """The state a pull's final phase leads to (see ``staging.py``)."""
+        self.save_state(area, st, name="state.next")
+
+    def promote_next_state(self, area: str) -> AreaState | None:
+        """Make the next state the state; returns it (None if there was none)."""
+        nxt = self.dir / f"{area}.state.next.zst"
+        doc = _load(nxt)
+        if not isinstance(doc, dict):
+            return None
+        os.replace(nxt, self.dir / f"{area}.state.zst")
+        return self.load_state(area, doc.get("remote", ""))
 
     def load_index(self, area: str) -> dict[str, list[Any]]:
         doc = _load(self.dir / f"{area}.index.zst")
         return doc if isinstance(doc, dict) else {}
 
     def save_index(self, area: str, index: dict[str, list[Any]]) -> None:
-        write_atomic(self.dir / f"{area}.index.zst", _dump(index))
+        write_atomic(self.dir / f"{area}.index.zst", _dump(index), mkdir=True)
 
     # The journal: one JSON line per uploaded object, naming the digests it holds.
     def journal_path(self, area: str) -> Path:
@@ -285,6 +256,9 @@ def cache_lock(root: Path, timeout: float = 0.0) -> Iterator[None]:
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}".encode(), 0)
+        from cache_sync.staging import roll_forward  # staging builds on this module
+
+        roll_forward(root)  # a pull killed in its final phase is finished before anything else
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -9,25 +9,17 @@ from typing import Any
 
 from cache_sync.config import Settings
 from cache_sync.errors import IntegrityError
+from cache_sync.fsutil import free_bytes, hash_file
 from cache_sync.history import History
 from cache_sync.local_cache import CacheState, cache_lock, scan
-from cache_sync.plan import local_entries, plan_pull, same_tree
-from cache_sync.storage import open_store
-from cache_sync.sync import (
-    Manifests,
-    check_store_format,
-    current_state,
-    free_bytes,
-    hash_file,
-    list_refs,
-    resolve_areas,
-)
+from cache_sync.plan import local_entries, plan_pull
+from cache_sync.repo import Manifests, current_state, list_refs, open_checked, resolve_areas
+from cache_sync.storage import store_url
 
 
 def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, Any]:
     chosen = resolve_areas(settings, areas)
-    store = open_store(settings)
-    check_store_format(store)
+    store = open_checked(settings)
     cache = CacheState(settings.root)
     manifests = Manifests(store, cache)
     rows = []
@@ -39,9 +31,7 @@ def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
         index = cache.load_index(area)
         plan = plan_pull(target, local, index, state.entries or {}) if heads else None
         tree = local_entries(local, index)
-        base = state.entries
-        push_clean = not tree.to_hash and (
-            (base is not None and same_tree(tree.entries, base)) or (base is None and not local))
+        push_clean = tree.unchanged(state.entries)
         rows.append({
             "area": area,
             "local": list(state.based_on),
@@ -66,8 +56,7 @@ def status(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
 
 def log(settings: Settings, areas: Sequence[str] | None = None) -> list[dict[str, Any]]:
     chosen = resolve_areas(settings, areas)
-    store = open_store(settings)
-    check_store_format(store)
+    store = open_checked(settings)
     manifests = Manifests(store, CacheState(settings.root))
     out = []
     for area in chosen:
@@ -87,9 +76,7 @@ def verify(settings: Settings, areas: Sequence[str] | None = None) -> dict[str, 
     """Re-hash every local file against the snapshot the area was last synced to."""
     chosen = resolve_areas(settings, areas)
     cache = CacheState(settings.root)
-    remote = settings.remote
-    if remote.startswith("file://"):
-        remote = "file://" + os.path.abspath(remote[len("file://"):])
+    remote = store_url(settings.remote)
     result: dict[str, Any] = {"areas": [], "ok": True}
     with cache_lock(settings.root, settings.lock_timeout):
         for area in chosen:

@@ -7,14 +7,41 @@ whose contents must be read because the index cannot vouch for them.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache_sync.local_cache import LocalItem
 from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
 Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
+
+
+@dataclass(slots=True)
+class LocalItem:
+    """One directory, regular file or symlink found by a scan of a local area."""
+
+    path: str
+    kind: str  # f d l
+    mode: int
+    mtime_ns: int
+    size: int
+    ino: int
+    ctime_ns: int
+    target: str = ""
+
+    def stat_key(self) -> list[int]:
+        # Like git: size, mtime, inode and ctime. mtime alone misses an in-place edit whose
+        # writer restores the mtime (tar, rsync -t, cp -p, a test fixture); ctime cannot be set
+        # from user space. A pull therefore records each file's stat after its last rename.
+        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
+
+
+def index_record(st: os.stat_result, digest: str, size: int | None = None) -> list[Any]:
+    """The stat index's record of a file whose contents (``size`` bytes, as read) hash to
+    ``digest``; ``st`` must be taken after the file's last rename (a rename changes ctime)."""
+    return [st.st_size if size is None else size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+            digest]
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -147,6 +174,15 @@ class LocalTree:
     entries: dict[str, Entry]  # files still to hash have digest ""
     to_hash: list[LocalItem]
     skipped: list[str]  # symlinks that leave the area
+
+    def unchanged(self, base: dict[str, Entry] | None) -> bool:
+        """True when a push would send nothing: no file to read, and the tree equals the
+        state last synced (or, never synced, there is nothing local at all)."""
+        if self.to_hash:
+            return False
+        if base is None:
+            return not self.entries and not self.skipped
+        return same_tree(self.entries, base)
 
 
 def local_entries(local: dict[str, LocalItem], index: Index) -> LocalTree:

@@ -72,6 +72,10 @@ class Entry:
             and self.target == other.target
         )
 
+    def with_blobs(self, blobs: tuple[Blob, ...]) -> Entry:
+        return Entry(self.path, self.kind, self.mode, self.mtime_ns, self.size, self.digest,
+                     self.target, tuple(blobs))
+
     def to_row(self) -> list[Any]:
         if self.kind == "d":
             return [self.path, "d", self.mode, self.mtime_ns]

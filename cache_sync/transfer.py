@@ -14,7 +14,6 @@ in place, with jittered backoff. A file that cannot be verified never reaches it
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import hashlib
@@ -30,15 +29,9 @@ from typing import Any
 
 import zstandard
 
-from cache_sync.errors import (
-    CacheSyncError,
-    DiskSpaceError,
-    FormatError,
-    IntegrityError,
-    TransientStorageError,
-)
+from cache_sync.errors import FormatError, IntegrityError, TransientStorageError
+from cache_sync.fsutil import AtomicFile, write_atomic, writing
 from cache_sync.layout import object_key
-from cache_sync.local_cache import tmp_name
 from cache_sync.snapshot import CODEC_ZSTD, Blob, Entry
 from cache_sync.storage.base import Store
 
@@ -60,8 +53,6 @@ def _dctx() -> zstandard.ZstdDecompressor:
 
 # (entry, final path, its stat) after a file is in place
 Done = Callable[[Entry, str, os.stat_result], None]
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @dataclass
@@ -84,8 +75,7 @@ class _Chunked:
 
     entry: Entry
     final: str
-    tmp: str = ""
-    fd: int = -1
+    file: AtomicFile | None = None
     left: int = 0
     offsets: list[int] = field(default_factory=list)  # file offset of each chunk, in order
     landed: set[int] = field(default_factory=set)
@@ -95,13 +85,14 @@ class _Chunked:
 
     def fold(self) -> None:
         """Hash every chunk that is next in file order and already on disk (lock held)."""
+        assert self.file is not None
         while self.hashed in self.landed:
             start = self.offsets[self.hashed]
             end = (self.offsets[self.hashed + 1] if self.hashed + 1 < len(self.offsets)
                    else self.entry.size)
             pos = start
             while pos < end:
-                data = os.pread(self.fd, min(READ * 4, end - pos), pos)
+                data = os.pread(self.file.fd, min(READ * 4, end - pos), pos)
                 if not data:
                     break
                 self.hasher.update(data)
@@ -141,7 +132,8 @@ def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
 class Fetcher:
     def __init__(self, store: Store, area_dir: str, workers: int, attempts: int,
                  on_done: Done, on_bytes: Callable[[int], None] | None = None,
-                 backoff: float = 0.2, dups: dict[str, list[Entry]] | None = None) -> None:
+                 backoff: float = 0.2, dups: dict[str, list[Entry]] | None = None,
+                 before_request: Callable[[], None] | None = None) -> None:
         self.store = store
         self.area_dir = area_dir
         self.workers = workers
@@ -150,6 +142,7 @@ class Fetcher:
         self.on_bytes = on_bytes or (lambda n: None)
         self.backoff = backoff
         self.dups = dups or {}
+        self.before_request = before_request or (lambda: None)  # may raise (a deadline)
         self.primary: dict[str, str] = {}  # digest -> rel path of the fetched copy
         self.abort = threading.Event()
         self.requests = 0
@@ -189,7 +182,8 @@ class Fetcher:
                         raise f.exception()  # type: ignore[misc]
         finally:
             for cf in files:
-                self._close_chunked(cf, keep=False)
+                if cf.file is not None:
+                    cf.file.discard()
 
     def _final(self, e: Entry) -> str:
         return os.path.join(self.area_dir, e.path)
@@ -214,6 +208,7 @@ class Fetcher:
         if not pending:
             return
         start = pending[0][0].offset
+        self.before_request()
         body = self.store.open_range(object_key(r.oid), start, r.end - start)
         with self._lock:
             self.requests += 1
@@ -254,7 +249,7 @@ class Fetcher:
     def _place_small(self, e: Entry, raw: bytes) -> None:
         for target in (e, *self.dups.get(e.digest, ())):
             final = self._final(target)
-            st = _write_new(final, raw, target)
+            st = write_atomic(final, raw, mode=target.mode, mtime_ns=target.mtime_ns)
             with self._lock:
                 self._placed.add(self._final(e))
                 self.fetched += 1
@@ -295,34 +290,17 @@ class Fetcher:
         read), hashing as it goes; renamed into place only once its SHA-256 matches.
         Duplicates of it are copied by the caller afterwards."""
         final = self._final(e)
-        tmp = tmp_name(os.path.dirname(final))
         h = hashlib.sha256()
         written = 0
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, e.mode & 0o777)
-            try:
-                for _piece, out in self._decoded(body, blob, oid, e):
-                    written += len(out)
-                    h.update(out)
-                    view = memoryview(out)
-                    while view:
-                        view = view[os.write(fd, view):]
-                if written != blob.raw or h.hexdigest() != e.digest:
-                    raise IntegrityError(f"object {oid} is corrupt: {e.path!r} does not match "
-                                         "its SHA-256 in the snapshot")
-                if e.mode & _UMASK or e.mode > 0o777:
-                    os.fchmod(fd, e.mode)
-                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, CacheSyncError):
-                raise _disk_error(exc, final) from None
-            raise
+        with writing(final), AtomicFile(final, e.mode) as f:
+            for _piece, out in self._decoded(body, blob, oid, e):
+                written += len(out)
+                h.update(out)
+                f.write(out)
+            if written != blob.raw or h.hexdigest() != e.digest:
+                raise IntegrityError(f"object {oid} is corrupt: {e.path!r} does not match "
+                                     "its SHA-256 in the snapshot")
+            st = f.commit(e.mtime_ns)
         with self._lock:
             self._placed.add(final)
             self.fetched += 1
@@ -335,33 +313,21 @@ class Fetcher:
 
     # --- chunked files -----------------------------------------------------------------
     def _open_chunked(self, cf: _Chunked) -> None:
-        cf.tmp = tmp_name(os.path.dirname(cf.final))
-        try:
-            cf.fd = os.open(cf.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        with writing(cf.final):
+            cf.file = AtomicFile(cf.final, cf.entry.mode, read=True)
             if cf.entry.size:
                 try:
-                    os.posix_fallocate(cf.fd, 0, cf.entry.size)
+                    os.posix_fallocate(cf.file.fd, 0, cf.entry.size)
                 except OSError as exc:
                     if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                         raise
-                    os.ftruncate(cf.fd, cf.entry.size)
-        except OSError as exc:
-            self._close_chunked(cf, keep=False)
-            raise _disk_error(exc, cf.final) from None
-
-    def _close_chunked(self, cf: _Chunked, keep: bool) -> None:
-        if cf.fd >= 0:
-            os.close(cf.fd)
-            cf.fd = -1
-        if not keep and cf.tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(cf.tmp)
-            cf.tmp = ""
+                    os.ftruncate(cf.file.fd, cf.entry.size)
 
     def _chunk(self, cf: _Chunked, blob: Blob, file_off: int, index: int) -> None:
         e = cf.entry
         if blob.offset != 0:
             raise IntegrityError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
+        self.before_request()
         body = self.store.open_range(object_key(blob.oid), 0, blob.stored)
         with self._lock:
             self.requests += 1
@@ -373,7 +339,9 @@ class Fetcher:
                     return
                 h.update(piece)
                 if out:
-                    _pwrite_all(cf.fd, out, file_off + written, cf.final)
+                    assert cf.file is not None
+                    with writing(cf.final):
+                        cf.file.pwrite(out, file_off + written)
                     written += len(out)
         finally:
             body.close()
@@ -400,46 +368,13 @@ class Fetcher:
 
     def _finish_chunked(self, cf: _Chunked) -> None:
         e = cf.entry
-        try:
-            os.fchmod(cf.fd, e.mode)
-            os.close(cf.fd)
-            cf.fd = -1
-            os.utime(cf.tmp, ns=(e.mtime_ns, e.mtime_ns))
-            os.replace(cf.tmp, cf.final)
-            cf.tmp = ""
-            st = os.lstat(cf.final)
-        except OSError as exc:
-            raise _disk_error(exc, cf.final) from None
+        assert cf.file is not None
+        with writing(cf.final):
+            st = cf.file.commit(e.mtime_ns)
         with self._lock:
             self.fetched += 1
         self.primary[e.digest] = e.path
         self.on_done(e, cf.final, st)
-
-
-def _write_new(final: str, raw: bytes, e: Entry) -> os.stat_result:
-    """Write ``raw`` under a temporary name, set mode and mtime through the descriptor, and
-    rename it over ``final``. Returns the file's stat (taken before the rename, which keeps
-    size, mtime and inode)."""
-    tmp = tmp_name(os.path.dirname(final))
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, e.mode & 0o777)
-        try:
-            view = memoryview(raw)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if e.mode & _UMASK or e.mode > 0o777:
-                os.fchmod(fd, e.mode)  # the umask took bits away, or setuid/sticky bits
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        return st
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise _disk_error(exc, final) from None
 
 
 def _read_exact(body, n: int, oid: str, e: Entry) -> bytes:
@@ -454,21 +389,3 @@ def _read_exact(body, n: int, oid: str, e: Entry) -> bytes:
         parts.append(piece)
         left -= len(piece)
     return b"".join(parts) if len(parts) != 1 else parts[0]
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int, path: str) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
-    except OSError as exc:
-        raise _disk_error(exc, path) from None
-
-
-def _disk_error(exc: OSError, path: str) -> Exception:
-    if exc.errno == errno.ENOSPC:
-        return DiskSpaceError(f"no space left on device while writing {path}",
-                              hint="free space or point CACHE_SYNC_ROOT at a bigger disk")
-    return CacheSyncError(f"cannot write {path}: {exc.strerror or exc}")

@@ -12,10 +12,11 @@ thing. Two areas have such units:
   ``blobs/`` are content-addressed and merge file by file, except that a blob a winning
   snapshot link names is kept, and a repo the winning side deleted whole goes whole.
 
-When both sides of a three-way merge changed a unit (some path of it differs from the merge
-base on each side), the result takes the unit whole from ``theirs`` -- the later head -- and
-never file by file; a unit that only one side changed comes from that side (which a file-level
-merge already gives). Every other path keeps the file-level merge of ``snapshot.merge3``.
+When both sides of a three-way merge changed a unit, each in a way the other did not (some
+path of it differs from the merge base and from the other side), the result takes the unit
+whole from ``theirs`` -- the later head -- and never file by file; otherwise the file-level
+merge already gives one side's version whole (the side that changed it, or the one whose
+changes include the other's). Every other path keeps the file-level merge of ``snapshot.merge3``.
 The rules and their examples are in ``docs/design.md`` section 5.1.
 """
 
@@ -47,7 +48,8 @@ def merger(area: str, read: Reader | None = None) -> Merge:
     """The three-way merge for an area: unit-aware for packages/ and models/."""
     rule = AREA_RULES.get(area)
     if rule == "distributions":
-        return lambda b, o, t: merge_units(b, o, t, lambda: dist_units(b, o, t, read))
+        memo: dict[tuple[str, str], set[str]] = {}  # (meta dir, RECORD sha256) -> files
+        return lambda b, o, t: merge_units(b, o, t, lambda: dist_units(b, o, t, read, memo))
     if rule == "hf-repos":
         return lambda b, o, t: merge_units(b, o, t, lambda: hf_units(b, o, t),
                                            restore_links=True)
@@ -69,20 +71,23 @@ class Unit:
 def merge_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry],
                 units: Callable[[], list[Unit]], *, restore_links: bool = False
                 ) -> dict[str, Entry]:
-    """``merge3`` where a unit changed on both sides comes whole from ``theirs``. ``units``
-    is called only when both sides changed something (it may read files)."""
+    """``merge3`` where a unit both sides changed, each in a way the other did not, comes
+    whole from ``theirs``. Where one side's changes to a unit are all made by the other side
+    too (a head that did less of the same thing, e.g. a pull cut short), the file-level merge
+    already gives the other side's version whole. ``units`` is called only when both sides
+    have changes of their own (it may read files)."""
     merged = merge3_paths(base, ours, theirs)
-    ours_changed = _changed_paths(base, ours)
-    theirs_changed = _changed_paths(base, theirs)
+    ours_changed = _own_changes(base, ours, theirs)
+    theirs_changed = _own_changes(base, theirs, ours)
     if not ours_changed or not theirs_changed:
-        return normalize_tree(merged)  # one side's changes only: nothing to choose
+        return normalize_tree(merged)  # nothing to choose between
     everything = base.keys() | ours.keys() | theirs.keys()
     found = units()
     owned = _owners(everything, found)
     for unit in found:
         unit_paths = owned[unit.key]
         if ours_changed.isdisjoint(unit_paths) or theirs_changed.isdisjoint(unit_paths):
-            continue  # one side (or none) changed it: the file-level merge took that side
+            continue  # the file-level merge took one side's version of it whole
         if unit.root and unit.root not in theirs:
             unit_paths = {p for p in everything if p == unit.root
                           or p.startswith(unit.root + "/")}
@@ -96,8 +101,12 @@ def merge_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str
     return normalize_tree(merged)
 
 
-def _changed_paths(base: dict[str, Entry], side: dict[str, Entry]) -> set[str]:
-    return {p for p in base.keys() | side.keys() if not same_entry(base.get(p), side.get(p))}
+def _own_changes(base: dict[str, Entry], side: dict[str, Entry], other: dict[str, Entry]
+                 ) -> set[str]:
+    """Paths ``side`` changed from ``base`` to something ``other`` does not have."""
+    return {p for p in base.keys() | side.keys()
+            if not same_entry(base.get(p), side.get(p))
+            and not same_entry(side.get(p), other.get(p))}
 
 
 def _owners(paths: set[str], units: list[Unit]) -> dict[str, set[str]]:
@@ -165,7 +174,8 @@ def meta_dirs(tree: dict[str, Entry]) -> dict[str, list[str]]:
 
 
 def dist_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry],
-               read: Reader | None) -> list[Unit]:
+               read: Reader | None, memo: dict[tuple[str, str], set[str]] | None = None
+               ) -> list[Unit]:
     """One unit per distribution name found in any of the three trees. Files are claimed
     from each tree's own metadata; a top-level directory is owned whole when exactly one
     distribution claims files in it (namespace packages stay file by file)."""
@@ -175,7 +185,7 @@ def dist_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str,
         for name, dirs in meta_dirs(tree).items():
             for m in dirs:
                 metas.setdefault(name, set()).add(m)
-                claims.setdefault(name, set()).update(_claimed_files(tree, m, name, read))
+                claims.setdefault(name, set()).update(_claimed_files(tree, m, name, read, memo))
     tops: dict[str, set[str]] = {}  # top-level dir -> names claiming something in it
     for name, files in claims.items():
         for p in files:
@@ -191,20 +201,23 @@ def dist_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str,
     return units
 
 
-def _claimed_files(tree: dict[str, Entry], meta: str, name: str,
-                   read: Reader | None) -> set[str]:
-    if meta.endswith(".dist-info"):
-        listed = _read_lines(tree.get(f"{meta}/RECORD"), read, csv_first=True)
-        rel_to = ""
-    else:
-        listed = _read_lines(tree.get(f"{meta}/installed-files.txt"), read, csv_first=False)
-        rel_to = meta
+def _claimed_files(tree: dict[str, Entry], meta: str, name: str, read: Reader | None,
+                   memo: dict[tuple[str, str], set[str]] | None = None) -> set[str]:
+    dist_info = meta.endswith(".dist-info")
+    listing = tree.get(f"{meta}/RECORD" if dist_info else f"{meta}/installed-files.txt")
+    key = (meta, listing.digest) if listing is not None else None
+    if memo is not None and key in memo:
+        return memo[key]  # the same RECORD in several trees (or heads) is parsed once
+    listed = _read_lines(listing, read, csv_first=dist_info)
+    rel_to = "" if dist_info else meta
     files = set()
     for raw in listed or []:
         p = _area_path(raw, rel_to)
         if p is not None:
             files.add(p)
     if files:
+        if memo is not None and key is not None:
+            memo[key] = files
         return files
     # No readable file list: the top-level names (top_level.txt), else the name itself.
     tops = _read_lines(tree.get(f"{meta}/top_level.txt"), read, csv_first=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cache_sync.cli.output import Output, human_bytes
-from cache_sync.sync import AreaReport
+from cache_sync.results import AreaReport
 
 
 def summary_line(rep: AreaReport) -> str:

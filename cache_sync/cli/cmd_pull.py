@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cache_sync import sync
 from cache_sync.cli._sync_common import report
+from cache_sync.pull import pull
 
 NAME = "pull"
 HELP = "restore areas from the store (merging concurrent pushes)"
@@ -19,6 +19,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, settings, out) -> int:
-    report(out, NAME, sync.pull(settings, args.areas, dry_run=args.dry_run,
-                                     discard_local=args.discard_local))
+    report(out, NAME, pull(settings, args.areas, dry_run=args.dry_run,
+                           discard_local=args.discard_local))
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from cache_sync import sync
 from cache_sync.cli._sync_common import report
+from cache_sync.push import push
 
 NAME = "push"
 HELP = "send local changes to the store as new snapshots"
@@ -20,5 +20,5 @@ def add_arguments(p) -> None:
 
 def run(args, settings, out) -> int:
     deadline = time.monotonic() + args.timeout if args.timeout else None
-    report(out, NAME, sync.push(settings, args.areas, dry_run=args.dry_run, deadline=deadline))
+    report(out, NAME, push(settings, args.areas, dry_run=args.dry_run, deadline=deadline))
     return 0

@@ -8,9 +8,10 @@ import os
 from collections.abc import Iterator, Sequence
 
 from cache_sync.errors import AccessDenied, DiskSpaceError, ObjectNotFound, StorageError
+from cache_sync.fsutil import TMP_PREFIX, AtomicFile
 from cache_sync.storage.base import ObjectInfo, Readable, Store
 
-_TMP = ".tmp-"
+_TMPS = (TMP_PREFIX, ".tmp-")  # writes in progress (".tmp-": written by older cache-sync)
 
 
 class _RangeReader:
@@ -66,19 +67,13 @@ class LocalStore(Store):
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = os.path.join(os.path.dirname(path), _TMP + os.urandom(8).hex())
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(tmp, "wb") as f:
+            with AtomicFile(path) as f:
                 f.write(data)
-                if key.endswith(".json.zst") or key.endswith(".json"):
-                    os.fsync(f.fileno())  # snapshots are the commit points: make them durable
-            os.replace(tmp, path)
+                # Snapshots are the commit points: make them durable.
+                f.commit(fsync=key.endswith((".json.zst", ".json")))
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise self._translate(exc, key) from None
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -93,7 +88,7 @@ class LocalStore(Store):
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             for name in filenames:
                 key = rel + name
-                if name.startswith(_TMP) or not key.startswith(prefix):
+                if name.startswith(_TMPS) or not key.startswith(prefix):
                     continue
                 try:
                     st = os.stat(os.path.join(dirpath, name))

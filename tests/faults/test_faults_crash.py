@@ -15,21 +15,25 @@ fast seeded subset; FAULTS_LONG=1 (with --run-slow) runs >= 200 kill points.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
-from cache_sync import sync
+from cache_sync.pull import pull
+from cache_sync.push import push
 from tests.support import crash
 from tests.support import faultkit as fk
 from tests.support.faultproxy import FaultProxy
 
 # Kill points that must LAND per test (a kill that comes after the command finished does not
 # count; the loop tries up to 3x as often).
-FAST = {"push_local": 3, "push_proxy": 3, "pull_local": 3, "pull_proxy": 3}
-LONG = {"push_local": 60, "push_proxy": 50, "pull_local": 50, "pull_proxy": 50}
+FAST = {"push_local": 3, "push_proxy": 3, "pull_local": 3, "pull_proxy": 3, "pull_final": 2}
+LONG = {"push_local": 60, "push_proxy": 50, "pull_local": 50, "pull_proxy": 50,
+        "pull_final": 40}
 
 
 def counts() -> dict[str, int]:
@@ -66,7 +70,7 @@ def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
             expected[sid] = want
         fk.audit_store(ws, expected=expected, verified=verified)
         fresh = ws.sibling(f"fresh{i}")
-        sync.pull(fresh.settings())
+        pull(fresh.settings())
         got = fresh.tree()
         assert not crash.diff_trees(committed, got) or not crash.diff_trees(want, got), (
             "a fresh pull after a killed push is a mix:\n"
@@ -77,7 +81,7 @@ def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
         for sid in fk.snapshot_ids(ws) - before:
             expected[sid] = want
         shutil.rmtree(fresh.root)
-        sync.pull(fresh.settings())
+        pull(fresh.settings())
         assert crash.diff_trees(want, fresh.tree(), mtime=True) == []
         shutil.rmtree(fresh.root)
         committed = want
@@ -87,8 +91,8 @@ def _push_loop(ws: fk.Workspace, n: int, seed: int, kill) -> tuple[int, int]:
 
 def _pull_loop(writer: fk.Workspace, reader: fk.Workspace, n: int, seed: int, kill) -> int:
     fk.make_tree(writer.area(), seed)
-    sync.push(writer.settings())
-    sync.pull(reader.settings())
+    push(writer.settings())
+    pull(reader.settings())
     prev = writer.tree()
     landed = 0
     for i in range(3 * n):
@@ -97,7 +101,7 @@ def _pull_loop(writer: fk.Workspace, reader: fk.Workspace, n: int, seed: int, ki
         fk.mutate(writer.area(), seed * 1000 + i)
         if i % 3 == 0:  # sometimes a big change: many packs and chunks to fetch
             fk.make_tree(writer.area() / f"batch{i}", seed + i, files=40, big=2)
-        sync.push(writer.settings())
+        push(writer.settings())
         want = writer.tree()
         r = kill(reader.argv("pull"), i)
         if r.killed:
@@ -197,3 +201,32 @@ def test_pull_killed_at_request_count_moto(tmp_path, moto):
         landed = _pull_loop(writer, reader, counts()["pull_proxy"], 14, kill)
     fk.record("pull_killed_at_request_moto", kill_points=landed, requests=proxy.request_count)
     assert landed >= counts()["pull_proxy"]
+
+
+KILLPOINT = str(Path(__file__).resolve().parent.parent / "support" / "_killpoint")
+
+
+@pytest.mark.timeout(3600 if fk.long_mode() else 900)
+def test_pull_killed_in_its_final_phase_local_store(tmp_path):
+    """SIGKILL at a seeded operation of the pull's final phase (``support/_killpoint``). The
+    next command that opens the root without pulling (``verify``) rolls the journal forward:
+    the area is then exactly the new snapshot, before any further pull."""
+    writer = fk.workspace(tmp_path, name="writer")
+    reader = writer.sibling("reader")
+    rng = random.Random(15)
+
+    def kill(argv, i):
+        at = f"pull:final-op#{rng.randint(1, 40)}" if i % 5 else "pull:final-done#1"
+        env = {**reader.env, "FAULTS_KILL_AT": at,
+               "PYTHONPATH": KILLPOINT + os.pathsep + reader.env["PYTHONPATH"]}
+        r = reader.run(*argv[argv.index("--remote") + 2:], ok=False, env=env)
+        killed = r.returncode == -9
+        if killed:
+            reader.run("verify")  # rolls forward; fails if a file differs from the new state
+            want = writer.tree()
+            assert crash.diff_trees(want, reader.tree(), mtime=True) == [], at
+        return crash.KillResult(killed, r.returncode, r.stdout, r.stderr, 0.0)
+
+    landed = _pull_loop(writer, reader, counts()["pull_final"], 15, kill)
+    fk.record("pull_killed_in_final_phase_local", kill_points=landed)
+    assert landed >= counts()["pull_final"]

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cache_sync import sync
 from cache_sync.cli.main import main
 from cache_sync.layout import STORE_KEY
+from cache_sync.pull import pull
+from cache_sync.repo import list_refs
 from cache_sync.snapshot import decode
-from cache_sync.sync import list_refs
 from tests.support import crash, hostile
 from tests.support import faultkit as fk
 
@@ -49,7 +49,7 @@ class Case:
         self.ws = fk.workspace(dest, name="root")
         # The copy moved the store: one good pull re-binds the cache state to its new URL
         # (otherwise every local file would count as untracked and be left alone).
-        sync.pull(self.ws.settings())
+        pull(self.ws.settings())
         self.store = fk.open_raw_store(self.ws)
         refs = list_refs(self.store, fk.AREA)
         assert len(refs) == 1

@@ -152,8 +152,8 @@ def based_on(w: Worker, remote: str, area: str) -> tuple[str, ...]:
 def store_heads(remote: str, env: dict[str, str], area: str) -> list[str]:
     settings = Settings.from_env({**env, "CACHE_SYNC_ROOT": "/nonexistent"})
     from cache_sync.history import History
+    from cache_sync.repo import list_refs
     from cache_sync.storage import open_store
-    from cache_sync.sync import list_refs
 
     return [h.id for h in History(list_refs(open_store(settings), area)).heads]
 

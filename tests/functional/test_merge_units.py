@@ -77,18 +77,25 @@ def _base(tmp: Path, remote: str, wheels: Path, *specs: str) -> None:
     w0.cs("push", "packages")
 
 
-def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
-    remote = f"file://{tmp_path}/store"
-    _base(tmp_path, remote, wheels, "other==1.0")
-    a, b = Worker(tmp_path, "a", remote, wheels), Worker(tmp_path, "b", remote, wheels)
-    for w in (a, b):
+def _workers_on_a_base(tmp: Path, wheels: Path, names: tuple[str, ...], *specs: str
+                       ) -> list[Worker]:
+    """A store whose packages/ has ``specs`` installed, and workers that pulled it."""
+    remote = f"file://{tmp}/store"
+    _base(tmp, remote, wheels, *specs)
+    workers = [Worker(tmp, n, remote, wheels) for n in names]
+    for w in workers:
         w.cs("pull", "packages")
+    return workers
+
+
+def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
+    a, b = _workers_on_a_base(tmp_path, wheels, ("a", "b"), "other==1.0")
     a.install("mypkg==1.0")
     b.install("mypkg==2.0")
     assert a.probe()["code"] == "1.0" and b.probe()["code"] == "2.0"  # each tree consistent
     a.cs("push", "packages")
     b.cs("push", "packages")  # the later head
-    c = Worker(tmp_path, "c", remote, wheels)
+    c = Worker(tmp_path, "c", a.env["CACHE_SYNC_REMOTE"], wheels)
     c.cs("pull", "packages")
     seen = c.probe()
     assert seen["dist_infos"] == ["mypkg-2.0.dist-info"], seen
@@ -102,18 +109,14 @@ def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
 
 @pytest.mark.parametrize("later", ["edit", "uninstall"])
 def test_uninstall_versus_edit_ends_whole(tmp_path, wheels, later):
-    remote = f"file://{tmp_path}/store"
-    _base(tmp_path, remote, wheels, "mypkg==1.0")
-    un, ed = Worker(tmp_path, "un", remote, wheels), Worker(tmp_path, "ed", remote, wheels)
-    for w in (un, ed):
-        w.cs("pull", "packages")
+    un, ed = _workers_on_a_base(tmp_path, wheels, ("un", "ed"), "mypkg==1.0")
     un.uninstall("mypkg")
     assert not (un.packages / "mypkg").exists()
     (ed.packages / "mypkg" / "a.py").write_text("A = 'edited'\n")
     first, second = (un, ed) if later == "edit" else (ed, un)
     first.cs("push", "packages")
     second.cs("push", "packages")
-    c = Worker(tmp_path, "c", remote, wheels)
+    c = Worker(tmp_path, "c", un.env["CACHE_SYNC_REMOTE"], wheels)
     c.cs("pull", "packages")
     seen = c.probe()
     if later == "edit":
@@ -245,3 +248,49 @@ def test_pull_with_local_changes_merges_them_or_discards_them(tmp_path):
     assert sorted(os.listdir(bd)) == ["edit.txt", "new.txt", "remote.txt", "same.txt"]
     assert (bd / "edit.txt").read_text() == "edited locally, same size?"
     assert '"local_changes": 0' in run_cli(["--json", "pull", "deps"], env["b"]).stdout
+
+
+def _hf_revision(models: Path, rev: str, files: dict[str, str]) -> None:
+    """What huggingface_hub writes for one revision: blobs by hash, snapshot links, a ref."""
+    import hashlib
+    repo = models / "hub" / "models--org--name"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        blob = hashlib.sha256(text.encode()).hexdigest()
+        (repo / "blobs" / blob).write_text(text)
+        link = snap / name
+        if not link.is_symlink():
+            link.symlink_to(f"../../blobs/{blob}")
+    (repo / "refs" / "main").write_text(rev)
+
+
+def test_hf_repo_downloaded_at_two_revisions_comes_from_one(tmp_path):
+    """Two workers update one model repo to different revisions from one base: the pull has
+    the later worker's ref and snapshot, every snapshot link resolves, and huggingface_hub's
+    own cache scanner finds one consistent repo."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    remote = f"file://{tmp_path}/store"
+    revs = {"r0": "a" * 40, "r1": "b" * 40, "r2": "c" * 40}
+    env = {n: cli_env(remote, {"CACHE_SYNC_ROOT": str(tmp_path / n)}) for n in "0abc"}
+    _hf_revision(tmp_path / "0" / "models", revs["r0"], {"config.json": "{}", "w.bin": "w0"})
+    run_cli(["push", "models"], env["0"])
+    for n, rev in (("a", "r1"), ("b", "r2")):
+        run_cli(["pull", "models"], env[n])
+        _hf_revision(tmp_path / n / "models", revs[rev], {"config.json": "{}", "w.bin": f"w-{rev}"})
+    run_cli(["push", "models"], env["a"])
+    run_cli(["push", "models"], env["b"])
+    run_cli(["pull", "models"], env["c"])
+    repo = tmp_path / "c" / "models" / "hub" / "models--org--name"
+    assert (repo / "refs" / "main").read_text() == revs["r2"]
+    assert sorted(p.name for p in (repo / "snapshots").iterdir()) == [revs["r0"], revs["r2"]]
+    for link in (repo / "snapshots").rglob("*"):
+        if link.is_symlink():
+            assert link.resolve().is_file(), link
+    info = huggingface_hub.scan_cache_dir(tmp_path / "c" / "models" / "hub")
+    assert not info.warnings, info.warnings
+    (found,) = info.repos
+    assert {r.commit_hash for r in found.revisions} == {revs["r0"], revs["r2"]}
+    assert (repo / "snapshots" / revs["r2"] / "w.bin").read_text() == "w-r2"

@@ -16,11 +16,11 @@ from pathlib import Path
 import zstandard
 
 from cache_sync.config import Settings
+from cache_sync.fsutil import TMP_PREFIX
 from cache_sync.layout import object_key
-from cache_sync.local_cache import TMP_PREFIX
+from cache_sync.repo import list_refs
 from cache_sync.snapshot import CODEC_ZSTD, Snapshot, decode
 from cache_sync.storage import Store, open_store
-from cache_sync.sync import list_refs
 from tests.support import crash
 
 # Small pack/chunk sizes so a few MiB of test data make many objects (many kill points) and
