@@ -97,8 +97,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     plan = plan_pull(target, local, index, tracked)
     if dry_run:
         summary = plan.summary()
-        rep.files, rep.bytes = summary["fetch_files"], summary["fetch_bytes"]
-        rep.removed = summary["remove"]
+        rep.files, rep.bytes, rep.removed = (summary.fetch_files, summary.fetch_bytes,
+                                             summary.remove)
         rep.up_to_date = plan.changes == 0
         return rep
     check_space(area, area_dir, plan.write_bytes)
@@ -165,9 +165,8 @@ def apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir:
         index[e.path] = index_record(os.lstat(final), e.digest)  # after the rename (ctime)
         progress.add(files=1)
 
-    fetcher = Fetcher(store, root, settings.transfers, settings.retries, done,
-                      on_bytes=lambda n: progress.add(nbytes=n), backoff=settings.retry_base,
-                      dups=plan.dups,
+    fetcher = Fetcher(store, root, settings.transfers, done,
+                      on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
                       before_request=lambda: check_deadline(deadline, area))
     try:
         fetcher.fetch(plan.fetch)
