@@ -214,7 +214,8 @@ class _Probe:
         try:
             self.store.delete(keys)
         except StorageError:
-            self.report.left_behind = list(self.written)
+            self.report.left_behind = [f"{self.report.remote.rstrip('/')}/{k}"
+                                       for k in self.written]
             raise
         self.written = []
         return f"{len(keys)} probe objects deleted in one request"

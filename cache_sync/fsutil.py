@@ -133,15 +133,24 @@ class AtomicFile:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview, *,
-                 mode: int | None = None,
-                 mtime_ns: int | None = None, mkdir: bool = False) -> os.stat_result:
-    """Write ``data`` to ``path`` atomically (``AtomicFile``); errors as one clear line."""
+                 mode: int | None = None, mtime_ns: int | None = None, mkdir: bool = False,
+                 fsync: bool = False) -> os.stat_result:
+    """Write ``data`` to ``path`` atomically (``AtomicFile``); errors as one clear line.
+    ``fsync``: the file and then its directory reach the disk before this returns (a journal
+    that must survive a power cut)."""
     with writing(path):
         if mkdir:
             os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
         with AtomicFile(path, mode) as f:
             f.write(data)
-            return f.commit(mtime_ns)
+            st = f.commit(mtime_ns, fsync=fsync)
+        if fsync:
+            dfd = os.open(os.path.dirname(os.fspath(path)) or ".", os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return st
 
 
 def copy_atomic(src: str, path: str, *, mode: int, mtime_ns: int, digest: str) -> None:

@@ -11,6 +11,7 @@ so a curated file decides what wins (e.g. flash-attn last).
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from cache_sync import diskguard, installer
+from cache_sync import diskguard, installer, pipconf, target_merge
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import CacheSyncError, DiskSpaceError
@@ -57,6 +58,7 @@ class UnitResult:
     seconds: float = 0.0
     error: list[str] = field(default_factory=list)
     new: dict[str, str] = field(default_factory=dict)  # distributions added or changed
+    superseded: list[str] = field(default_factory=list)  # old .dist-info dirs replaced
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,15 +128,19 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
             if opts.push:
                 _warm_installer_cache(settings, log)
             options = list(specset.options)
-            if kind == "uv":
-                options = installer.pip_config_for_uv(env) + options
+            if kind == "uv":  # pip's configuration and the files' options, pip's precedence
+                options = pipconf.uv_flags(pipconf.sources(env, options))
             invocation = installer.Invocation(kind, uv_path, settings, env, options)
-        if kind == "pip" and spec.name in installed.dists:  # a different version is there
-            dist = installed.dists[spec.name]
-            installer.remove_dist(target, [Path(str(f)) for f in dist.files or []],
-                                  _info_dir(dist))
         before = installed.versions()
         _run_with_retries(spec, res, invocation, opts, settings, floors, log)
+        if invocation.stage is not None:  # pip: merge the staged install (target_merge.py)
+            if res.status == "installed":
+                merged = target_merge.merge(invocation.stage, target)
+                res.superseded = merged.superseded
+                log(f"{spec.text}: merged {merged.moved} files in {merged.seconds:.2f}s"
+                    + (f", superseded {', '.join(merged.superseded)}"
+                       if merged.superseded else ""))
+            shutil.rmtree(invocation.stage, ignore_errors=True)
         installed.refresh()
         after = installed.versions()
         res.new = {n: v for n, v in after.items() if before.get(n) != v}
@@ -179,10 +185,6 @@ def _warm_installer_cache(settings: Settings, log: Callable[[str], None]) -> Non
         log(f"installing with a cold download cache: the pull of {area}/ failed: {exc}")
 
 
-def _info_dir(dist: Any) -> Any:
-    return dist._path  # PathDistribution: its .dist-info directory
-
-
 def _run_with_retries(spec: Spec, res: UnitResult, inv: installer.Invocation,
                       opts: InstallOptions, settings: Settings, floors: list,
                       log: Callable[[str], None]) -> None:
@@ -201,6 +203,8 @@ def _run_with_retries(spec: Spec, res: UnitResult, inv: installer.Invocation,
         log(f"installing {spec.text} ({inv.kind}, attempt {res.attempts}/{attempts}, "
             f"budget {budget:.0f}s)")
         Path(inv.log_path).unlink(missing_ok=True)
+        if inv.stage is not None:  # each attempt starts from an empty stage
+            shutil.rmtree(inv.stage, ignore_errors=True)
         out = installer.run_once(cmd, inv.env, budget, floors)
         last = out
         detail = out.output + _read(inv.log_path) if inv.kind == "pip" else out.output

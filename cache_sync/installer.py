@@ -4,8 +4,8 @@ Whatever the caller's environment or pip.conf says, the target is ``packages/``,
 cache is ``pip/`` and every temporary file goes to ``tmp/``: pip unpacks and builds under
 TMPDIR even with ``--target`` (seed 002), and uses ``~/.cache`` unless told otherwise. The rest
 of pip's configuration (index URLs, find-links, certificates) passes through; for uv, which
-does not read pip's configuration, it is translated into uv's flags, and with more than one
-index uv is told to pick versions as pip does (best match across all indexes).
+does not read pip's configuration, it is resolved with pip's precedence and translated into
+uv's flags (``pipconf.py``; with more than one index, uv picks versions as pip does).
 """
 
 from __future__ import annotations
@@ -72,30 +72,6 @@ def child_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def pip_config_for_uv(env: Mapping[str, str]) -> list[str]:
-    """pip's effective index configuration (pip.conf files and PIP_* variables, as
-    ``pip config list`` reports them) as uv flags."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], env=dict(env),
-                          capture_output=True, text=True, timeout=60)
-    values: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        key, _, raw = line.partition("=")
-        section, _, name = key.rpartition(".")
-        if section in ("global", "install", ":env:") and raw:
-            values[name] = raw.strip().strip("'\"")
-    flags: list[str] = []
-    for name, flag in (("index-url", "--index-url"), ("extra-index-url", "--extra-index-url"),
-                       ("find-links", "--find-links"), ("constraint", "--constraint"),
-                       ("trusted-host", "--allow-insecure-host")):
-        for value in values.get(name, "").split():
-            if name == "find-links" and "://" not in value and not os.path.exists(value):
-                continue  # pip skips a missing find-links dir with a warning; uv would fail
-            flags += [flag, value]
-    if values.get("no-index", "").lower() in ("1", "true", "yes", "on"):
-        flags.append("--no-index")
-    return flags
-
-
 @dataclass
 class Invocation:
     kind: str  # "pip" | "uv"
@@ -103,6 +79,12 @@ class Invocation:
     settings: Settings
     env: dict[str, str]
     options: list[str]  # from requirements files (and translated pip config for uv)
+
+    @property
+    def stage(self) -> Path | None:
+        """pip installs into an empty stage that ``target_merge`` moves into ``packages/``;
+        uv installs into ``packages/`` directly (it treats the target as an environment)."""
+        return scratch_dirs(self.settings)[0] / "pip-stage" if self.kind == "pip" else None
 
     @property
     def log_path(self) -> str:
@@ -118,14 +100,8 @@ class Invocation:
             self.env["UV_HTTP_RETRIES"] = "1"
             cmd = [self.uv_path or "uv", "pip", "install", "--python", sys.executable,
                    "--target", str(root / "packages"), "--cache-dir", str(root / "pip" / "uv")]
-            if "--extra-index-url" in self.options:
-                # pip's meaning of several indexes: the best match from any of them. uv's
-                # default (the first index holding the package wins) fails an exact pin that
-                # only the default index has when an extra index, such as PyTorch's CUDA
-                # index, carries old copies of common packages.
-                cmd += ["--index-strategy", "unsafe-best-match"]
         else:
-            cmd = [sys.executable, "-m", "pip", "install", "--target", str(root / "packages"),
+            cmd = [sys.executable, "-m", "pip", "install", "--target", str(self.stage),
                    "--cache-dir", str(root / "pip"), "--timeout", socket_timeout,
                    "--retries", "1", "--no-input", "--disable-pip-version-check",
                    "--no-warn-script-location", "--progress-bar", "off",
@@ -200,22 +176,3 @@ def key_lines(output: str, limit: int = 4) -> list[str]:
     picked = [ln for ln in lines
               if ln.startswith(("ERROR:", "error:", "×", "╰─▶", "Caused by", "hint:"))]
     return (picked or lines)[-limit:]
-
-
-def remove_dist(target: Path, dist_files: list[Path], info_dir: Path) -> None:
-    """Remove an installed distribution's files (from its RECORD) before pip replaces it:
-    ``pip --target`` otherwise keeps the old directory and only warns."""
-    parents: set[Path] = set()
-    for path in dist_files:
-        full = (target / path).resolve()
-        if target.resolve() in full.parents and full.is_file():
-            full.unlink()
-            parents.add(full.parent)
-    shutil.rmtree(info_dir, ignore_errors=True)
-    for directory in sorted(parents, key=lambda p: -len(p.parts)):
-        while directory != target.resolve() and target.resolve() in directory.parents:
-            try:
-                directory.rmdir()  # only empty ones: a shared namespace dir stays
-            except OSError:
-                break
-            directory = directory.parent

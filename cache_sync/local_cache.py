@@ -68,17 +68,20 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
                         with contextlib.suppress(OSError):
                             os.unlink(de.path)
                     continue
-                st = de.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISDIR(mode):
-                    items[rel] = item_from_stat(rel, st)
-                    stack.append((rel, de.path))
-                elif stat.S_ISREG(mode):
-                    items[rel] = item_from_stat(rel, st)
-                elif stat.S_ISLNK(mode):
-                    items[rel] = item_from_stat(rel, st, os.readlink(de.path))
-                else:  # FIFOs, sockets, device nodes: not part of a cache
-                    special.append(rel)
+                try:  # a file renamed away since readdir (a finished download) is not here
+                    st = de.stat(follow_symlinks=False)
+                    mode = st.st_mode
+                    if stat.S_ISDIR(mode):
+                        items[rel] = item_from_stat(rel, st)
+                        stack.append((rel, de.path))
+                    elif stat.S_ISREG(mode):
+                        items[rel] = item_from_stat(rel, st)
+                    elif stat.S_ISLNK(mode):
+                        items[rel] = item_from_stat(rel, st, os.readlink(de.path))
+                    else:  # FIFOs, sockets, device nodes: not part of a cache
+                        special.append(rel)
+                except FileNotFoundError:
+                    continue
     if special:
         special.sort()
         shown = ", ".join(special[:3]) + (f" and {len(special) - 3} more" if len(special) > 3
@@ -142,10 +145,24 @@ class CacheState:
             return AreaState(remote=remote)
         return AreaState(remote, tuple(doc.get("based_on", ())), entries)
 
-    def save_state(self, area: str, st: AreaState) -> None:
+    def save_state(self, area: str, st: AreaState, *, name: str = "state") -> None:
         rows = [e.to_row() for e in sorted((st.entries or {}).values(), key=lambda e: e.path)]
         doc = {"remote": st.remote, "based_on": list(st.based_on), "entries": rows}
-        write_atomic(self.dir / f"{area}.state.zst", _dump(doc), mkdir=True)
+        write_atomic(self.dir / f"{area}.{name}.zst", _dump(doc), mkdir=True,
+                     fsync=name != "state")
+
+    def save_next_state(self, area: str, st: AreaState) -> None:
+        """The state a pull's final phase leads to (see ``staging.py``)."""
+        self.save_state(area, st, name="state.next")
+
+    def promote_next_state(self, area: str) -> AreaState | None:
+        """Make the next state the state; returns it (None if there was none)."""
+        nxt = self.dir / f"{area}.state.next.zst"
+        doc = _load(nxt)
+        if not isinstance(doc, dict):
+            return None
+        os.replace(nxt, self.dir / f"{area}.state.zst")
+        return self.load_state(area, doc.get("remote", ""))
 
     def load_index(self, area: str) -> Index:
         doc = _load(self.dir / f"{area}.index.zst")
@@ -244,6 +261,9 @@ def cache_lock(root: Path, timeout: float = 0.0) -> Iterator[None]:
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}".encode(), 0)
+        from cache_sync.staging import roll_forward  # staging builds on this module
+
+        roll_forward(root)  # a pull killed in its final phase is finished before anything else
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -1,25 +1,24 @@
 """pull: restore areas to the current state of the store.
 
-Read order: list snapshots, merge the heads, validate, check free space, then write each file
-under a temporary name and rename it into place after its hash is checked; paths the target
-no longer has are removed only after every new file is in place; the local state is saved
-last. A pull that fails or runs out of time leaves every final path complete (old or new) and
-the previous state recorded, so the next pull simply carries on.
+Read order: list snapshots, merge the heads, validate, check free space, then stage every file
+the pull writes (fetched and verified outside the area), then the short final phase from a
+journal (``staging.py``). A pull that fails or runs out of time before the journal leaves the
+area exactly as it was and the previous state recorded; one killed after it is finished by
+the next command that takes the root's lock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cache_sync import staging
 from cache_sync.config import Settings
 from cache_sync.contents import SmallFiles
 from cache_sync.errors import DeadlineExceeded, DiskSpaceError
-from cache_sync.fsutil import copy_atomic, free_bytes, hash_file, symlink_atomic, write_atomic
+from cache_sync.fsutil import free_bytes, hash_file
 from cache_sync.local_cache import AreaState, CacheState, cache_lock, scan
 from cache_sync.plan import (
     Index,
@@ -45,8 +44,8 @@ RESERVE = 64 << 20  # never fill the disk to the last byte
 def check_deadline(deadline: float | None, area: str) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise DeadlineExceeded(
-            f"pull of {area} cut off by its time budget; every file in place is complete "
-            "and the next pull fetches the rest"
+            f"pull of {area} cut off by its time budget before its final phase; the area is "
+            "unchanged and the next pull starts it again"
         )
 
 
@@ -103,10 +102,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
         return rep
     check_space(area, area_dir, plan.write_bytes)
     check_deadline(deadline, area)
-    fresh = dict(plan.keep)
-    fresh.update(apply(settings, store, plan, area, area_dir, rep, deadline))
-    cache.save_index(area, {p: r for p, r in fresh.items() if p in target})
-    cache.save_state(area, AreaState(store.url, tuple(heads), remote))
+    cache.save_next_state(area, AreaState(store.url, tuple(heads), remote))
+    apply(settings, store, cache, plan, area, area_dir, local, rep, target, remote, deadline)
     rep.up_to_date = plan.changes == 0
     rep.seconds = time.monotonic() - t0
     return rep
@@ -141,77 +138,38 @@ def check_space(area: str, area_dir: Path, need: int) -> None:
         )
 
 
-def apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir: Path,
-          rep: AreaReport, deadline: float | None = None) -> Index:
-    """Carry out a pull plan; returns index records of every file it put in place."""
-    root = str(area_dir)
-    area_dir.mkdir(parents=True, exist_ok=True)
-    index: Index = {}
-    _remove(root, plan.remove, rep)
-    for d in plan.mkdirs:
-        os.makedirs(os.path.join(root, d.path), exist_ok=True)
-    # Files of the right size whose hash the index does not know: hash before downloading.
-    for e in plan.check:
-        p = os.path.join(root, e.path)
-        if hash_file(p) == e.digest:
-            plan.meta.append(e)
-        else:
-            plan.fetch.append(e)
-    total = len(plan.fetch) + len(plan.copies)
-    progress = Progress(f"pull {area}", total, plan.fetch_bytes,
-                        enabled=progress_enabled(settings.progress, settings.json))
+def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, area: str,
+          area_dir: Path, local: dict[str, LocalItem], rep: AreaReport,
+          target: dict[str, Entry], remote: dict[str, Entry],
+          deadline: float | None = None) -> None:
+    """Stage every file, then run the final phase from a journal (``staging.py``, design
+    5.2): a failure before the journal leaves the area exactly as it was. The area becomes
+    ``target``; the state records ``remote`` (they differ by the local changes kept)."""
+    stage = staging.stage_dir(cache, area, area_dir)
+    progress = Progress(f"pull {area}", len(plan.fetch) + len(plan.check) + len(plan.copies),
+                        plan.fetch_bytes, enabled=progress_enabled(settings.progress,
+                                                                   settings.json))
 
-    def done(e: Entry, final: str, st: os.stat_result) -> None:
-        index[e.path] = index_record(os.lstat(final), e.digest)  # after the rename (ctime)
-        progress.add(files=1)
+    def make_fetcher(root: str, on_file: Callable[[Entry], None]) -> Fetcher:
+        def done(e: Entry, final: str, st: os.stat_result) -> None:
+            on_file(e)
+            progress.add(files=1)
 
-    fetcher = Fetcher(store, root, settings.transfers, done,
-                      on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
-                      before_request=lambda: check_deadline(deadline, area))
+        return Fetcher(store, root, settings.transfers, done,
+                       on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
+                       before_request=lambda: check_deadline(deadline, area))
+
     try:
-        fetcher.fetch(plan.fetch)
+        staged = staging.stage_files(plan, area_dir, stage, make_fetcher)
+        check_deadline(deadline, area)  # the last moment a pull may stop with nothing changed
+    except BaseException:
+        staging.clear(stage)
+        raise
     finally:
         progress.close()
-        rep.requests = fetcher.requests
-    # Duplicates of chunked files (the fetcher writes duplicates of packed files itself).
-    for digest, extra in plan.dups.items():
-        placed = fetcher.placed_path(digest)
-        for e in extra:
-            if not os.path.exists(os.path.join(root, e.path)) or e.path not in index:
-                plan.copies.append((e, placed))
-    for e, src in plan.copies:
-        final = os.path.join(root, e.path)
-        if src:
-            copy_atomic(os.path.join(root, src), final, mode=e.mode, mtime_ns=e.mtime_ns,
-                        digest=e.digest)
-            index[e.path] = index_record(os.lstat(final), e.digest)
-        else:
-            write_atomic(final, b"", mode=e.mode, mtime_ns=e.mtime_ns)
-            index[e.path] = index_record(os.lstat(final), e.digest)
-    for e in plan.meta:
-        p = os.path.join(root, e.path)
-        os.chmod(p, e.mode)
-        os.utime(p, ns=(e.mtime_ns, e.mtime_ns))
-        index[e.path] = index_record(os.lstat(p), e.digest)
-    for e in plan.links:
-        symlink_atomic(e.target, os.path.join(root, e.path), e.mtime_ns)
-    _remove(root, plan.remove_late, rep)  # only now that every new file is in place
-    # Directory modes and times last, deepest first: writing into a directory changes them.
-    for d in sorted(plan.dirs, key=lambda d: -d.path.count("/")):
-        p = os.path.join(root, d.path)
-        os.chmod(p, d.mode)
-        os.utime(p, ns=(d.mtime_ns, d.mtime_ns))
-    rep.files = fetcher.fetched + len(plan.copies)
+    rep.requests = staged.requests
+    rep.files = len(staged.paths)
     rep.bytes = plan.fetch_bytes
-    return index
-
-
-def _remove(root: str, paths: list[str], rep: AreaReport) -> None:
-    for rel in paths:
-        p = os.path.join(root, rel)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        rep.removed += 1
+    ops = staging.build_ops(plan, area_dir, staged.paths, local)
+    local_only = [p for p, e in target.items() if e.kind == "f" and remote.get(p) != e]
+    rep.removed = staging.final_phase(cache, area, area_dir, stage, ops, target, local_only)

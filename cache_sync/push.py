@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cache_sync import __version__, checkpoints
 from cache_sync.config import Settings
-from cache_sync.errors import CacheSyncError, DeadlineExceeded
+from cache_sync.errors import DeadlineExceeded
 from cache_sync.fsutil import HASH_READ
 from cache_sync.gcmarks import PushClaim
 from cache_sync.layout import new_snapshot_id, object_key, snapshot_key
@@ -168,8 +168,12 @@ class Upload:
             self.known.pop(self.entries[p].digest, None)
             self.packer.blobs.pop(self.entries[p].digest, None)
         for p in paths:
-            self.entries[p] = _hash_and_pack(self.work.area_dir, self.work.local[p],
-                                             self.work.index, self.known, self.packer)
+            entry = _hash_and_pack(self.work.area_dir, self.work.local[p], self.work.index,
+                                   self.known, self.packer, None)
+            if entry is None:
+                del self.entries[p]
+            else:
+                self.entries[p] = entry
         self.packer.flush()
         self.uploader.wait()
         self.attach_blobs()
@@ -204,7 +208,11 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
     try:
         for item in tree.to_hash:
             check_deadline(deadline, area)
-            entries[item.path] = _hash_and_pack(work.area_dir, item, index, known, packer)
+            entry = _hash_and_pack(work.area_dir, item, index, known, packer, base)
+            if entry is None:
+                del entries[item.path]
+            else:
+                entries[item.path] = entry
             progress.add(1, item.size)
         packer.flush()
         uploader.wait()
@@ -282,31 +290,60 @@ def still_stored(store: Store, journal: Known) -> Known:
 
 
 def _hash_and_pack(area_dir: Path, item: LocalItem, index: Index, known: Known,
-                   packer: Packer) -> Entry:
+                   packer: Packer, base: dict[str, Entry] | None) -> Entry | None:
+    """The file's entry, its new content handed to the packer. A file that vanished (a
+    download renamed from ``*.incomplete``) gives None; one that keeps changing while it is
+    read gives its entry in the base snapshot, or None. Both are warned about; the snapshot
+    names only bytes read whole, and the next push takes the rest."""
     path = str(area_dir / item.path)
-    for _ in range(3):
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_size <= packer.chunk_size and st.st_size <= 64 << 20:
-                data = f.read()
-                digest = hashlib.sha256(data).hexdigest()
-                small = len(data) <= packer.small_file
+    try:
+        for _ in range(3):
+            entry = _read_once(path, item, index, known, packer)
+            if entry is not None:
+                return entry
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        index.pop(item.path, None)
+        log.warning("%s vanished during the push; left out of this snapshot", item.path)
+        return None
+    index.pop(item.path, None)
+    old = (base or {}).get(item.path)
+    if old is not None and old.kind == "f" and (old.digest in known or not old.size):
+        log.warning("%s kept changing while it was read; left at its previous state",
+                    item.path)
+        return old
+    log.warning("%s kept changing while it was read; left out of this snapshot", item.path)
+    return None
+
+
+def _read_once(path: str, item: LocalItem, index: Index, known: Known,
+               packer: Packer) -> Entry | None:
+    """One read of the file; None when it changed while being read (size, mtime or ctime
+    moved, or the bytes chunked differ from the bytes hashed)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size <= packer.chunk_size and st.st_size <= 64 << 20:
+            data = f.read()
+            digest = hashlib.sha256(data).hexdigest()
+            small = len(data) <= packer.small_file
+        else:
+            data = b""
+            h = hashlib.sha256()
+            while chunk := f.read(HASH_READ):
+                h.update(chunk)
+            digest = h.hexdigest()
+            small = False
+        after = os.fstat(f.fileno())
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns) or (data and len(data) != st.st_size):
+        return None
+    size = len(data) if data or small else st.st_size
+    if digest not in known and size:
+        try:
+            if small:
+                packer.add_small(digest, data)
             else:
-                data = b""
-                h = hashlib.sha256()
-                while chunk := f.read(HASH_READ):
-                    h.update(chunk)
-                digest = h.hexdigest()
-                small = False
-        size = len(data) if data or small else st.st_size
-        if digest not in known and size:
-            try:
-                if small:
-                    packer.add_small(digest, data)
-                else:
-                    packer.add_large(digest, path, size)
-            except FileChangedError:
-                continue  # rewritten under us: hash it again
-        index[item.path] = index_record(st, digest, size)
-        return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)
-    raise CacheSyncError(f"{path} keeps changing while it is pushed; stop the writer and retry")
+                packer.add_large(digest, path, size)
+        except FileChangedError:
+            return None  # rewritten under us: hash it again
+    index[item.path] = index_record(st, digest, size)
+    return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)

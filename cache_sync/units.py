@@ -12,10 +12,11 @@ thing. Two areas have such units:
   ``blobs/`` are content-addressed and merge file by file, except that a blob a winning
   snapshot link names is kept, and a repo the winning side deleted whole goes whole.
 
-When both sides of a three-way merge changed a unit (some path of it differs from the merge
-base on each side), the result takes the unit whole from ``theirs`` -- the later head -- and
-never file by file; a unit that only one side changed comes from that side (which a file-level
-merge already gives). Every other path keeps the file-level merge of ``snapshot.merge3``.
+When both sides of a three-way merge changed a unit, each in a way the other did not (some
+path of it differs from the merge base and from the other side), the result takes the unit
+whole from ``theirs`` -- the later head -- and never file by file; otherwise the file-level
+merge already gives one side's version whole (the side that changed it, or the one whose
+changes include the other's). Every other path keeps the file-level merge of ``snapshot.merge3``.
 The rules and their examples are in ``docs/design.md`` section 5.1.
 """
 
@@ -70,20 +71,23 @@ class Unit:
 def merge_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry],
                 units: Callable[[], list[Unit]], *, restore_links: bool = False
                 ) -> dict[str, Entry]:
-    """``merge3`` where a unit changed on both sides comes whole from ``theirs``. ``units``
-    is called only when both sides changed something (it may read files)."""
+    """``merge3`` where a unit both sides changed, each in a way the other did not, comes
+    whole from ``theirs``. Where one side's changes to a unit are all made by the other side
+    too (a head that did less of the same thing, e.g. a pull cut short), the file-level merge
+    already gives the other side's version whole. ``units`` is called only when both sides
+    have changes of their own (it may read files)."""
     merged = merge3_paths(base, ours, theirs)
-    ours_changed = _changed_paths(base, ours)
-    theirs_changed = _changed_paths(base, theirs)
+    ours_changed = _own_changes(base, ours, theirs)
+    theirs_changed = _own_changes(base, theirs, ours)
     if not ours_changed or not theirs_changed:
-        return normalize_tree(merged)  # one side's changes only: nothing to choose
+        return normalize_tree(merged)  # nothing to choose between
     everything = base.keys() | ours.keys() | theirs.keys()
     found = units()
     owned = _owners(everything, found)
     for unit in found:
         unit_paths = owned[unit.key]
         if ours_changed.isdisjoint(unit_paths) or theirs_changed.isdisjoint(unit_paths):
-            continue  # one side (or none) changed it: the file-level merge took that side
+            continue  # the file-level merge took one side's version of it whole
         if unit.root and unit.root not in theirs:
             unit_paths = {p for p in everything if p == unit.root
                           or p.startswith(unit.root + "/")}
@@ -97,8 +101,12 @@ def merge_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str
     return normalize_tree(merged)
 
 
-def _changed_paths(base: dict[str, Entry], side: dict[str, Entry]) -> set[str]:
-    return {p for p in base.keys() | side.keys() if not same_entry(base.get(p), side.get(p))}
+def _own_changes(base: dict[str, Entry], side: dict[str, Entry], other: dict[str, Entry]
+                 ) -> set[str]:
+    """Paths ``side`` changed from ``base`` to something ``other`` does not have."""
+    return {p for p in base.keys() | side.keys()
+            if not same_entry(base.get(p), side.get(p))
+            and not same_entry(side.get(p), other.get(p))}
 
 
 def _owners(paths: set[str], units: list[Unit]) -> dict[str, set[str]]:

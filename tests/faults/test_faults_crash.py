@@ -15,9 +15,11 @@ fast seeded subset; FAULTS_LONG=1 (with --run-slow) runs >= 200 kill points.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +31,9 @@ from tests.support.faultproxy import FaultProxy
 
 # Kill points that must LAND per test (a kill that comes after the command finished does not
 # count; the loop tries up to 3x as often).
-FAST = {"push_local": 3, "push_proxy": 3, "pull_local": 3, "pull_proxy": 3}
-LONG = {"push_local": 60, "push_proxy": 50, "pull_local": 50, "pull_proxy": 50}
+FAST = {"push_local": 3, "push_proxy": 3, "pull_local": 3, "pull_proxy": 3, "pull_final": 2}
+LONG = {"push_local": 60, "push_proxy": 50, "pull_local": 50, "pull_proxy": 50,
+        "pull_final": 40}
 
 
 def counts() -> dict[str, int]:
@@ -198,3 +201,32 @@ def test_pull_killed_at_request_count_moto(tmp_path, moto):
         landed = _pull_loop(writer, reader, counts()["pull_proxy"], 14, kill)
     fk.record("pull_killed_at_request_moto", kill_points=landed, requests=proxy.request_count)
     assert landed >= counts()["pull_proxy"]
+
+
+KILLPOINT = str(Path(__file__).resolve().parent.parent / "support" / "_killpoint")
+
+
+@pytest.mark.timeout(3600 if fk.long_mode() else 900)
+def test_pull_killed_in_its_final_phase_local_store(tmp_path):
+    """SIGKILL at a seeded operation of the pull's final phase (``support/_killpoint``). The
+    next command that opens the root without pulling (``verify``) rolls the journal forward:
+    the area is then exactly the new snapshot, before any further pull."""
+    writer = fk.workspace(tmp_path, name="writer")
+    reader = writer.sibling("reader")
+    rng = random.Random(15)
+
+    def kill(argv, i):
+        at = f"pull:final-op#{rng.randint(1, 40)}" if i % 5 else "pull:final-done#1"
+        env = {**reader.env, "FAULTS_KILL_AT": at,
+               "PYTHONPATH": KILLPOINT + os.pathsep + reader.env["PYTHONPATH"]}
+        r = reader.run(*argv[argv.index("--remote") + 2:], ok=False, env=env)
+        killed = r.returncode == -9
+        if killed:
+            reader.run("verify")  # rolls forward; fails if a file differs from the new state
+            want = writer.tree()
+            assert crash.diff_trees(want, reader.tree(), mtime=True) == [], at
+        return crash.KillResult(killed, r.returncode, r.stdout, r.stderr, 0.0)
+
+    landed = _pull_loop(writer, reader, counts()["pull_final"], 15, kill)
+    fk.record("pull_killed_in_final_phase_local", kill_points=landed)
+    assert landed >= counts()["pull_final"]

@@ -158,7 +158,11 @@ def seaweedfs_server(data_dir: str | None = None) -> Iterator[S3Server]:
         "-filer", "-s3", f"-s3.port={ports['s3']}", f"-s3.config={ids}",
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}", "-master.volumeSizeLimitMB=1024",
-        "-volume.max=0",
+        # Each bucket is a collection that grows 7 volumes at its first write; "-volume.max=0"
+        # (free disk / volume size) ran out after a handful of buckets on a disk shared with
+        # other runs ("No writable volumes and no free volumes left" -> 500 InternalError).
+        # Volumes are sparse files: a high count costs no disk.
+        "-volume.max=1000",
         # 4.48 also opens Iceberg (8181) and Lance (9101) listeners on FIXED ports, so a second
         # server on the machine dies at start-up; nothing here uses them.
         "-s3.port.iceberg=0", "-s3.port.lance=0",

@@ -36,8 +36,13 @@ def sent_headers(dialect: str, call) -> dict[str, str]:
         seen["_body"] = request.body
         return AWSResponse(request.url, 200, {}, _Raw(OK_DELETE))
 
-    client.meta.events.register("before-send.s3", capture)
-    call(client)
+    # make_client caches clients per process: the hook must not outlive this call
+    client.meta.events.register("before-send.s3", capture, unique_id="test-dialect-capture")
+    try:
+        call(client)
+    finally:
+        client.meta.events.unregister("before-send.s3", unique_id="test-dialect-capture")
+    assert "authorization" in seen  # this call's request was captured
     return seen
 
 

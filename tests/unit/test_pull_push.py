@@ -51,8 +51,9 @@ def test_pull_honours_its_deadline(tmp_path, pushed):
 
 
 def test_pull_deadline_stops_before_the_next_request(tmp_path, pushed, monkeypatch):
-    """A deadline that passes during the fetch stops it at the next request; what is in
-    place is complete and the next pull converges."""
+    """A deadline that passes during the fetch stops it at the next request; the area is
+    left exactly as it was (the files fetched so far were only staged: design 5.2) and the
+    next pull converges."""
     from cache_sync import pull as pull_mod
 
     reader = _settings(tmp_path, "reader").with_overrides(transfers=1)
@@ -68,8 +69,7 @@ def test_pull_deadline_stops_before_the_next_request(tmp_path, pushed, monkeypat
         pull(reader, deadline=time.monotonic() + 60)
     want = _tree(pushed.area_path("packages"))
     got = _tree(reader.area_path("packages"))
-    assert 0 < len(got) < len(want)
-    assert all(want[p] == b for p, b in got.items() if not os.path.basename(p).startswith("."))
+    assert calls["n"] > 6 and got == {}  # a fresh root: nothing was put in place
     monkeypatch.setattr(pull_mod, "check_deadline", real)
     pull(reader)
     assert _tree(reader.area_path("packages")) == want

@@ -123,6 +123,17 @@ def test_stray_files_in_an_owned_directory_belong_to_the_unit():
     assert not any("__pycache__" in p for p in out)  # a .pyc of 1.0 next to 2.0 is a mix
 
 
+def test_a_head_that_did_less_of_the_same_change_does_not_split_the_unit():
+    """A later head whose changes to a unit are all in the earlier one too (a half-applied
+    upgrade, e.g. a pull cut short) yields the earlier, complete version whole."""
+    base = tree(*installed("mypkg", "1.0"))
+    full = tree(*installed("mypkg", "2.0"))
+    half = dict(base)
+    half["mypkg/__init__.py"] = full["mypkg/__init__.py"]  # one file of 2.0, metadata of 1.0
+    assert merge_packages(base, full, half) == full
+    assert merge_packages(base, half, full) == full
+
+
 def test_one_side_changes_only_keep_both_sides():
     base = tree(*installed("a", "1.0"), *installed("b", "1.0"))
     ours = tree(*installed("a", "2.0"), *installed("b", "1.0"))
@@ -262,6 +273,14 @@ def unit_paths(t: dict[str, Entry], name: str) -> dict[str, Entry]:
             or (p.split("/")[0].endswith(".dist-info") and canonical_name(p.split("/")[0]) == name)}
 
 
+def pick(ub: dict[str, Entry], uo: dict[str, Entry], ut: dict[str, Entry]) -> dict[str, Entry]:
+    """The oracle for one unit (design 5.1): theirs whole when it changed something in a way
+    ours did not, else ours whole (ours' changes then include all of theirs)."""
+    theirs_own = any(ut.get(p) != ub.get(p) and ut.get(p) != uo.get(p)
+                     for p in ub.keys() | ut.keys())
+    return ut if theirs_own else uo
+
+
 def assert_consistent(out: dict[str, Entry]) -> None:
     check_tree(out)
     for name in NAMES:
@@ -283,9 +302,8 @@ def test_property_merge_takes_each_distribution_whole(b, o, t, extra_o, extra_t)
     out = merge_packages(base, ours, theirs)
     assert_consistent(out)
     for name in NAMES:
-        got = unit_paths(out, name)
-        want_side = theirs if unit_paths(theirs, name) != unit_paths(base, name) else ours
-        assert got == unit_paths(want_side, name), name
+        want = pick(unit_paths(base, name), unit_paths(ours, name), unit_paths(theirs, name))
+        assert unit_paths(out, name) == want, name
     # Paths outside every unit keep the file-level merge.
     plain = {p for p in out if p in ("x.txt", "y.txt", "z", "z/q")}
     assert plain == {p for p in merge3(base, ours, theirs) if p in ("x.txt", "y.txt", "z", "z/q")}
@@ -295,7 +313,7 @@ def test_property_merge_takes_each_distribution_whole(b, o, t, extra_o, extra_t)
 @given(world_st, st.lists(world_st, min_size=2, max_size=4))
 def test_property_history_of_many_heads_takes_the_latest_change(b, sides):
     """N workers push from one base: each distribution comes whole from the latest head (by
-    id) that changed it, else from the base."""
+    id) that changed it in a way the heads before it did not, else as merged before it."""
     base_id = "20260101T000000000000Z-00000000"
     snaps = {base_id: Snapshot(base_id, "packages", (), build(b))}
     refs = [SnapshotRef("packages", base_id, (), snapshot_key("packages", base_id, ()))]
@@ -307,11 +325,10 @@ def test_property_history_of_many_heads_takes_the_latest_change(b, sides):
     _, out = History(refs).current(lambda r: snaps[r.id], merger("packages", read))
     assert_consistent(out)
     for name in NAMES:
-        want = unit_paths(snaps[base_id].entries, name)
-        for sid in sorted(snaps)[1:]:
-            mine = unit_paths(snaps[sid].entries, name)
-            if mine != unit_paths(snaps[base_id].entries, name):
-                want = mine
+        base_unit = unit_paths(snaps[base_id].entries, name)
+        want = unit_paths(snaps[sorted(snaps)[1]].entries, name)
+        for sid in sorted(snaps)[2:]:
+            want = pick(base_unit, want, unit_paths(snaps[sid].entries, name))
         assert unit_paths(out, name) == want, name
 
 

@@ -1,0 +1,245 @@
+"""How a pull changes an area: stage everything, then a short journaled final phase
+(``docs/design.md`` section 5.2).
+
+1. *Stage.* Every file the pull writes is fetched (or copied from an unchanged local file)
+   into ``<root>/.cache-sync/stage/<area>/<path>``, verified, and given its mode and mtime.
+   The area is not touched: a failure here (a corrupt or missing object, a full disk, a kill)
+   leaves it exactly as it was, and the stage is removed.
+2. *Final phase.* The new state is written as ``<area>.state.next.zst``, then the journal of
+   operations ``<area>.apply.json``; then the operations run in order: removals of what is in
+   the way, new directories, renames out of the stage, symlinks, mode/mtime fixes, removals
+   of paths the snapshot deleted, directory modes. Then the next state becomes the state, the
+   stat index is rebuilt from ``lstat`` and the journal is deleted.
+
+Every operation is idempotent and a removal names the kind of what it removes, so a kill
+anywhere in phase 2 is rolled forward by the next command that takes the root's lock
+(``roll_forward``): the area ends exactly at the new snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache_sync import checkpoints
+from cache_sync.fsutil import TMP_PREFIX, copy_atomic, hash_file, symlink_atomic, write_atomic
+from cache_sync.local_cache import CacheState
+from cache_sync.plan import Index, LocalItem, PullPlan, index_record
+from cache_sync.snapshot import Entry
+from cache_sync.transfer import Fetcher
+
+log = logging.getLogger("cache_sync.staging")
+JOURNAL = ".apply.json"
+Op = list[Any]
+
+
+def stage_dir(cache: CacheState, area: str, area_dir: Path) -> Path:
+    """Inside the cache root, on the area's filesystem (renames out of it are atomic). An area
+    that is a mount point of its own stages inside itself, under a temporary name."""
+    d = cache.dir / "stage" / area
+    probe = area_dir if area_dir.exists() else area_dir.parent
+    d.parent.mkdir(parents=True, exist_ok=True)
+    if os.stat(d.parent).st_dev != os.stat(probe).st_dev:
+        d = area_dir / f"{TMP_PREFIX}stage"
+    return d
+
+
+def clear(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Staged:
+    paths: list[str] = field(default_factory=list)  # rel paths waiting in the stage
+    fetched: int = 0
+    requests: int = 0
+
+
+def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
+                make_fetcher: Callable[[str, Callable[[Entry], None]], Fetcher]) -> Staged:
+    """Phase 1: every file the plan writes, verified, into ``stage``. Reads the area, never
+    writes it. ``make_fetcher(stage root, on_file)`` builds the fetcher."""
+    root = str(area_dir)
+    clear(stage)
+    stage.mkdir(parents=True)
+    # Local files of the right size whose hash the index does not know: hash, then decide.
+    for e in plan.check:
+        if hash_file(os.path.join(root, e.path)) == e.digest:
+            plan.meta.append(e)
+        else:
+            plan.fetch.append(e)
+    plan.check = []
+    writes = [*plan.fetch, *(e for es in plan.dups.values() for e in es),
+              *(e for e, _ in plan.copies)]
+    for d in {os.path.dirname(e.path) for e in writes}:
+        os.makedirs(os.path.join(str(stage), d), exist_ok=True)
+    out = Staged()
+    fetcher = make_fetcher(str(stage), lambda e: out.paths.append(e.path))
+    try:
+        fetcher.fetch(plan.fetch)
+    finally:
+        out.requests = fetcher.requests
+    sroot = str(stage)
+    for digest, extra in plan.dups.items():  # the fetcher writes duplicates of packed files
+        placed = os.path.join(sroot, fetcher.placed_path(digest))
+        for e in extra:
+            if not os.path.lexists(os.path.join(sroot, e.path)):
+                _copy(placed, os.path.join(sroot, e.path), e)
+                out.paths.append(e.path)
+    for e, src in plan.copies:
+        _copy(os.path.join(root, src) if src else "", os.path.join(sroot, e.path), e)
+        out.paths.append(e.path)
+    out.fetched = fetcher.fetched
+    checkpoints.reached("pull:staged")
+    return out
+
+
+def _copy(src: str, final: str, e: Entry) -> None:
+    """A verified copy of ``src`` (or an empty file) at ``final``, with mode and mtime."""
+    if src:
+        copy_atomic(src, final, mode=e.mode, mtime_ns=e.mtime_ns, digest=e.digest)
+    else:
+        write_atomic(final, b"", mode=e.mode, mtime_ns=e.mtime_ns)
+
+
+def _kind(path: str) -> str | None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    return "d" if stat.S_ISDIR(mode) else "l" if stat.S_ISLNK(mode) else "f"
+
+
+def build_ops(plan: PullPlan, area_dir: Path, staged: list[str],
+              local: dict[str, LocalItem]) -> list[Op]:
+    """The final phase as data. ``staged``: paths whose new file waits in the stage;
+    ``local``: the scan the plan was made from."""
+    root = str(area_dir)
+    ops: list[Op] = []
+    for rel in plan.remove:  # in the way of a new entry of another kind
+        ops.append(["rm", rel, _kind(os.path.join(root, rel))])
+    ops += [["mkdir", d.path] for d in sorted(plan.mkdirs, key=lambda d: d.path)]
+    ops += [["mv", rel] for rel in sorted(staged)]
+    ops += [["ln", e.path, e.target, e.mtime_ns] for e in plan.links]
+    ops += [["meta", e.path, e.mode, e.mtime_ns] for e in plan.meta]
+    for rel in plan.remove_late:  # deleted in the snapshot: only now that all is in place
+        ops.append(["rm", rel, _kind(os.path.join(root, rel))])
+    # Directory modes and times last, deepest first (writing into a directory changes them);
+    # when nothing else changes, only those that differ.
+    for d in sorted(plan.dirs, key=lambda d: -d.path.count("/")):
+        cur = local.get(d.path)
+        if ops or cur is None or (cur.mode, cur.mtime_ns) != (d.mode, d.mtime_ns):
+            ops.append(["dir", d.path, d.mode, d.mtime_ns])
+    return ops
+
+
+def run_ops(area_dir: Path, stage: Path, ops: list[Op]) -> int:
+    """Carry out (or finish) a final phase; returns the number of paths removed."""
+    root = str(area_dir)
+    removed = 0
+    area_dir.mkdir(parents=True, exist_ok=True)
+    for op in ops:
+        checkpoints.reached("pull:final-op")
+        kind, rel = op[0], op[1]
+        p = os.path.join(root, rel)
+        if kind == "rm":
+            # Only what was there when the journal was written: on a second run the path may
+            # already hold the new entry (a directory where a file was), which must stay.
+            if op[2] is not None and _kind(p) == op[2]:
+                if op[2] == "d":
+                    shutil.rmtree(p)
+                else:
+                    os.unlink(p)
+                removed += 1
+        elif kind == "mkdir":
+            os.makedirs(p, exist_ok=True)
+        elif kind == "mv":
+            src = os.path.join(str(stage), rel)
+            if os.path.lexists(src):  # else moved by the run that was killed
+                os.replace(src, p)
+        elif kind == "ln":
+            symlink_atomic(op[2], p, op[3])
+        elif kind in ("meta", "dir"):
+            os.chmod(p, op[2])
+            os.utime(p, ns=(op[3], op[3]))
+        else:
+            raise ValueError(f"unknown operation {kind!r} in the pull journal")
+    return removed
+
+
+def journal_path(cache: CacheState, area: str) -> Path:
+    return cache.dir / f"{area}{JOURNAL}"
+
+
+def final_phase(cache: CacheState, area: str, area_dir: Path, stage: Path, ops: list[Op],
+                target: dict[str, Entry], local_only: list[str]) -> int:
+    """Write the journal (the state to reach is already saved as next), run it, finish.
+    ``target``: what the area becomes; ``local_only``: its files whose content the state does
+    not record (local changes kept by the merge), left out of the index a roll-forward
+    rebuilds from the state."""
+    removed = 0
+    if ops:
+        doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage), "ops": ops,
+               "local_only": local_only}
+        write_atomic(journal_path(cache, area), json.dumps(doc).encode(), fsync=True)
+        removed = run_ops(area_dir, stage, ops)
+        checkpoints.reached("pull:final-done")
+    finish(cache, area, area_dir, stage, target)
+    return removed
+
+
+def finish(cache: CacheState, area: str, area_dir: Path, stage: Path,
+           target: dict[str, Entry] | None = None, local_only: Sequence[str] = ()) -> None:
+    """The area now holds the next state: make it the state, with an index of its files
+    (of ``target``, or of the state's entries but ``local_only``)."""
+    state = cache.promote_next_state(area)
+    if target is None and state is not None:
+        target = {p: e for p, e in (state.entries or {}).items() if p not in set(local_only)}
+    if target is not None:
+        cache.save_index(area, index_of(area_dir, target))
+    clear(stage)
+    with contextlib.suppress(FileNotFoundError):
+        journal_path(cache, area).unlink()
+
+
+def index_of(area_dir: Path, entries: dict[str, Entry]) -> Index:
+    """Stat records of the files of ``entries`` as they are on disk now (taken after the
+    renames, which change ctime)."""
+    index: Index = {}
+    root = str(area_dir)
+    for e in entries.values():
+        if e.kind != "f":
+            continue
+        try:
+            st = os.lstat(os.path.join(root, e.path))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == e.size:
+            index[e.path] = index_record(st, e.digest)
+    return index
+
+
+def roll_forward(root: Path) -> list[str]:
+    """Finish every final phase a killed pull left in ``root``; the areas it finished."""
+    cache = CacheState(root)
+    done = []
+    for path in sorted(cache.dir.glob(f"*{JOURNAL}")):
+        try:
+            doc = json.loads(path.read_bytes())
+            area, area_dir, stage, ops = doc["area"], doc["area_dir"], doc["stage"], doc["ops"]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable pull journal %s", path)
+            continue
+        log.warning("finishing the pull of %s that was cut off in its final phase", area)
+        run_ops(Path(area_dir), Path(stage), ops)
+        finish(cache, area, Path(area_dir), Path(stage), None, doc.get("local_only") or ())
+        done.append(area)
+    return done
