@@ -4,7 +4,7 @@ the lock. Layout under the cache root::
     <area>/...                          the synced trees
     .cache-sync/lock                    flock'd by the running cache-sync process
     .cache-sync/<area>.state.zst        what the area was last synced to (ids + entries)
-    .cache-sync/<area>.index.zst        path -> (size, mtime_ns, ino, sha256)
+    .cache-sync/<area>.index.zst        path -> (size, mtime_ns, ino, ctime_ns, sha256)
     .cache-sync/<area>.journal          objects uploaded by an unfinished push (resume)
 """
 
@@ -27,7 +27,7 @@ import zstandard
 
 from cache_sync.errors import LockedError
 from cache_sync.fsutil import TMP_PREFIX, write_atomic
-from cache_sync.plan import LocalItem
+from cache_sync.plan import Index, IndexRecord, LocalItem
 from cache_sync.snapshot import Blob, Entry
 
 log = logging.getLogger(__name__)
@@ -191,11 +191,16 @@ class CacheState:
         based_on = doc.get("based_on")
         return tuple(str(h) for h in based_on) if isinstance(based_on, list) else None
 
-    def load_index(self, area: str) -> dict[str, list[Any]]:
+    def load_index(self, area: str) -> Index:
         doc = _load(self.dir / f"{area}.index.zst")
-        return doc if isinstance(doc, dict) else {}
+        if not isinstance(doc, dict):
+            return {}
+        try:  # records of another shape (an older cache-sync) cost only a re-hash
+            return {p: IndexRecord(*r) for p, r in doc.items() if len(r) == 5}
+        except TypeError:
+            return {}
 
-    def save_index(self, area: str, index: dict[str, list[Any]]) -> None:
+    def save_index(self, area: str, index: Index) -> None:
         write_atomic(self.dir / f"{area}.index.zst", _dump(index), mkdir=True)
 
     # The journal: one JSON line per uploaded object, naming the digests it holds.

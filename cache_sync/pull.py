@@ -108,8 +108,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     plan = plan_pull(target, local, index, tracked)
     if dry_run:
         summary = plan.summary()
-        rep.files, rep.bytes = summary["fetch_files"], summary["fetch_bytes"]
-        rep.removed = summary["remove"]
+        rep.files, rep.bytes, rep.removed = (summary.fetch_files, summary.fetch_bytes,
+                                             summary.remove)
         rep.up_to_date = plan.changes == 0
         return rep
     check_space(area, area_dir, plan.write_bytes)
@@ -167,9 +167,9 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
             on_file(e)
             progress.add(files=1)
 
-        return Fetcher(store, root, settings.transfers, settings.retries, done,
-                       on_bytes=lambda n: progress.add(nbytes=n), backoff=settings.retry_base,
-                       dups=plan.dups, before_request=lambda: check_deadline(deadline, area))
+        return Fetcher(store, root, settings.transfers, done,
+                       on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
+                       before_request=lambda: check_deadline(deadline, area))
 
     try:
         staged = staging.stage_files(plan, area_dir, stage, make_fetcher)
