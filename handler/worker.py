@@ -106,6 +106,7 @@ class Worker:
         if self.load_error:
             log(f"NOT READY: {self.load_error}")
             return False
+        freeze_warm_heap()
         assert self.config is not None
         try:
             free = f"{shutil.disk_usage(self.config.cache_root).free} bytes free"
@@ -288,6 +289,18 @@ class Worker:
         if os.path.isabs(model):
             status["model"] = cache_relative(Path(model), self.config.cache_root)
         return status
+
+
+def freeze_warm_heap() -> None:
+    """Move everything alive after the warm load (torch, transformers, f5_tts, the model) out
+    of the garbage collector's sight. Freeing the transcriber calls ``gc.collect()``, which
+    otherwise walks that whole heap each time (~780,000 objects: 1.2-2 s per transcribed job
+    on the f5 stack here); after the freeze it walks only what jobs created (milliseconds).
+    Frozen objects are still freed by reference counting."""
+    import gc
+
+    gc.collect()  # garbage of the load is collected, not frozen
+    gc.freeze()
 
 
 class _JobFailed(RuntimeError):

@@ -213,6 +213,7 @@ class S3Store(Store):
     def __init__(self, settings: Settings) -> None:
         self.bucket, self.prefix = parse_remote(settings.remote)
         self.url = settings.remote
+        self.page_size = 1000  # keys per LIST request (S3's maximum)
         try:
             self.client = make_client(settings)
         except Exception as exc:  # profile missing, bad region ...
@@ -253,7 +254,8 @@ class S3Store(Store):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         token = None
         while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._k(prefix),
+                                  "MaxKeys": self.page_size}
             if token:
                 kw["ContinuationToken"] = token
             try:

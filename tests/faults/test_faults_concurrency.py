@@ -116,9 +116,11 @@ def test_two_processes_on_one_root(tmp_path, moto):
                           {**moto.env(), "CACHE_SYNC_ENDPOINT_URL": proxy.endpoint})
         fk.make_tree(ws.area(), 23, files=30)
         want = ws.tree()
-        proxy.add("delay", method="PUT", seconds=0.4)  # a slow push holds the lock for a while
-        first = subprocess.Popen(ws.argv("push"), env=ws.env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        # a slow push holds the lock for a while: one PUT at a time, 1 s each, so that two
+        # more CLI starts (seconds each on a loaded machine) still find it running
+        proxy.add("delay", method="PUT", seconds=1.0)
+        first = subprocess.Popen(ws.argv("push"), env={**ws.env, "CACHE_SYNC_TRANSFERS": "1"},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert crash.wait_until_count(lambda: proxy.request_count, 1, 30)
             t0 = time.monotonic()

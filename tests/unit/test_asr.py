@@ -122,3 +122,22 @@ def test_keep_seconds_setting_is_checked(tmp_path):
     for bad in ("-1", "soon", "nan"):
         with pytest.raises(HandlerConfigError, match="HANDLER_ASR_KEEP_SECONDS"):
             _config(tmp_path, HANDLER_ASR_KEEP_SECONDS=bad)
+
+
+def test_warm_load_freezes_the_heap_so_freeing_is_cheap(tmp_path):
+    """After the warm load, gc.collect() (run when the transcriber is freed) no longer walks
+    the warm heap: it is frozen (worker.freeze_warm_heap)."""
+    import gc
+
+    from handler.worker import Worker
+
+    (tmp_path / "models" / "light-tts").mkdir(parents=True)
+    (tmp_path / "models" / "light-tts" / "model.json").write_text("{}")
+    w = Worker(HandlerConfig.from_env({"CACHE_SYNC_ROOT": str(tmp_path),
+                                       "HANDLER_ENGINE": "light"}))
+    gc.unfreeze()
+    try:
+        assert w.warm_load()
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
