@@ -12,7 +12,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
+from cache_sync.errors import FormatError
+from cache_sync.snapshot import Entry, check_link, check_link_walk
 
 
 class IndexRecord(NamedTuple):

@@ -57,7 +57,7 @@ def parse_remote(url: str) -> tuple[str, str]:
     return bucket, (prefix + "/" if prefix else "")
 
 
-_clients: dict[tuple, Any] = {}
+_clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
 
 
@@ -193,7 +193,7 @@ class _Body:
 
     def read(self, n: int = -1) -> bytes:
         try:
-            data = self._body.read(n if n >= 0 else None)
+            data: bytes = self._body.read(n if n >= 0 else None)
         except Exception as exc:  # urllib3/botocore stream errors
             raise TransientStorageError(
                 f"connection broken while reading {self._what}: {type(exc).__name__}"
