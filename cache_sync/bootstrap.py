@@ -128,6 +128,14 @@ class _Heads:
 
         return {a: [h.id for h in History(list_refs(store, a)).heads] for a in self.areas}
 
+    def local(self, store: Any) -> dict[str, list[str]]:
+        """The heads each area was last pulled or pushed at (``--no-pull``: maybe stale, so
+        the first look at the store pulls what moved)."""
+        from cache_sync.local_cache import CacheState
+
+        cache = CacheState(self.settings.root)
+        return {a: list(cache.load_state(a, store.url).based_on) for a in self.areas}
+
     def pull_if_moved(self, store: Any) -> bool:
         from cache_sync import sync
 
@@ -156,7 +164,7 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
     timing = lease.Timing.for_expiry(settings.lease_expiry, settings.lease_settle)
     claim = lease.Lease(store, LEASE_NAME, settings.worker, timing)
     heads = _Heads(settings, log, plan.areas)
-    heads.seen = heads.current(store)  # what our pull already brought
+    heads.seen = heads.local(store)  # what this cache is based on (its pull, or none)
 
     def others_done() -> bool:
         return heads.pull_if_moved(store) and not missing(settings, plan)
@@ -182,8 +190,8 @@ def run(settings: Settings, plan: Plan, base_env: Mapping[str, str],
     report.seconds = round(time.monotonic() - t0, 3)
     if report.role != "installed":
         report.role = "waited"
-        log(f"bootstrap: worker {', '.join(report.holders) or '?'} installed it; pulled "
-            f"after {report.seconds:.1f}s")
+        who = f"worker {', '.join(report.holders)}" if report.holders else "the store"
+        log(f"bootstrap: {who} had it; pulled after {report.seconds:.1f}s")
     return report
 
 

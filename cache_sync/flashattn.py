@@ -6,9 +6,13 @@ releases carry prebuilt wheels named like
 built for another torch minor, CUDA major or C++ ABI installs fine and then fails at import
 with an undefined symbol, so all four must match what is installed in ``packages/``.
 
-Naming rules (from the release assets): since 2.7 the CUDA part is the major only (``cu12``);
-before, it was ``cu118`` for CUDA 11 and ``cu123`` for CUDA 12. The torch part is
-``torch<major>.<minor>``; the ABI part is torch's ``_GLIBCXX_USE_CXX11_ABI``.
+Naming rule (each release's ``.github/workflows/publish.yml``, which builds and uploads the
+assets): ``flash_attn-<version>+cu<C>torch<major>.<minor>cxx11abi<TRUE|FALSE>-cp<py>-cp<py>-
+linux_x86_64.whl`` under ``releases/download/v<version>/``. ``<C>`` is the CUDA the wheel was
+built with: major and minor before 2.7 (``cu118`` for a CUDA 11 torch, ``cu123`` for CUDA 12,
+as setup.py maps them), the major alone since 2.7 (``cu12``). Which combinations exist is the
+workflow's build matrix, copied into ``RELEASES_MATRIX`` per release: 2.7.4.post1, for
+instance, was built with CUDA 12.4 only, so a CUDA 11 torch has no wheel there.
 
 Usage as a tool: ``python -m cache_sync.flashattn --torch 2.6.0+cu124 --cuda 12.4
 --abi FALSE --python 3.10`` prints the wheel URL.
@@ -30,18 +34,51 @@ from packaging.version import InvalidVersion, Version
 DEFAULT_VERSION = "2.8.3"
 RELEASES = "https://github.com/Dao-AILab/flash-attention/releases/download"
 
-# Published wheel matrix per release: torch minors, CUDA majors, CPython minors. A version not
-# listed is still tried with the naming rule (the install is optional) and reported as such.
-KNOWN: dict[str, tuple[frozenset[str], frozenset[int], frozenset[str]]] = {
-    "2.6.3": (frozenset({"2.1", "2.2", "2.3", "2.4"}), frozenset({11, 12}),
-              frozenset({"3.8", "3.9", "3.10", "3.11", "3.12"})),
-    "2.7.4.post1": (frozenset({"2.2", "2.3", "2.4", "2.5", "2.6"}), frozenset({11, 12}),
-                    frozenset({"3.9", "3.10", "3.11", "3.12", "3.13"})),
-    "2.8.0.post2": (frozenset({"2.4", "2.5", "2.6", "2.7"}), frozenset({12}),
-                    frozenset({"3.9", "3.10", "3.11", "3.12", "3.13"})),
-    "2.8.3": (frozenset({"2.4", "2.5", "2.6", "2.7", "2.8"}), frozenset({12}),
-              frozenset({"3.9", "3.10", "3.11", "3.12", "3.13"})),
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release's build matrix (its publish.yml), both C++ ABIs built for every entry."""
+
+    pythons: frozenset[str]
+    torches: frozenset[str]  # torch minors
+    cuda_tags: Mapping[int, str]  # the installed torch's CUDA major -> the wheel's CUDA tag
+    exclude: tuple[tuple[str, str], ...] = ()  # (torch minor, python) pairs not built
+    exclude_cuda: tuple[tuple[str, int], ...] = ()  # (torch minor, CUDA major) not built
+
+
+def _set(*items: str) -> frozenset[str]:
+    return frozenset(items)
+
+
+RELEASES_MATRIX: dict[str, Release] = {
+    # v2.6.3: python 3.8-3.12, torch 2.0.1/2.1.2/2.2.2/2.3.1/2.4.0, CUDA 11.8.0 and 12.3.2;
+    # excluded: torch 2.0 and 2.1 on 3.12, torch 2.0 with CUDA 12.
+    "2.6.3": Release(_set("3.8", "3.9", "3.10", "3.11", "3.12"),
+                     _set("2.0", "2.1", "2.2", "2.3", "2.4"), {11: "cu118", 12: "cu123"},
+                     exclude=(("2.0", "3.12"), ("2.1", "3.12")), exclude_cuda=(("2.0", 12),)),
+    # v2.7.4.post1: python 3.9-3.13, torch 2.2.2-2.6.0, CUDA 12.4.1 ONLY; torch 2.2-2.4
+    # not on 3.13.
+    "2.7.4.post1": Release(_set("3.9", "3.10", "3.11", "3.12", "3.13"),
+                           _set("2.2", "2.3", "2.4", "2.5", "2.6"), {12: "cu12"},
+                           exclude=(("2.2", "3.13"), ("2.3", "3.13"), ("2.4", "3.13"))),
+    # v2.8.0.post2: python 3.9-3.13, torch 2.4.0/2.5.1/2.6.0/2.7.1, CUDA 12.9.0; 2.4 not 3.13.
+    "2.8.0.post2": Release(_set("3.9", "3.10", "3.11", "3.12", "3.13"),
+                           _set("2.4", "2.5", "2.6", "2.7"), {12: "cu12"},
+                           exclude=(("2.4", "3.13"),)),
+    # v2.8.3: as 2.8.0.post2 plus torch 2.8.0, CUDA 12.9.1. No torch 2.9 wheel upstream.
+    "2.8.3": Release(_set("3.9", "3.10", "3.11", "3.12", "3.13"),
+                     _set("2.4", "2.5", "2.6", "2.7", "2.8"), {12: "cu12"},
+                     exclude=(("2.4", "3.13"),)),
 }
+
+
+def cuda_tag(fa: Version, cuda_major: int) -> str:
+    """The naming rule alone (for releases not in the matrix)."""
+    if fa < Version("2.7"):
+        return "cu118" if cuda_major == 11 else "cu123"
+    return f"cu{cuda_major}"
+
 
 _PROBE = r"""
 import json, sys
@@ -92,27 +129,28 @@ def select(fa_version: str, t: Target, base: str = RELEASES) -> Selection:
     if not t.cuda:
         return Selection(None, None, f"torch {t.torch} is a CPU build; flash-attn needs CUDA")
     cuda_major = int(t.cuda.split(".")[0])
-    if fa < Version("2.7"):
-        cuda_tag = "cu118" if cuda_major == 11 else "cu123"
-    else:
-        cuda_tag = f"cu{cuda_major}"
-    py = t.python.replace(".", "")
-    name = (f"flash_attn-{fa_version}+{cuda_tag}torch{torch_minor}"
-            f"cxx11abi{'TRUE' if t.cxx11_abi else 'FALSE'}-cp{py}-cp{py}-linux_x86_64.whl")
-    known = KNOWN.get(fa_version)
+    release = RELEASES_MATRIX.get(fa_version)
     reason = ""
-    if known is None:
+    if release is None:
+        tag = cuda_tag(fa, cuda_major)
         reason = f"flash-attn {fa_version} is not in the known wheel matrix; trying the name"
     else:
-        torches, cudas, pythons = known
         missing = [what for what, ok in (
-            (f"torch {torch_minor}", torch_minor in torches),
-            (f"CUDA {cuda_major}", cuda_major in cudas),
-            (f"Python {t.python}", t.python in pythons)) if not ok]
+            (f"torch {torch_minor}", torch_minor in release.torches),
+            (f"CUDA {cuda_major}", cuda_major in release.cuda_tags),
+            (f"Python {t.python}", t.python in release.pythons),
+            (f"torch {torch_minor} on Python {t.python}",
+             (torch_minor, t.python) not in release.exclude),
+            (f"torch {torch_minor} with CUDA {cuda_major}",
+             (torch_minor, cuda_major) not in release.exclude_cuda)) if not ok]
         if missing:
             return Selection(None, None,
                              f"flash-attn {fa_version} publishes no wheel for "
                              + ", ".join(missing))
+        tag = release.cuda_tags[cuda_major]
+    py = t.python.replace(".", "")
+    name = (f"flash_attn-{fa_version}+{tag}torch{torch_minor}"
+            f"cxx11abi{'TRUE' if t.cxx11_abi else 'FALSE'}-cp{py}-cp{py}-linux_x86_64.whl")
     return Selection(name, f"{base}/v{fa_version}/{name}", reason)
 
 

@@ -4,7 +4,8 @@ Whatever the caller's environment or pip.conf says, the target is ``packages/``,
 cache is ``pip/`` and every temporary file goes to ``tmp/``: pip unpacks and builds under
 TMPDIR even with ``--target`` (seed 002), and uses ``~/.cache`` unless told otherwise. The rest
 of pip's configuration (index URLs, find-links, certificates) passes through; for uv, which
-does not read pip's configuration, it is translated into uv's flags.
+does not read pip's configuration, it is translated into uv's flags, and with more than one
+index uv is told to pick versions as pip does (best match across all indexes).
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ class Invocation:
             self.env["UV_HTTP_RETRIES"] = "1"
             cmd = [self.uv_path or "uv", "pip", "install", "--python", sys.executable,
                    "--target", str(root / "packages"), "--cache-dir", str(root / "pip" / "uv")]
+            if "--extra-index-url" in self.options:
+                # pip's meaning of several indexes: the best match from any of them. uv's
+                # default (the first index holding the package wins) fails an exact pin that
+                # only the default index has when an extra index, such as PyTorch's CUDA
+                # index, carries old copies of common packages.
+                cmd += ["--index-strategy", "unsafe-best-match"]
         else:
             cmd = [sys.executable, "-m", "pip", "install", "--target", str(root / "packages"),
                    "--cache-dir", str(root / "pip"), "--timeout", socket_timeout,

@@ -10,8 +10,9 @@ A claim is *live* while ``now - alive`` <= ``expiry``, where ``now`` is the newe
 LastModified in the same LIST (store time: no two machines' clocks are ever compared). Live
 claims are ordered by ``(claim LastModified, claim name)``. A candidate *holds* the lease when
 its claim is first among the live claims in a LIST made at least ``settle`` seconds (its own
-monotonic clock) after its claim's PUT returned; ``settle`` exceeds the store's LastModified
-granularity, so a claim that LIST could not see sorts after it.
+monotonic clock) after its claim's PUT returned. A claim whose PUT took longer than
+``max_put`` is withdrawn and made again, and ``settle - max_put`` exceeds the store's
+LastModified granularity, so a claim that LIST could not see sorts after it.
 
 This module is pure protocol over ``Store``: no threads except the optional renewer, no
 knowledge of what the lease protects.

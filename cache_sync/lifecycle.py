@@ -201,7 +201,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         scratch.enter_context(workers.session(settings, owner=True))
         if opts.pull and code:
             result.pulled = [r.to_dict() for r in sync.pull(settings, code)]
-            log("pulled: " + ", ".join(f"{r['area']}" for r in result.pulled)
+            log("pulled: " + ", ".join(
+                r["area"] + (f" ({r['note']})" if r.get("local_changes") else "")
+                for r in result.pulled)
                 + (f" ({', '.join(data)} pulling in the background)" if data else ""))
         # With the overlap, the packages part of the bootstrap runs now and the models part
         # after the background pull of models/ (see _BackgroundPull).

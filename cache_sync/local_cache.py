@@ -47,9 +47,10 @@ class LocalItem:
     target: str = ""
 
     def stat_key(self) -> list[int]:
-        # Like rsync (size + mtime) plus the inode; ctime is left out because renaming a
-        # freshly written file into place changes it, which would cost a stat per file.
-        return [self.size, self.mtime_ns, self.ino]
+        # Like git: size, mtime, inode and ctime. mtime alone misses an in-place edit whose
+        # writer restores the mtime (tar, rsync -t, cp -p, a test fixture); ctime cannot be set
+        # from user space. A pull therefore records each file's stat after its last rename.
+        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
 
 
 def item_from_stat(rel: str, st: os.stat_result, target: str = "") -> LocalItem:

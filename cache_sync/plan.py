@@ -14,7 +14,7 @@ from typing import Any
 from cache_sync.local_cache import LocalItem
 from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
 
-Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, sha256]
+Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -22,8 +22,8 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
     if item is None or item.kind != "f":
         return None
     rec = index.get(item.path)
-    if rec and len(rec) == 4 and rec[:3] == item.stat_key():
-        return str(rec[3])
+    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
+        return str(rec[4])
     return None
 
 
@@ -189,3 +189,22 @@ def same_tree(a: dict[str, Entry], b: dict[str, Entry]) -> bool:
     if a.keys() != b.keys():
         return False
     return all(a[p].same_content(b[p]) for p in a)
+
+
+def local_head(state: dict[str, Entry], tree: dict[str, Entry]) -> tuple[dict[str, Entry], int]:
+    """The local tree as a merge head based on ``state`` (docs/design.md 5.2), and how many
+    paths it changed. An entry that differs from the state only in its mtime keeps the
+    state's entry: a touched file or a directory whose listing changed is no change worth
+    winning a merge over (and coarse network-volume timestamps would make every file one)."""
+    head: dict[str, Entry] = {}
+    changed = 0
+    for path, e in tree.items():
+        s = state.get(path)
+        if s is not None and (s.kind, s.mode, s.size, s.digest, s.target) == (
+                e.kind, e.mode, e.size, e.digest, e.target):
+            head[path] = s
+        else:
+            head[path] = e
+            changed += 1
+    changed += sum(1 for p in state if p not in tree)
+    return head, changed

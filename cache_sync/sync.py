@@ -48,7 +48,7 @@ from cache_sync.layout import (
 )
 from cache_sync.local_cache import AreaState, CacheState, LocalItem, cache_lock, scan, tmp_name
 from cache_sync.packer import FileChangedError, Packer, Uploader
-from cache_sync.plan import Index, PullPlan, local_entries, plan_pull, same_tree
+from cache_sync.plan import Index, PullPlan, local_entries, local_head, plan_pull, same_tree
 from cache_sync.progress import Progress
 from cache_sync.progress import enabled as progress_enabled
 from cache_sync.snapshot import Entry, Snapshot, decode, encode
@@ -77,6 +77,7 @@ class AreaReport:
     seconds: float = 0.0
     note: str = ""
     skipped: list[str] = field(default_factory=list)
+    local_changes: int = 0  # pull: unpushed local changes merged as the newest head
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,7 +184,7 @@ def hash_file(path: str) -> str:
 
 def _stat_rec(path: str, digest: str, st: os.stat_result | None = None) -> list[Any]:
     st = st or os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino, digest]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
 
 
 def _check_deadline(deadline: float | None, what: str) -> None:
@@ -206,7 +207,7 @@ def current_state(store: Store, manifests: Manifests, area: str, state: AreaStat
 
 
 def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: bool = False,
-         deadline: float | None = None) -> list[AreaReport]:
+         deadline: float | None = None, discard_local: bool = False) -> list[AreaReport]:
     chosen = resolve_areas(settings, areas)
     settings.root.mkdir(parents=True, exist_ok=True)
     with cache_lock(settings.root, settings.lock_timeout):
@@ -214,12 +215,13 @@ def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: boo
         check_store_format(store)
         cache = CacheState(settings.root)
         manifests = Manifests(store, cache)
-        return [_pull_area(settings, store, cache, manifests, a, dry_run, deadline)
-                for a in chosen]
+        return [_pull_area(settings, store, cache, manifests, a, dry_run, deadline,
+                           discard_local) for a in chosen]
 
 
 def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: Manifests,
-               area: str, dry_run: bool, deadline: float | None) -> AreaReport:
+               area: str, dry_run: bool, deadline: float | None,
+               discard_local: bool = False) -> AreaReport:
     t0 = time.monotonic()
     rep = AreaReport(area, "pull", dry_run=dry_run)
     state = cache.load_state(area, store.url)
@@ -233,7 +235,19 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     area_dir = settings.area_path(area)
     local = scan(area_dir, clean_tmp=not dry_run)
     index = cache.load_index(area)
-    plan = plan_pull(target, local, index, state.entries or {})
+    remote = target  # what the state records: the store's merge, never local changes
+    tracked = state.entries or {}  # paths the pull may remove when the target lacks them
+    if state.entries is not None and discard_local:
+        tracked = {**state.entries, **local_entries(local, index).entries}
+    elif state.entries is not None:
+        # Local changes not yet pushed take part in the merge as the newest head (5.2).
+        head, rep.local_changes = local_head(state.entries, _hashed_tree(area_dir, local, index))
+        if rep.local_changes:
+            target = merger(area, SmallFiles(store, area_dir))(state.entries, remote, head)
+            tracked = {**state.entries, **head}
+            rep.note = (f"kept {rep.local_changes} local change(s) not yet pushed; "
+                        "push publishes them")
+    plan = plan_pull(target, local, index, tracked)
     if dry_run:
         rep.files, rep.bytes = plan.summary()["fetch_files"], plan.summary()["fetch_bytes"]
         rep.removed = len(plan.remove) + len(plan.remove_late)
@@ -250,10 +264,29 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     fresh = dict(plan.keep)
     fresh.update(_apply(settings, store, plan, area, area_dir, rep))
     cache.save_index(area, {p: r for p, r in fresh.items() if p in target})
-    cache.save_state(area, AreaState(store.url, tuple(heads), target))
+    cache.save_state(area, AreaState(store.url, tuple(heads), remote))
     rep.up_to_date = plan.changes == 0
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _hashed_tree(area_dir: Path, local: dict[str, LocalItem], index: Index) -> dict[str, Entry]:
+    """The local tree as entries, hashing the files the stat index cannot vouch for (those a
+    push would read too) and recording them in ``index`` so that push does not read them
+    again. A file that vanishes meanwhile is left out."""
+    tree = local_entries(local, index)
+    for item in tree.to_hash:
+        path = str(area_dir / item.path)
+        try:
+            st = os.lstat(path)
+            digest = hash_file(path)
+        except FileNotFoundError:
+            del tree.entries[item.path]
+            continue
+        index[item.path] = _stat_rec(path, digest, st)
+        e = tree.entries[item.path]
+        tree.entries[item.path] = Entry(e.path, "f", e.mode, st.st_mtime_ns, st.st_size, digest)
+    return tree.entries
 
 
 def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir: Path,
@@ -277,7 +310,7 @@ def _apply(settings: Settings, store: Store, plan: PullPlan, area: str, area_dir
                         enabled=progress_enabled(settings.progress, settings.json))
 
     def done(e: Entry, final: str, st: os.stat_result) -> None:
-        index[e.path] = _stat_rec(final, e.digest, st)
+        index[e.path] = _stat_rec(final, e.digest)  # after the rename, which changes ctime
         progress.add(files=1)
 
     fetcher = Fetcher(store, root, settings.transfers, settings.retries, done,
@@ -565,7 +598,7 @@ def _hash_and_pack(area_dir: Path, item: LocalItem, index: Index, known: dict[st
                     packer.add_large(digest, path, size)
             except FileChangedError:
                 continue  # rewritten under us: hash it again
-        index[item.path] = [size, st.st_mtime_ns, st.st_ino, digest]
+        index[item.path] = [size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
         return Entry(item.path, "f", item.mode, st.st_mtime_ns, size, digest)
     raise CacheSyncError(f"{path} keeps changing while it is pushed; stop the writer and retry")
 

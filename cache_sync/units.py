@@ -47,7 +47,8 @@ def merger(area: str, read: Reader | None = None) -> Merge:
     """The three-way merge for an area: unit-aware for packages/ and models/."""
     rule = AREA_RULES.get(area)
     if rule == "distributions":
-        return lambda b, o, t: merge_units(b, o, t, lambda: dist_units(b, o, t, read))
+        memo: dict[tuple[str, str], set[str]] = {}  # (meta dir, RECORD sha256) -> files
+        return lambda b, o, t: merge_units(b, o, t, lambda: dist_units(b, o, t, read, memo))
     if rule == "hf-repos":
         return lambda b, o, t: merge_units(b, o, t, lambda: hf_units(b, o, t),
                                            restore_links=True)
@@ -165,7 +166,8 @@ def meta_dirs(tree: dict[str, Entry]) -> dict[str, list[str]]:
 
 
 def dist_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry],
-               read: Reader | None) -> list[Unit]:
+               read: Reader | None, memo: dict[tuple[str, str], set[str]] | None = None
+               ) -> list[Unit]:
     """One unit per distribution name found in any of the three trees. Files are claimed
     from each tree's own metadata; a top-level directory is owned whole when exactly one
     distribution claims files in it (namespace packages stay file by file)."""
@@ -175,7 +177,7 @@ def dist_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str,
         for name, dirs in meta_dirs(tree).items():
             for m in dirs:
                 metas.setdefault(name, set()).add(m)
-                claims.setdefault(name, set()).update(_claimed_files(tree, m, name, read))
+                claims.setdefault(name, set()).update(_claimed_files(tree, m, name, read, memo))
     tops: dict[str, set[str]] = {}  # top-level dir -> names claiming something in it
     for name, files in claims.items():
         for p in files:
@@ -191,20 +193,23 @@ def dist_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str,
     return units
 
 
-def _claimed_files(tree: dict[str, Entry], meta: str, name: str,
-                   read: Reader | None) -> set[str]:
-    if meta.endswith(".dist-info"):
-        listed = _read_lines(tree.get(f"{meta}/RECORD"), read, csv_first=True)
-        rel_to = ""
-    else:
-        listed = _read_lines(tree.get(f"{meta}/installed-files.txt"), read, csv_first=False)
-        rel_to = meta
+def _claimed_files(tree: dict[str, Entry], meta: str, name: str, read: Reader | None,
+                   memo: dict[tuple[str, str], set[str]] | None = None) -> set[str]:
+    dist_info = meta.endswith(".dist-info")
+    listing = tree.get(f"{meta}/RECORD" if dist_info else f"{meta}/installed-files.txt")
+    key = (meta, listing.digest) if listing is not None else None
+    if memo is not None and key in memo:
+        return memo[key]  # the same RECORD in several trees (or heads) is parsed once
+    listed = _read_lines(listing, read, csv_first=dist_info)
+    rel_to = "" if dist_info else meta
     files = set()
     for raw in listed or []:
         p = _area_path(raw, rel_to)
         if p is not None:
             files.add(p)
     if files:
+        if memo is not None and key is not None:
+            memo[key] = files
         return files
     # No readable file list: the top-level names (top_level.txt), else the name itself.
     tops = _read_lines(tree.get(f"{meta}/top_level.txt"), read, csv_first=False)

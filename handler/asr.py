@@ -92,6 +92,7 @@ class Transcriber:
         self.last_load_seconds: float | None = None
         self.cuda_before: int | None = None  # allocated bytes before the last load
         self.cuda_after_free: int | None = None
+        self.last_free_seconds: float | None = None  # drop + gc.collect() + empty_cache()
 
     # --- use ----------------------------------------------------------------------------
     def transcribe(self, samples: Any, sample_rate: int) -> Transcript:
@@ -152,12 +153,14 @@ class Transcriber:
             if backend is None:
                 return
             device = backend.device
+            t0 = time.perf_counter()
             del backend
             gc.collect()
             if device.startswith("cuda"):
                 import torch
 
                 torch.cuda.empty_cache()
+            self.last_free_seconds = round(time.perf_counter() - t0, 4)
             self.cuda_after_free = _cuda_allocated()
 
     def close(self) -> None:
@@ -180,6 +183,7 @@ class Transcriber:
     def status(self) -> dict[str, Any]:
         return {"model": self.name, "resident": self.resident, "loads": self.loads,
                 "last_load_seconds": self.last_load_seconds,
+                "last_free_seconds": self.last_free_seconds,
                 "keep_seconds": self.keep_seconds,
                 "model_collected": None if self.resident else self.model_collected(),
                 "cuda_allocated_before_load": self.cuda_before,

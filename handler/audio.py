@@ -20,6 +20,7 @@ from typing import Any
 SAMPLE_RATE = 24000  # F5-TTS and its Vocos vocoder work at 24 kHz
 STANDARD_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 MAX_CHANNELS = 2
+MAX_CHUNKS = 64  # RIFF chunks walked before "data" (fmt, LIST, fact, bext, ...)
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 
@@ -65,14 +66,16 @@ def decode_wav(data: bytes, max_seconds: float | None = None) -> Audio:
         raise AudioError("RF64 (64-bit WAV) is not supported: export a plain WAV")
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise AudioError("not a WAV file (no RIFF/WAVE header)")
-    pos, fmt, payload = 12, None, None
+    pos, fmt, payload, chunks = 12, None, None, 0
     while pos + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_CHUNKS:  # a file of tiny chunks would cost a Python loop per chunk
+            raise AudioError(f"WAV has more than {MAX_CHUNKS} chunks before its data")
         cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        body = data[pos + 8:pos + 8 + size]
         if cid == b"fmt ":
-            fmt = body
+            fmt = data[pos + 8:pos + 8 + size]
         elif cid == b"data":
-            payload = body
+            payload = data[pos + 8:pos + 8 + size]
             break
         pos += 8 + size + (size & 1)  # chunks are word-aligned
     if fmt is None or len(fmt) < 16:

@@ -49,6 +49,11 @@ class ModelMissingError(FileNotFoundError):
         fix = (f"Put it in the cache's models area from a dev box with `cache-sync push "
                f"models` (so `cache-sync pull` brings it to the worker), or point {setting} "
                "at the file.")
+        if "/models--" in str(path):  # from a Hub repo named by HANDLER_*_MODEL_REPO
+            fix = ("It comes from the Hub repo in HANDLER_*_MODEL_REPO: `cache-sync run` "
+                   "downloads it once per fleet when CACHE_SYNC_HF_MODELS_HOOK="
+                   "handler.models:hub_models is set (the image sets it); see the `bootstrap:` "
+                   "lines of the worker's log.")
         super().__init__(f"model file missing: {path} ({what}). {fix}")
         self.public = f"model file missing: {cache_relative(path, root)} ({what}). {fix}"
 

@@ -119,6 +119,7 @@ class Worker:
         config, engine = self.config, self.engine
         if config is None or engine is None:
             return None
+        # (replies name a path model relative to the cache: _asr_status)
         return Transcriber(lambda: engine.asr_backend(resolve_model_dir(config)),
                            config.asr_keep_seconds, config.asr_model)
 

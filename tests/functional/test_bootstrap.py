@@ -128,21 +128,21 @@ def fleet_env(tmp: Path, remote: str, server_env: dict[str, str], index_url: str
             "CACHE_SYNC_INSTALLER": installer}
 
 
-def resolves(srv) -> dict[str, int]:
-    """Index page fetches per project: one per install of it, with pip or uv."""
+def _fetches(srv, prefix: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for path, status in srv.requests:
-        if path.startswith("/simple/") and status == 200:
+        if path.startswith(prefix) and status == 200:
             out[path] = out.get(path, 0) + 1
     return out
+
+
+def resolves(srv) -> dict[str, int]:
+    """Index page fetches per project: one per install of it, with pip or uv."""
+    return _fetches(srv, "/simple/")
 
 
 def wheel_downloads(srv) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for path, status in srv.requests:
-        if path.startswith("/files/") and status == 200:
-            out[path] = out.get(path, 0) + 1
-    return out
+    return _fetches(srv, "/files/")
 
 
 def based_on(w: Worker, remote: str, area: str) -> tuple[str, ...]:
@@ -252,6 +252,7 @@ def test_holder_killed_mid_install_another_takes_over(index, hub, seaweed, tmp_p
         killed = time.monotonic()
         holder.proc.wait()
         srv.rate = None  # the next holder's download need not crawl
+        assert store_heads(remote, env, "packages") == []  # nothing half-installed published
         rest = [w for w in workers if w is not holder]
         takeover = None
         while takeover is None and time.monotonic() < killed + 60:
@@ -410,3 +411,25 @@ def test_gc_at_any_moment_leaves_the_lease_alone(tmp_path):
                         "leases/bootstrap/elsewhere-00000001.claim"]
     finally:
         holder.stop()
+
+
+def test_no_pull_worker_still_pulls_what_the_store_has_before_installing(index, tmp_path):
+    """`run --no-pull --requirements`: the cache is unsatisfied, but the store already holds
+    the install; the worker pulls it instead of installing again (no index request)."""
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("tinya==1.0\n")
+    with serve(index) as srv:
+        env = {**hermetic_env(tmp_path, srv.url + "/simple"), "CACHE_SYNC_PROGRESS": "off"}
+        cmd = [sys.executable, "-m", "cache_sync", "--json", "run", "--requirements", str(reqs),
+               "--", sys.executable, "-c", "import tinya"]
+        first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                               check=False)
+        assert first.returncode == 0 and json.loads(first.stdout)["bootstrap"]["role"] == (
+            "installed"), first.stderr
+        asked = len(srv.requests)
+        env2 = {**env, "CACHE_SYNC_ROOT": str(tmp_path / "fresh")}
+        second = subprocess.run([*cmd[:5], "--no-pull", *cmd[5:]], env=env2,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout)["bootstrap"]["role"] != "installed"
+        assert len(srv.requests) == asked

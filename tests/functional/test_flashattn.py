@@ -9,8 +9,92 @@ import sys
 
 import pytest
 
-from cache_sync.flashattn import RELEASES, Target, select
+from cache_sync.flashattn import RELEASES, RELEASES_MATRIX, Target, select
 from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
+
+# Each release's build matrix as its .github/workflows/publish.yml states it (python-version,
+# torch-version, cuda-version, exclude), transcribed independently of the module's table, and
+# the asset naming of that workflow: tmpname=cu${CUDA}torch${MAJOR.MINOR}cxx11abi${ABI}, where
+# CUDA is `awk '{print $1 $2}'` of cuda-version (major+minor) before 2.7 and `'{print $1}'`
+# (major) since; setup.py maps an installed CUDA 11 torch to the 11.8 build, CUDA 12 to 12.3.
+WORKFLOWS = {
+    "2.6.3": {"python": ["3.8", "3.9", "3.10", "3.11", "3.12"],
+              "torch": ["2.0.1", "2.1.2", "2.2.2", "2.3.1", "2.4.0"],
+              "cuda": ["11.8.0", "12.3.2"],
+              "exclude": [{"torch": "2.0.1", "python": "3.12"},
+                          {"torch": "2.1.2", "python": "3.12"},
+                          {"torch": "2.0.1", "cuda": "12.3.2"}]},
+    "2.7.4.post1": {"python": ["3.9", "3.10", "3.11", "3.12", "3.13"],
+                    "torch": ["2.2.2", "2.3.1", "2.4.0", "2.5.1", "2.6.0"],
+                    "cuda": ["12.4.1"],
+                    "exclude": [{"torch": t, "python": "3.13"} for t in ("2.2.2", "2.3.1", "2.4.0")]},
+    "2.8.0.post2": {"python": ["3.9", "3.10", "3.11", "3.12", "3.13"],
+                    "torch": ["2.4.0", "2.5.1", "2.6.0", "2.7.1"], "cuda": ["12.9.0"],
+                    "exclude": [{"torch": "2.4.0", "python": "3.13"}]},
+    "2.8.3": {"python": ["3.9", "3.10", "3.11", "3.12", "3.13"],
+              "torch": ["2.4.0", "2.5.1", "2.6.0", "2.7.1", "2.8.0"], "cuda": ["12.9.1"],
+              "exclude": [{"torch": "2.4.0", "python": "3.13"}]},
+}
+
+
+def _asset(fa, cuda, torch, abi, py):
+    major, minor = cuda.split(".")[:2]
+    tag = major + minor if fa in ("2.6.3",) else major
+    t = ".".join(torch.split(".")[:2])
+    p = py.replace(".", "")
+    return f"flash_attn-{fa}+cu{tag}torch{t}cxx11abi{abi}-cp{p}-cp{p}-linux_x86_64.whl"
+
+
+def _built(fa):
+    wf = WORKFLOWS[fa]
+    for py in wf["python"]:
+        for torch in wf["torch"]:
+            for cuda in wf["cuda"]:
+                row = {"python": py, "torch": torch, "cuda": cuda}
+                if any(all(row[k] == v for k, v in ex.items()) for ex in wf["exclude"]):
+                    continue
+                yield py, torch, cuda
+
+
+def test_every_table_entry_is_a_published_asset_url():
+    """No network: every (release, Python, torch, CUDA major, ABI) the table accepts gives
+    exactly the asset URL the release's workflow uploaded, and every combination it built is
+    accepted; a torch with a CUDA major a release was not built for gets no URL."""
+    assert set(RELEASES_MATRIX) == set(WORKFLOWS)
+    checked = 0
+    for fa in WORKFLOWS:
+        built = set(_built(fa))
+        majors = {int(c.split(".")[0]) for c in WORKFLOWS[fa]["cuda"]}
+        for py in ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14"]:
+            for torch in ["2.0.1", "2.1.2", "2.2.2", "2.3.1", "2.4.0", "2.5.1", "2.6.0",
+                          "2.7.1", "2.8.0", "2.9.1"]:
+                for major, local_cuda in ((11, "11.8"), (12, "12.4"), (12, "12.8"),
+                                          (13, "13.0")):
+                    for abi in (False, True):
+                        sel = select(fa, Target(torch, local_cuda, abi, py))
+                        match = [c for p_, t_, c in built if p_ == py and t_[:3] == torch[:3]
+                                 and int(c.split(".")[0]) == major]
+                        if match:
+                            want = _asset(fa, match[0], torch, "TRUE" if abi else "FALSE", py)
+                            assert sel.url == f"{RELEASES}/v{fa}/{want}", (fa, py, torch, major)
+                            checked += 1
+                        else:
+                            assert sel.url is None and "publishes no wheel" in sel.reason, \
+                                (fa, py, torch, major, sel)
+        assert majors  # sanity
+    assert checked > 300
+
+
+def test_2_7_4_post1_has_no_cuda_11_wheels():
+    sel = select("2.7.4.post1", Target("2.5.1", "11.8", False, "3.11"))
+    assert sel.url is None and "CUDA 11" in sel.reason
+
+
+def test_pinned_stack_torch_2_9_has_no_upstream_wheel():
+    """The worker's pinned torch (requirements/stack.py) is 2.9: upstream built none, so the
+    optional install skips it and says why (flash-attn is not needed: docs/handler.md)."""
+    sel = select("2.8.3", Target("2.9.1+cu128", "12.8", True, "3.11"))
+    assert sel.url is None and "torch 2.9" in sel.reason
 
 
 @pytest.mark.parametrize("fa,target,name", [
@@ -27,8 +111,8 @@ from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
      "flash_attn-2.6.3+cu118torch2.3cxx11abiFALSE-cp39-cp39-linux_x86_64.whl"),
     ("2.6.3", Target("2.4.0+cu121", "12.1", True, "3.10"),
      "flash_attn-2.6.3+cu123torch2.4cxx11abiTRUE-cp310-cp310-linux_x86_64.whl"),
-    ("2.7.4.post1", Target("2.5.1", "11.8", False, "3.11"),
-     "flash_attn-2.7.4.post1+cu11torch2.5cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"),
+    ("2.7.4.post1", Target("2.5.1", "12.4", False, "3.11"),
+     "flash_attn-2.7.4.post1+cu12torch2.5cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"),
 ])
 def test_wheel_names(fa, target, name):
     sel = select(fa, target)

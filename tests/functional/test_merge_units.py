@@ -77,18 +77,25 @@ def _base(tmp: Path, remote: str, wheels: Path, *specs: str) -> None:
     w0.cs("push", "packages")
 
 
-def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
-    remote = f"file://{tmp_path}/store"
-    _base(tmp_path, remote, wheels, "other==1.0")
-    a, b = Worker(tmp_path, "a", remote, wheels), Worker(tmp_path, "b", remote, wheels)
-    for w in (a, b):
+def _workers_on_a_base(tmp: Path, wheels: Path, names: tuple[str, ...], *specs: str
+                       ) -> list[Worker]:
+    """A store whose packages/ has ``specs`` installed, and workers that pulled it."""
+    remote = f"file://{tmp}/store"
+    _base(tmp, remote, wheels, *specs)
+    workers = [Worker(tmp, n, remote, wheels) for n in names]
+    for w in workers:
         w.cs("pull", "packages")
+    return workers
+
+
+def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
+    a, b = _workers_on_a_base(tmp_path, wheels, ("a", "b"), "other==1.0")
     a.install("mypkg==1.0")
     b.install("mypkg==2.0")
     assert a.probe()["code"] == "1.0" and b.probe()["code"] == "2.0"  # each tree consistent
     a.cs("push", "packages")
     b.cs("push", "packages")  # the later head
-    c = Worker(tmp_path, "c", remote, wheels)
+    c = Worker(tmp_path, "c", a.env["CACHE_SYNC_REMOTE"], wheels)
     c.cs("pull", "packages")
     seen = c.probe()
     assert seen["dist_infos"] == ["mypkg-2.0.dist-info"], seen
@@ -102,18 +109,14 @@ def test_concurrent_upgrades_take_one_version_whole(tmp_path, wheels):
 
 @pytest.mark.parametrize("later", ["edit", "uninstall"])
 def test_uninstall_versus_edit_ends_whole(tmp_path, wheels, later):
-    remote = f"file://{tmp_path}/store"
-    _base(tmp_path, remote, wheels, "mypkg==1.0")
-    un, ed = Worker(tmp_path, "un", remote, wheels), Worker(tmp_path, "ed", remote, wheels)
-    for w in (un, ed):
-        w.cs("pull", "packages")
+    un, ed = _workers_on_a_base(tmp_path, wheels, ("un", "ed"), "mypkg==1.0")
     un.uninstall("mypkg")
     assert not (un.packages / "mypkg").exists()
     (ed.packages / "mypkg" / "a.py").write_text("A = 'edited'\n")
     first, second = (un, ed) if later == "edit" else (ed, un)
     first.cs("push", "packages")
     second.cs("push", "packages")
-    c = Worker(tmp_path, "c", remote, wheels)
+    c = Worker(tmp_path, "c", un.env["CACHE_SYNC_REMOTE"], wheels)
     c.cs("pull", "packages")
     seen = c.probe()
     if later == "edit":
@@ -155,3 +158,139 @@ def test_deletion_survives_a_merge_of_racing_heads(tmp_path):
     # The deleter pulls the merge too: its deletion is not undone there either.
     run_cli(["pull", "deps"], env["del"])
     assert not (roots["del"] / "deps" / "gone.txt").exists()
+
+
+PROBE = ("import importlib.metadata as m, json, pathlib, os\n"
+         "import mypkg, other\n"
+         "pk = pathlib.Path(os.environ['PIP_TARGET'])\n"
+         "print(json.dumps({'meta': m.version('mypkg'), 'code': mypkg.__version__,\n"
+         "                  'other': m.version('other'),\n"
+         "                  'dist_infos': sorted(p.name for p in pk.glob('mypkg-*.dist-info')),\n"
+         "                  'v1_module': (pk / 'mypkg' / 'only_v1.py').exists()}))\n")
+
+
+def test_run_after_a_cut_off_push_keeps_the_local_upgrade_whole(tmp_path, wheels):
+    """Issue 13 case 3, through `cache-sync run` on one root: the worker upgrades mypkg, the
+    shutdown push is cut off by --push-timeout; meanwhile another worker upgrades `other`.
+    The next `run` on the same root pulls: the local upgrade is neither reverted nor mixed
+    (5.2: it is the newest head), the remote upgrade arrives, and the shutdown push publishes
+    that whole state."""
+    import json
+    remote = f"file://{tmp_path}/store"
+    _base(tmp_path, remote, wheels, "mypkg==1.0", "other==1.0")
+    w = Worker(tmp_path, "w", remote, wheels)
+    # `pip install --target --upgrade` leaves the old dist-info behind (pip's own
+    # behaviour), so the worker upgrades the way a consistent tree needs: uninstall, install.
+    py = sys.executable
+    upgrade = (f"{py} -m pip uninstall -y mypkg && {py} -m pip install --no-deps --no-index "
+               f"--find-links {wheels} --no-compile mypkg==2.0")  # PIP_TARGET comes from run
+    env = {**w.env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    p = run_cli(["run", "--push-timeout", "0.001", "--", "sh", "-c", upgrade], env, check=False)
+    assert p.returncode == 0 and "cut short" in p.stderr, p.stderr
+    assert (w.packages / "mypkg-2.0.dist-info").is_dir()  # installed, never pushed
+    other = Worker(tmp_path, "o", remote, wheels)
+    other.cs("pull", "packages")
+    make_wheel(wheels, "other", "2.0", {"other.py": "O = 2\n"})
+    other.uninstall("other")
+    other.install("other==2.0")
+    other.cs("push", "packages")
+    # The next start on the same root.
+    p = run_cli(["run", "--", sys.executable, "-c", PROBE], env)
+    seen = json.loads(p.stdout.strip().splitlines()[-1])
+    assert seen == {"meta": "2.0", "code": "2.0", "other": "2.0",
+                    "dist_infos": ["mypkg-2.0.dist-info"], "v1_module": False}, seen
+    assert "kept" in p.stderr and "local change" in p.stderr, p.stderr
+    # What that run's shutdown push published is the same whole state.
+    c = Worker(tmp_path, "c", remote, wheels)
+    c.cs("pull", "packages")
+    assert c.probe() == {"meta": "2.0", "code": "2.0", "dist_infos": ["mypkg-2.0.dist-info"]}
+    assert not (c.packages / "mypkg" / "only_v1.py").exists()
+    assert (c.packages / "other.py").read_text() == "O = 2\n"
+
+
+def test_pull_with_local_changes_merges_them_or_discards_them(tmp_path):
+    """Without pip (fast): edits, deletions and additions not yet pushed survive a pull that
+    also brings remote changes; `pull --discard-local` makes the area the store's state."""
+    remote = f"file://{tmp_path}/store"
+    env = {n: cli_env(remote, {"CACHE_SYNC_ROOT": str(tmp_path / n)}) for n in ("a", "b")}
+    area = tmp_path / "a" / "deps"
+    area.mkdir(parents=True)
+    for name in ("edit.txt", "gone.txt", "same.txt", "remote.txt"):
+        (area / name).write_text(name)
+    run_cli(["push", "deps"], env["a"])
+    run_cli(["pull", "deps"], env["b"])
+    (tmp_path / "b" / "deps" / "remote.txt").write_text("changed remotely")
+    run_cli(["push", "deps"], env["b"])
+    # Local changes on a, never pushed.
+    (area / "edit.txt").write_text("edited locally, same size?")
+    (area / "gone.txt").unlink()
+    (area / "new.txt").write_text("added locally")
+    os.utime(area / "same.txt", ns=(1, 1))  # touched only: not a change worth a merge
+    out = run_cli(["--json", "pull", "deps"], env["a"]).stdout
+    assert '"local_changes": 3' in out, out
+    assert (area / "edit.txt").read_text() == "edited locally, same size?"
+    assert not (area / "gone.txt").exists()
+    assert (area / "new.txt").read_text() == "added locally"
+    assert (area / "remote.txt").read_text() == "changed remotely"
+    # A second pull changes nothing; the push then publishes the merge.
+    again = run_cli(["--json", "pull", "deps"], env["a"]).stdout
+    assert '"local_changes": 3' in again and '"up_to_date": true' in again
+    run_cli(["push", "deps"], env["a"])
+    run_cli(["pull", "deps"], env["b"])
+    assert sorted(os.listdir(tmp_path / "b" / "deps")) == [
+        "edit.txt", "new.txt", "remote.txt", "same.txt"]
+    # --discard-local: b's unpushed edits and additions go, its deletions come back.
+    bd = tmp_path / "b" / "deps"
+    (bd / "edit.txt").write_text("local junk")
+    (bd / "junk.txt").write_text("junk")
+    (bd / "new.txt").unlink()
+    run_cli(["pull", "--discard-local", "deps"], env["b"])
+    assert sorted(os.listdir(bd)) == ["edit.txt", "new.txt", "remote.txt", "same.txt"]
+    assert (bd / "edit.txt").read_text() == "edited locally, same size?"
+    assert '"local_changes": 0' in run_cli(["--json", "pull", "deps"], env["b"]).stdout
+
+
+def _hf_revision(models: Path, rev: str, files: dict[str, str]) -> None:
+    """What huggingface_hub writes for one revision: blobs by hash, snapshot links, a ref."""
+    import hashlib
+    repo = models / "hub" / "models--org--name"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        blob = hashlib.sha256(text.encode()).hexdigest()
+        (repo / "blobs" / blob).write_text(text)
+        link = snap / name
+        if not link.is_symlink():
+            link.symlink_to(f"../../blobs/{blob}")
+    (repo / "refs" / "main").write_text(rev)
+
+
+def test_hf_repo_downloaded_at_two_revisions_comes_from_one(tmp_path):
+    """Two workers update one model repo to different revisions from one base: the pull has
+    the later worker's ref and snapshot, every snapshot link resolves, and huggingface_hub's
+    own cache scanner finds one consistent repo."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    remote = f"file://{tmp_path}/store"
+    revs = {"r0": "a" * 40, "r1": "b" * 40, "r2": "c" * 40}
+    env = {n: cli_env(remote, {"CACHE_SYNC_ROOT": str(tmp_path / n)}) for n in "0abc"}
+    _hf_revision(tmp_path / "0" / "models", revs["r0"], {"config.json": "{}", "w.bin": "w0"})
+    run_cli(["push", "models"], env["0"])
+    for n, rev in (("a", "r1"), ("b", "r2")):
+        run_cli(["pull", "models"], env[n])
+        _hf_revision(tmp_path / n / "models", revs[rev], {"config.json": "{}", "w.bin": f"w-{rev}"})
+    run_cli(["push", "models"], env["a"])
+    run_cli(["push", "models"], env["b"])
+    run_cli(["pull", "models"], env["c"])
+    repo = tmp_path / "c" / "models" / "hub" / "models--org--name"
+    assert (repo / "refs" / "main").read_text() == revs["r2"]
+    assert sorted(p.name for p in (repo / "snapshots").iterdir()) == [revs["r0"], revs["r2"]]
+    for link in (repo / "snapshots").rglob("*"):
+        if link.is_symlink():
+            assert link.resolve().is_file(), link
+    info = huggingface_hub.scan_cache_dir(tmp_path / "c" / "models" / "hub")
+    assert not info.warnings, info.warnings
+    (found,) = info.repos
+    assert {r.commit_hash for r in found.revisions} == {revs["r0"], revs["r2"]}
+    assert (repo / "snapshots" / revs["r2"] / "w.bin").read_text() == "w-r2"

@@ -35,14 +35,16 @@ def test_run_downloads_the_handlers_models_once_and_the_config_finds_them(tmp_pa
                "CACHE_SYNC_PROGRESS": "off"}
         cmd = [sys.executable, "-m", "cache_sync", "--json", "run", "--", sys.executable, "-c",
                CHILD]
-        first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                                check=False)
         assert first.returncode == 0, first.stderr
         assert sorted(hub.downloads) == sorted(
             [("SWivid/F5-TTS", p) for p in F5_FILES] + [("charactr/vocos-mel-24khz", p)
                                                         for p in VOCOS_FILES])
         # a second worker on a fresh root pulls the models from the store: no Hub request
         env2 = {**env, "CACHE_SYNC_ROOT": str(tmp_path / "cache2")}
-        second = subprocess.run(cmd, env=env2, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(cmd, env=env2, capture_output=True, text=True, timeout=120,
+                                check=False)
         assert second.returncode == 0, second.stderr
         assert sum(hub.downloads.values()) == len(F5_FILES) + len(VOCOS_FILES)
     for proc, root in ((first, tmp_path / "cache"), (second, tmp_path / "cache2")):
@@ -65,3 +67,13 @@ def test_no_repo_configured_keeps_the_plain_paths_and_downloads_nothing(tmp_path
     pinned = hub_models({**env, "HANDLER_F5_MODEL_REPO": "SWivid/F5-TTS",
                          "HANDLER_F5_MODEL_REVISION": "a" * 40})
     assert pinned == [f"SWivid/F5-TTS@{'a' * 40}:{';'.join(F5_FILES)}"]
+
+
+def test_a_missing_hub_file_names_the_bootstrap_as_the_fix(tmp_path):
+    from handler.engine import ModelMissingError
+
+    c = HandlerConfig.from_env({"CACHE_SYNC_ROOT": str(tmp_path),
+                                "HANDLER_F5_MODEL_REPO": "SWivid/F5-TTS"})
+    err = ModelMissingError(c.f5_ckpt, "F5-TTS checkpoint", "HANDLER_F5_CKPT", tmp_path)
+    assert "models--SWivid--F5-TTS" in err.public and "CACHE_SYNC_HF_MODELS_HOOK" in err.public
+    assert str(tmp_path) not in err.public

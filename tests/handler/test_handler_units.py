@@ -281,3 +281,15 @@ def test_health_names_an_asr_model_directory_relative_to_the_cache(tmp_path):
     health = asyncio.run(w.handle({"id": "h", "input": {"health": True}}))
     assert health["asr"]["model"] == "models/whisper-tiny"
     assert str(tmp_path) not in repr(health)
+
+
+def test_a_wav_of_countless_tiny_chunks_is_refused_quickly():
+    import time
+
+    junk = (b"junk" + struct.pack("<I", 0)) * 1_000_000  # 8 MB of empty chunks
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + junk + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + bytes(4)
+    start = time.perf_counter()
+    with pytest.raises(AudioError, match="more than 64 chunks"):
+        decode_wav(b"RIFF" + struct.pack("<I", len(body)) + body)
+    assert time.perf_counter() - start < 0.5

@@ -1,5 +1,8 @@
-"""Build a tiny, randomly initialised F5-TTS (DiT dim 64, depth 2) and Vocos vocoder, and save
-them in the layout production uses under ``models/``. Needs torch, f5_tts and vocos.
+"""Build a tiny, randomly initialised F5-TTS (DiT dim 64, depth 2), Vocos vocoder and Whisper
+transcriber, and save them in the layout production uses under ``models/`` (the Whisper one in
+the HF cache layout, as ``huggingface-cli download`` leaves it). Needs torch, f5_tts, vocos
+and transformers; no hub access (the Whisper tokenizer is a byte-level vocabulary written
+here).
 
 Run as a script (``python tests/support/f5_tiny.py MODELS_DIR``) so it can execute in the
 interpreter that has the heavy stack, not the test runner's.
@@ -65,11 +68,66 @@ def build(models: Path) -> dict[str, str]:
     vocoder = Vocos.from_hparams(str(vocos_dir / "config.yaml"))
     torch.save(vocoder.state_dict(), str(vocos_dir / "pytorch_model.bin"))
     return {
+        **build_whisper(models),
         "HANDLER_F5_CKPT": str(ckpt.relative_to(models)),
         "HANDLER_F5_VOCAB": str(vocab.relative_to(models)),
         "HANDLER_F5_MODEL_CONFIG": str(cfg.relative_to(models)),
         "HANDLER_VOCOS_DIR": str(vocos_dir.relative_to(models)),
     }
+
+
+WHISPER_ID = "tiny-test/whisper"
+WHISPER_SHA = "5eed000000000000000000000000000000000001"
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>",
+                    "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+                    "<|notimestamps|>"]
+
+
+def build_whisper(models: Path) -> dict[str, str]:
+    """A 90k-parameter Whisper (1 encoder and 1 decoder layer, d_model 32) with a 256-token
+    byte-level tokenizer, saved as snapshot ``WHISPER_SHA`` of ``WHISPER_ID`` under
+    ``models/huggingface/hub`` with ``refs/main`` pointing at it."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    repo = models / "huggingface" / "hub" / ("models--" + WHISPER_ID.replace("/", "--"))
+    snap = repo / "snapshots" / WHISPER_SHA
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(WHISPER_SHA)
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    (snap / "vocab.json").write_text(json.dumps(vocab))
+    (snap / "merges.txt").write_text("#version: 0.2\n")
+    tok = WhisperTokenizer(str(snap / "vocab.json"), str(snap / "merges.txt"),
+                           additional_special_tokens=WHISPER_SPECIALS[1:],
+                           pad_token="<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        vocab_size=len(tok), num_mel_bins=80, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, d_model=32, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=64,
+        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot)
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        max_length=32, no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
+        lang_to_id={"<|en|>": ids["<|en|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        begin_suppress_tokens=[eot], suppress_tokens=[])
+    model.save_pretrained(snap)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80),
+                     tokenizer=tok).save_pretrained(snap)
+    return {"HANDLER_ASR_MODEL": WHISPER_ID, "HANDLER_ASR_REVISION": "main"}
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15)
 class ApiWorker:
     """`python -m handler --rp_serve_api` on 127.0.0.1:port."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, ready_timeout: float = 60) -> None:
         self.cache_root = Path(env["CACHE_SYNC_ROOT"])
         self.port = free_port()
         self.log = log
@@ -89,7 +89,7 @@ class ApiWorker:
             start_new_session=True,
         )
         self.started = time.monotonic()
-        self.ready_seconds = self._wait()
+        self.ready_seconds = self._wait(ready_timeout)
 
     def _wait(self, timeout: float = 60) -> float:
         deadline = time.monotonic() + timeout
@@ -121,8 +121,8 @@ class ApiWorker:
 
 
 @contextlib.contextmanager
-def api_worker(env: dict[str, str], log: Path) -> Iterator[ApiWorker]:
-    worker = ApiWorker(env, log)
+def api_worker(env: dict[str, str], log: Path, ready_timeout: float = 60) -> Iterator[ApiWorker]:
+    worker = ApiWorker(env, log, ready_timeout)
     try:
         yield worker
     finally:
