@@ -57,7 +57,8 @@ def plain_requirements(reqs: Path) -> tuple[list[str], list[str]]:
     sys.path.insert(0, str(REPO))
     from cache_sync import reqs as reqs_mod
 
-    deps, nodeps = [], []
+    deps: list[str] = []
+    nodeps: list[str] = []
     for spec in reqs_mod.parse_file(reqs).specs:
         (nodeps if spec.no_deps else deps).append(spec.text)
     return deps, nodeps
