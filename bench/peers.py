@@ -8,9 +8,9 @@ same credentials (``S3Server.env()``).
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 import shutil
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -166,6 +166,7 @@ def _free_port() -> int:
 class Bench:
     def __init__(self, args: argparse.Namespace, stack: Stack, server: Any, scratch: Path) -> None:
         self.args, self.stack, self.server, self.scratch = args, stack, server, scratch
+        self.label = "0ms"
         self.base_env = {k: v for k, v in os.environ.items()
                          if not k.startswith(("PIP_", "UV_", "CACHE_SYNC_", "AWS_", "HANDLER_",
                                               "RUNPOD_", "HF_"))}
@@ -188,11 +189,12 @@ class Bench:
         env = {**self.base_env, **self.server.env(), "PYTHONPATH": str(REPO),
                "CACHE_SYNC_ROOT": str(self.stack.root),
                "CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache"}
-        _log("seeding the cache-sync store")
-        subprocess.run([sys.executable, "-m", "cache_sync", "push", *self.stack.areas],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
-        _log("seeding the copy tool's bucket (one object per file)")
-        for area in self.stack.areas:
+        if "cache-sync" in self.modes:
+            _log("seeding the cache-sync store")
+            subprocess.run([sys.executable, "-m", "cache_sync", "push", *self.stack.areas],
+                           env=env, check=True, stdout=subprocess.DEVNULL)
+        for area in self.stack.areas if "s5cmd" in self.modes else ():
+            _log(f"seeding the copy tool's bucket with {area} (one object per file)")
             subprocess.run(["s5cmd", "--endpoint-url", self.server.endpoint, "--log", "error",
                             "sync", f"{self.stack.root / area}/", f"s3://{self.copy_bucket}/{area}/"],
                            env={**self.base_env, **self.server.env()}, check=True)
@@ -243,7 +245,8 @@ class Bench:
         port = _free_port()
         env = {**self.base_env, "CACHE_SYNC_ROOT": str(root),
                "PYTHONPATH": os.pathsep.join([str(root / "packages"), str(REPO)])}
-        log = self.scratch / f"{mode}-{run}.log"
+        log = self.args.results / "logs" / f"{mode}-{run}-{self.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         if mode == "cache-sync":
             env.update(self.s3_env(s3))
             env.update({"CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache",
@@ -362,6 +365,7 @@ def _measure(args: argparse.Namespace, stack: Stack, server: Any, scratch: Path,
         bench.warm_installers(index_url)
         for rtt in latencies:
             label = f"+{rtt:g} ms" if rtt else "0 ms"
+            bench.label = "0ms" if not rtt else f"{rtt:g}ms"
             with _endpoints(server.endpoint, index_url, rtt) as (s3, idx):
                 results["limit"][label] = bench.limit_seconds(s3)
                 per_mode: dict[str, list[dict[str, float]]] = {m: [] for m in modes}

@@ -57,7 +57,8 @@ def plain_requirements(reqs: Path) -> tuple[list[str], list[str]]:
     sys.path.insert(0, str(REPO))
     from cache_sync import reqs as reqs_mod
 
-    deps, nodeps = [], []
+    deps: list[str] = []
+    nodeps: list[str] = []
     for spec in reqs_mod.parse_file(reqs).specs:
         (nodeps if spec.no_deps else deps).append(spec.text)
     return deps, nodeps
@@ -76,9 +77,9 @@ def _download_wheels(reqs: Path, wheels: Path) -> None:
 
 def _cache_sync_install(root: Path, reqs: Path, wheels: Path, scratch: Path) -> None:
     env = {**os.environ, "CACHE_SYNC_ROOT": str(root), "CACHE_SYNC_REMOTE":
-           f"file://{scratch}/install-store", "PIP_NO_INDEX": "1",
+           f"file://{scratch}/install-store", "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull,
            "PIP_FIND_LINKS": str(wheels), "PYTHONPATH": str(REPO)}
-    _run([sys.executable, "-m", "cache_sync", "install", "--installer", "pip", "--no-push",
+    _run([sys.executable, "-m", "cache_sync", "install", "--installer", "uv", "--no-push",
           "-r", str(reqs)], env)
 
 

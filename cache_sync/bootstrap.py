@@ -81,7 +81,7 @@ class Report:
     missing: str = ""
     installed: list[str] = field(default_factory=list)
     downloaded: list[str] = field(default_factory=list)
-    pushed: list[dict] = field(default_factory=list)
+    pushed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

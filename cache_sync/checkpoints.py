@@ -5,8 +5,8 @@ interleave other actors (another push, a gc run, a kill) at exactly these points
 guessing with sleeps. Names: ``push:uploaded``, ``push:claim``, ``push:claimed``,
 ``push:wait``, ``push:recheck``, ``push:commit``, ``gc:claims``, ``gc:snapshots``,
 ``gc:delete``, ``gc:mark``, ``pull:staged`` (every file verified in the stage, the area
-untouched), ``pull:final-op`` (before each operation of a pull's final phase), ``pull:final-done`` (all
-operations done, the state not yet promoted).
+untouched), ``pull:final-op`` (before each operation of a pull's final phase),
+``pull:final-done`` (all operations done, the state not yet promoted).
 """
 
 from __future__ import annotations

@@ -272,7 +272,8 @@ class Settings:
         json_out = bool(json_flag) if json_flag is not None else num("json", _parse_bool, False)
         progress = pick("progress", "progress") or "auto"
         if progress not in ("auto", "on", "off"):
-            raise ConfigError(f"CACHE_SYNC_PROGRESS={progress!r} is invalid", hint="use auto|on|off")
+            raise ConfigError(f"CACHE_SYNC_PROGRESS={progress!r} is invalid",
+                              hint="use auto|on|off")
 
         return cls(
             root=Path(os.path.abspath(os.path.expanduser(root))),

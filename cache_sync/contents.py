@@ -13,12 +13,10 @@ import hashlib
 import os
 from pathlib import Path
 
-import zstandard
-
-from cache_sync.errors import IntegrityError
 from cache_sync.layout import object_key
-from cache_sync.snapshot import CODEC_ZSTD, Entry
+from cache_sync.snapshot import Entry
 from cache_sync.storage import Store
+from cache_sync.transfer import RETRY_ON, check_digest, decode_blob, read_exact
 
 MAX_SMALL = 8 << 20
 
@@ -56,24 +54,15 @@ class SmallFiles:
         return data if hashlib.sha256(data).hexdigest() == e.digest else None
 
     def _fetch(self, e: Entry) -> bytes:
-        parts = []
-        for b in e.blobs:
-            body = self.store.open_range(object_key(b.oid), b.offset, b.stored)
-            try:
-                stored = body.read(b.stored)
-            finally:
-                body.close()
-            if b.codec == CODEC_ZSTD:
+        def attempt() -> bytes:  # one request and its stream per attempt, as in transfer
+            parts = []
+            for b in e.blobs:
+                body = self.store.raw.open_range(object_key(b.oid), b.offset, b.stored)
                 try:
-                    raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=b.raw)
-                except zstandard.ZstdError:
-                    raw = b""
-            else:
-                raw = stored
-            parts.append(raw)
-        data = b"".join(parts)
-        if len(data) != e.size or hashlib.sha256(data).hexdigest() != e.digest:
+                    parts.append(decode_blob(read_exact(body, b.stored, b.oid, e), b, e.path))
+                finally:
+                    body.close()
             oids = ", ".join(sorted({b.oid for b in e.blobs})) or "(none)"
-            raise IntegrityError(
-                f"object {oids} is corrupt: {e.path!r} does not match its SHA-256 in the snapshot")
-        return data
+            return check_digest(b"".join(parts), e, oids)
+
+        return self.store.with_retries(attempt, RETRY_ON)

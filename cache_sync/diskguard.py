@@ -13,18 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from cache_sync.config import Settings
 from cache_sync.errors import DiskSpaceError
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from cache_sync.fsutil import free_bytes, nearest_existing
+from cache_sync.progress import human_bytes
 
 
 @dataclass(frozen=True)
@@ -34,26 +26,14 @@ class Floor:
     min_free: int
 
 
-def _existing(path: Path) -> Path:
-    """The nearest existing ancestor (the cache root may not exist yet)."""
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def floors(settings: Settings) -> list[Floor]:
     """The cache root's and the OS disk's floors; one floor (the larger) when they share a
     filesystem, so the message names the right path."""
-    root = Floor("cache root", _existing(settings.root), settings.min_free)
-    osd = Floor("OS disk", _existing(Path(settings.os_disk)), settings.min_free_os)
+    root = Floor("cache root", nearest_existing(settings.root), settings.min_free)
+    osd = Floor("OS disk", nearest_existing(Path(settings.os_disk)), settings.min_free_os)
     if os.stat(root.path).st_dev == os.stat(osd.path).st_dev:
         return [root if root.min_free >= osd.min_free else osd]
     return [root, osd]
-
-
-def free_bytes(path: Path) -> int:
-    return int(psutil.disk_usage(str(path)).free)
 
 
 def check(floors_: list[Floor], *, action: str = "install") -> None:

@@ -12,8 +12,8 @@ long before the packages land. So every cache and every temporary directory is r
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shlex
 from collections.abc import Mapping
 

@@ -108,7 +108,7 @@ class Selection:
     url: str | None
     reason: str  # why no wheel, or a caveat about the one chosen
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "url": self.url, "reason": self.reason}
 
 

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # Runs in the child. Results go to a file named on the command line, not stdout, because
 # modules print whatever they like while being imported.
@@ -53,7 +54,7 @@ class ImportResult:
     path: str = ""
     required: bool = True
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -69,7 +69,7 @@ class InstallReport:
     installer: str
     units: list[UnitResult] = field(default_factory=list)
     imports: list[ImportResult] = field(default_factory=list)
-    pushed: list[dict] = field(default_factory=list)
+    pushed: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     push_error: CacheSyncError | None = None  # installed fine, but not saved to the store
@@ -186,7 +186,7 @@ def _warm_installer_cache(settings: Settings, log: Callable[[str], None]) -> Non
 
 
 def _run_with_retries(spec: Spec, res: UnitResult, inv: installer.Invocation,
-                      opts: InstallOptions, settings: Settings, floors: list,
+                      opts: InstallOptions, settings: Settings, floors: list[diskguard.Floor],
                       log: Callable[[str], None]) -> None:
     budget = opts.timeouts.get(spec.name) or spec.timeout or (
         spec.budget(opts.default_timeout or settings.install_timeout,

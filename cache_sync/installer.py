@@ -36,7 +36,7 @@ def find_uv() -> str | None:
     if found:
         return found
     try:  # the `uv` wheel ships the binary inside the package
-        import uv  # type: ignore[import-not-found]
+        import uv
 
         return str(uv.find_uv_bin())
     except (ImportError, FileNotFoundError):

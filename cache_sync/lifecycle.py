@@ -63,11 +63,11 @@ class RunResult:
     signals: list[str] = field(default_factory=list)
     killed: bool = False
     reaped_orphans: int = 0
-    pulled: list[dict] = field(default_factory=list)
-    pushed: list[dict] = field(default_factory=list)
+    pulled: list[dict[str, Any]] = field(default_factory=list)
+    pushed: list[dict[str, Any]] = field(default_factory=list)
     push_error: str = ""
     periodic_pushes: int = 0
-    bootstrap: dict = field(default_factory=dict)
+    bootstrap: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -97,15 +97,15 @@ class _BackgroundPull(threading.Thread):
 
     def __init__(self, settings: Settings, areas: list[str], ready: list[str],
                  status: Any, log: Callable[[str], None],
-                 after: Callable[[], dict] | None = None) -> None:
+                 after: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__(name="background-pull", daemon=True)
         self.settings, self.areas, self.status, self.log = settings, areas, status, log
         self.after = after  # the models part of a bootstrap, once models/ is pulled
-        self.bootstrap: dict = {}
+        self.bootstrap: dict[str, Any] = {}
         self.ready = list(ready)
         self.pending = list(areas)
         self.failed: dict[str, str] = {}
-        self.reports: list[dict] = []
+        self.reports: list[dict[str, Any]] = []
 
     def run(self) -> None:
         from cache_sync.pull import pull
@@ -175,7 +175,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     # cache's exports on top.
     env = {**os.environ, **cache_env(settings, os.environ)}
     _become_subreaper()
-    child: list[subprocess.Popen] = []
+    child: list[subprocess.Popen[Any]] = []
     pending: list[int] = []
     first_signal: list[float] = []
 
@@ -276,7 +276,7 @@ def _forward(pid: int, signum: int) -> None:
         pass
 
 
-def _wait(child: subprocess.Popen, grace: float, first_signal: list[float],
+def _wait(child: subprocess.Popen[Any], grace: float, first_signal: list[float],
           result: RunResult) -> int:
     """Reap every child until ours exits; SIGKILL it ``grace`` seconds after the first
     forwarded signal. Polling (50 ms) keeps signal handling and the deadline simple."""

@@ -4,7 +4,7 @@ the lock. Layout under the cache root::
     <area>/...                          the synced trees
     .cache-sync/lock                    flock'd by the running cache-sync process
     .cache-sync/<area>.state.zst        what the area was last synced to (ids + entries)
-    .cache-sync/<area>.index.zst        path -> (size, mtime_ns, ino, sha256)
+    .cache-sync/<area>.index.zst        path -> (size, mtime_ns, ino, ctime_ns, sha256)
     .cache-sync/<area>.journal          objects uploaded by an unfinished push (resume)
 """
 
@@ -27,7 +27,7 @@ import zstandard
 
 from cache_sync.errors import LockedError
 from cache_sync.fsutil import TMP_PREFIX, write_atomic
-from cache_sync.plan import LocalItem
+from cache_sync.plan import Index, IndexRecord, LocalItem
 from cache_sync.snapshot import Blob, Entry
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,8 @@ class CacheState:
         doc = {"remote": st.remote, "based_on": list(st.based_on), "entries": rows}
         write_atomic(self.dir / f"{area}.{name}.zst", _dump(doc), mkdir=True,
                      fsync=name != "state")
+        if name == "state":
+            self._record_heads(area, st.remote, st.based_on)
 
     def save_next_state(self, area: str, st: AreaState) -> None:
         """The state a pull's final phase leads to (see ``staging.py``)."""
@@ -162,13 +164,43 @@ class CacheState:
         if not isinstance(doc, dict):
             return None
         os.replace(nxt, self.dir / f"{area}.state.zst")
-        return self.load_state(area, doc.get("remote", ""))
+        st = self.load_state(area, doc.get("remote", ""))
+        self._record_heads(area, st.remote, st.based_on)
+        return st
 
-    def load_index(self, area: str) -> dict[str, list[Any]]:
+    def _record_heads(self, area: str, remote: str, based_on: tuple[str, ...]) -> None:
+        """The heads alone, beside the state, for the up-to-date check (synced_heads);
+        written after the state and naming the state file's size and mtime, so it never
+        vouches for a state file other than the one it was written with."""
+        stamp = os.stat(self.dir / f"{area}.state.zst")
+        write_atomic(self.dir / f"{area}.heads.json", json.dumps({
+            "remote": remote, "based_on": list(based_on),
+            "state": [stamp.st_size, stamp.st_mtime_ns]}).encode(), mkdir=True)
+
+    def synced_heads(self, area: str, remote: str) -> tuple[str, ...] | None:
+        """The heads the area was last synced to, without decoding the state (one small read
+        and one stat); None when unknown or when the state file changed since."""
+        try:
+            doc = json.loads((self.dir / f"{area}.heads.json").read_bytes())
+            stamp = os.stat(self.dir / f"{area}.state.zst")
+        except (OSError, ValueError):
+            return None
+        if (not isinstance(doc, dict) or doc.get("remote") != remote
+                or doc.get("state") != [stamp.st_size, stamp.st_mtime_ns]):
+            return None
+        based_on = doc.get("based_on")
+        return tuple(str(h) for h in based_on) if isinstance(based_on, list) else None
+
+    def load_index(self, area: str) -> Index:
         doc = _load(self.dir / f"{area}.index.zst")
-        return doc if isinstance(doc, dict) else {}
+        if not isinstance(doc, dict):
+            return {}
+        try:  # records of another shape (an older cache-sync) cost only a re-hash
+            return {p: IndexRecord(*r) for p, r in doc.items() if len(r) == 5}
+        except TypeError:
+            return {}
 
-    def save_index(self, area: str, index: dict[str, list[Any]]) -> None:
+    def save_index(self, area: str, index: Index) -> None:
         write_atomic(self.dir / f"{area}.index.zst", _dump(index), mkdir=True)
 
     # The journal: one JSON line per uploaded object, naming the digests it holds.

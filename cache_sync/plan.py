@@ -10,11 +10,24 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
-from cache_sync.snapshot import Entry, FormatError, check_link, check_link_walk
+from cache_sync.errors import FormatError
+from cache_sync.snapshot import Entry, check_link, check_link_walk
 
-Index = dict[str, list[Any]]  # path -> [size, mtime_ns, ino, ctime_ns, sha256]
+
+class IndexRecord(NamedTuple):
+    """The stat index's record of one file: its stat when its contents hashed to ``digest``.
+    Stored as a JSON array ``[size, mtime_ns, ino, ctime_ns, digest]``."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+    digest: str
+
+
+Index = dict[str, IndexRecord]  # path -> record
 
 
 @dataclass(slots=True)
@@ -30,18 +43,20 @@ class LocalItem:
     ctime_ns: int
     target: str = ""
 
-    def stat_key(self) -> list[int]:
-        # Like git: size, mtime, inode and ctime. mtime alone misses an in-place edit whose
-        # writer restores the mtime (tar, rsync -t, cp -p, a test fixture); ctime cannot be set
-        # from user space. A pull therefore records each file's stat after its last rename.
-        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
+    def vouched(self, rec: IndexRecord | None) -> bool:
+        """Whether the index record still describes this file. Like git: size, mtime, inode
+        and ctime. mtime alone misses an in-place edit whose writer restores the mtime (tar,
+        rsync -t, cp -p, a test fixture); ctime cannot be set from user space. A pull
+        therefore records each file's stat after its last rename."""
+        return (rec is not None and rec.size == self.size and rec.mtime_ns == self.mtime_ns
+                and rec.ino == self.ino and rec.ctime_ns == self.ctime_ns)
 
 
-def index_record(st: os.stat_result, digest: str, size: int | None = None) -> list[Any]:
+def index_record(st: os.stat_result, digest: str, size: int | None = None) -> IndexRecord:
     """The stat index's record of a file whose contents (``size`` bytes, as read) hash to
     ``digest``; ``st`` must be taken after the file's last rename (a rename changes ctime)."""
-    return [st.st_size if size is None else size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
-            digest]
+    return IndexRecord(st.st_size if size is None else size, st.st_mtime_ns, st.st_ino,
+                       st.st_ctime_ns, digest)
 
 
 def known_digest(item: LocalItem | None, index: Index) -> str | None:
@@ -49,9 +64,18 @@ def known_digest(item: LocalItem | None, index: Index) -> str | None:
     if item is None or item.kind != "f":
         return None
     rec = index.get(item.path)
-    if rec and len(rec) == 5 and rec[:4] == item.stat_key():
-        return str(rec[4])
-    return None
+    return rec.digest if rec is not None and item.vouched(rec) else None
+
+
+@dataclass
+class PullSummary:
+    """What a pull would do (``pull --dry-run``, ``status``)."""
+
+    fetch_files: int = 0
+    fetch_bytes: int = 0
+    copy_files: int = 0
+    remove: int = 0
+    changes: int = 0
 
 
 @dataclass
@@ -85,14 +109,14 @@ class PullPlan:
                 + len(self.check) + len(self.meta) + len(self.links)
                 + sum(len(es) for es in self.dups.values()))
 
-    def summary(self) -> dict[str, int]:
-        return {
-            "fetch_files": len(self.fetch) + len(self.check),
-            "fetch_bytes": self.fetch_bytes + sum(e.size for e in self.check),
-            "copy_files": len(self.copies) + sum(len(es) for es in self.dups.values()),
-            "remove": len(self.remove) + len(self.remove_late),
-            "changes": self.changes,
-        }
+    def summary(self) -> PullSummary:
+        return PullSummary(
+            fetch_files=len(self.fetch) + len(self.check),
+            fetch_bytes=self.fetch_bytes + sum(e.size for e in self.check),
+            copy_files=len(self.copies) + sum(len(es) for es in self.dups.values()),
+            remove=len(self.remove) + len(self.remove_late),
+            changes=self.changes,
+        )
 
 
 def plan_pull(target: dict[str, Entry], local: dict[str, LocalItem], index: Index,

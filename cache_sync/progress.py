@@ -1,6 +1,6 @@
-"""Progress on a terminal: files, bytes, rate, ETA on one redrawn stderr line. Thread-safe;
-redraws at most ten times a second; silent when not enabled (the CLI prints one summary line
-per area instead)."""
+"""Sizes and progress for humans: ``human_bytes``, and files, bytes, rate, ETA on one redrawn
+stderr line. Thread-safe; redraws at most ten times a second; silent when not enabled (the CLI
+prints one summary line per area instead)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ import sys
 import threading
 import time
 from typing import TextIO
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _mib(n: float) -> str:

@@ -19,6 +19,7 @@ from cache_sync.config import Settings
 from cache_sync.contents import SmallFiles
 from cache_sync.errors import DeadlineExceeded, DiskSpaceError
 from cache_sync.fsutil import free_bytes, hash_file
+from cache_sync.history import History
 from cache_sync.local_cache import AreaState, CacheState, cache_lock, scan
 from cache_sync.plan import (
     Index,
@@ -31,7 +32,7 @@ from cache_sync.plan import (
 )
 from cache_sync.progress import Progress
 from cache_sync.progress import enabled as progress_enabled
-from cache_sync.repo import Manifests, current_state, open_checked, resolve_areas
+from cache_sync.repo import Manifests, current_state, list_refs, open_checked, resolve_areas
 from cache_sync.results import AreaReport
 from cache_sync.snapshot import Entry
 from cache_sync.storage import Store
@@ -70,8 +71,19 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     t0 = time.monotonic()
     check_deadline(deadline, area)
     rep = AreaReport(area, "pull", dry_run=dry_run)
+    refs = list_refs(store, area)
+    heads_now = [h.id for h in History(refs).heads]
+    if heads_now and not discard_local and cache.synced_heads(area, store.url) == tuple(
+            heads_now):
+        # Up to date (the common warm start on a network volume): one LIST, one small read,
+        # no state decoded, no file stat'ed. Local changes not yet pushed stay as they are,
+        # exactly as the full path's merge would leave them (the remote side did not move).
+        rep.heads, rep.snapshot, rep.up_to_date = heads_now, heads_now[-1], True
+        rep.seconds = time.monotonic() - t0
+        return rep
     state = cache.load_state(area, store.url)
-    heads, target = current_state(store, manifests, area, state, settings.area_path(area))
+    heads, target = current_state(store, manifests, area, state, settings.area_path(area),
+                                  refs)
     rep.heads = heads
     if not heads:
         rep.up_to_date = True
@@ -96,8 +108,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     plan = plan_pull(target, local, index, tracked)
     if dry_run:
         summary = plan.summary()
-        rep.files, rep.bytes = summary["fetch_files"], summary["fetch_bytes"]
-        rep.removed = summary["remove"]
+        rep.files, rep.bytes, rep.removed = (summary.fetch_files, summary.fetch_bytes,
+                                             summary.remove)
         rep.up_to_date = plan.changes == 0
         return rep
     check_space(area, area_dir, plan.write_bytes)
@@ -155,9 +167,9 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
             on_file(e)
             progress.add(files=1)
 
-        return Fetcher(store, root, settings.transfers, settings.retries, done,
-                       on_bytes=lambda n: progress.add(nbytes=n), backoff=settings.retry_base,
-                       dups=plan.dups, before_request=lambda: check_deadline(deadline, area))
+        return Fetcher(store, root, settings.transfers, done,
+                       on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
+                       before_request=lambda: check_deadline(deadline, area))
 
     try:
         staged = staging.stage_files(plan, area_dir, stage, make_fetcher)

@@ -127,10 +127,11 @@ class Manifests:
 
 
 def current_state(store: Store, manifests: Manifests, area: str, state: AreaState,
-                  area_dir: Path | None = None) -> tuple[list[str], dict[str, Entry]]:
+                  area_dir: Path | None = None, refs: list[SnapshotRef] | None = None
+                  ) -> tuple[list[str], dict[str, Entry]]:
     """(head ids, merged entries) of ``area``; no manifest is read when the heads are the
-    ones this cache last synced to."""
-    hist = History(list_refs(store, area))
+    ones this cache last synced to. ``refs``: the area's LIST, when the caller has it."""
+    hist = History(list_refs(store, area) if refs is None else refs)
     head_ids = [h.id for h in hist.heads]
     if head_ids and state.entries is not None and list(state.based_on) == head_ids:
         return head_ids, state.entries  # up to date: no manifest GET

@@ -149,8 +149,8 @@ def _file_option(line: str, path: Path, into: SpecSet, origin: str, depth: int) 
                           hint="supported: -r, " + ", ".join(FILE_OPTIONS))
 
 
-def _annotation_options(text: str, origin: str) -> dict:
-    opts: dict = {}
+def _annotation_options(text: str, origin: str) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
     for word in text.replace(",", " ").split():
         if word == "optional":
             opts["optional"] = True

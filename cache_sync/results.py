@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cache_sync.plan import PullSummary
+
 
 @dataclass
 class AreaReport:
@@ -29,3 +31,85 @@ class AreaReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class PushEstimate:
+    """What a push would read now (``status``)."""
+
+    changed: bool
+    files_to_read: int
+    bytes_to_read: int
+
+
+@dataclass
+class AreaStatus:
+    area: str
+    local: list[str]  # the snapshot ids the area was last synced to
+    remote: list[str]  # the store's heads
+    in_sync: bool
+    pull: PullSummary
+    push: PushEstimate
+
+
+@dataclass
+class StatusResult:
+    root: str
+    remote: str
+    free_bytes: int
+    areas: list[AreaStatus]
+    leases: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> lease.describe
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LogEntry:
+    """One snapshot as ``log`` lists it."""
+
+    area: str
+    id: str
+    head: bool
+    parents: list[str]
+    time: str
+    host: str
+    files: int
+    bytes: int
+    tool: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AreaVerify:
+    area: str
+    snapshot: list[str]
+    checked: int = 0
+    bytes: int = 0
+    missing: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    note: str = ""  # "never synced with this remote"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.mismatched)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not self.note:
+            del d["note"]
+        return d
+
+
+@dataclass
+class VerifyResult:
+    areas: list[AreaVerify] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(a.ok for a in self.areas)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"areas": [a.to_dict() for a in self.areas], "ok": self.ok}

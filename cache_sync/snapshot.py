@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import zstandard
@@ -96,7 +96,6 @@ class Snapshot:
     time: str = ""
     host: str = ""
     tool: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def files(self) -> int:

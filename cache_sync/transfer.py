@@ -8,8 +8,10 @@ decode-and-write, verification before a file is put in place.
   are written at their offsets (``os.pwrite``); each chunk is checked against its object id
   (the SHA-256 of its stored bytes). The file is renamed into place once every chunk is in.
 
-No whole object is ever held in memory; a broken stream is retried from the first file not yet
-in place, with jittered backoff. A file that cannot be verified never reaches its final path.
+No whole object is ever held in memory. Each request and the reading of its stream is one
+attempt under the store's retry policy (``Store.with_retries``); a broken or corrupt stream is
+retried from the first file not yet in place, as the next attempt of the same budget. A file
+that cannot be verified never reaches its final path.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ import errno
 import functools
 import hashlib
 import os
-import random
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -40,6 +40,7 @@ MAX_GAP = 256 * 1024  # fetch through a gap this small rather than make another 
 MAX_RANGE = 2 << 20
 SMALL_BLOB = 8 << 20  # single-blob files up to this are fetched by range and checked whole
 STREAM_OVER = 1 << 20  # a ranged file bigger than this is decoded piece by piece, not in memory
+RETRY_ON = (TransientStorageError, IntegrityError)  # a broken or corrupt stream: fetch again
 
 _local = threading.local()
 
@@ -130,17 +131,16 @@ def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
 
 
 class Fetcher:
-    def __init__(self, store: Store, area_dir: str, workers: int, attempts: int,
-                 on_done: Done, on_bytes: Callable[[int], None] | None = None,
-                 backoff: float = 0.2, dups: dict[str, list[Entry]] | None = None,
+    def __init__(self, store: Store, area_dir: str, workers: int, on_done: Done,
+                 on_bytes: Callable[[int], None] | None = None,
+                 dups: dict[str, list[Entry]] | None = None,
                  before_request: Callable[[], None] | None = None) -> None:
         self.store = store
+        self.raw = store.raw  # requests go here; retries are ``store.with_retries``'s
         self.area_dir = area_dir
         self.workers = workers
-        self.attempts = attempts
         self.on_done = on_done
         self.on_bytes = on_bytes or (lambda n: None)
-        self.backoff = backoff
         self.dups = dups or {}
         self.before_request = before_request or (lambda: None)  # may raise (a deadline)
         self.primary: dict[str, str] = {}  # digest -> rel path of the fetched copy
@@ -189,17 +189,14 @@ class Fetcher:
         return os.path.join(self.area_dir, e.path)
 
     def _retry(self, fn: Callable[..., None], *args: object) -> None:
-        for attempt in range(1, self.attempts + 1):
-            if self.abort.is_set():
-                return
-            try:
+        """One job (a request and its stream) under the store's one retry budget; a stream
+        that breaks or arrives corrupt is resumed as the next attempt."""
+
+        def attempt() -> None:
+            if not self.abort.is_set():
                 fn(*args)
-                return
-            except (TransientStorageError, IntegrityError):
-                if attempt == self.attempts:
-                    raise
-                delay = random.uniform(0, self.backoff * (2 ** attempt))
-                time.sleep(min(delay, 20.0))
+
+        self.store.with_retries(attempt, RETRY_ON)
 
     # --- packed files ------------------------------------------------------------------
     def _range(self, r: _Range) -> None:
@@ -209,7 +206,7 @@ class Fetcher:
             return
         start = pending[0][0].offset
         self.before_request()
-        body = self.store.open_range(object_key(r.oid), start, r.end - start)
+        body = self.raw.open_range(object_key(r.oid), start, r.end - start)
         with self._lock:
             self.requests += 1
         try:
@@ -218,12 +215,12 @@ class Fetcher:
                 if self.abort.is_set():
                     return
                 if blob.offset > pos:
-                    _read_exact(body, blob.offset - pos, r.oid, e)
+                    read_exact(body, blob.offset - pos, r.oid, e)
                 pos = blob.offset + blob.stored
                 if blob.raw > STREAM_OVER:
                     self._place_streamed(body, blob, r.oid, e)
                     continue
-                data = _read_exact(body, blob.stored, r.oid, e)
+                data = read_exact(body, blob.stored, r.oid, e)
                 self.on_bytes(len(data))
                 raw = self._decode(data, blob, r.oid, e)
                 self._place_small(e, raw)
@@ -231,20 +228,7 @@ class Fetcher:
             body.close()
 
     def _decode(self, data: bytes, blob: Blob, oid: str, e: Entry) -> bytes:
-        if blob.codec == CODEC_ZSTD:
-            try:
-                raw = _dctx().decompress(data, max_output_size=blob.raw)
-            except zstandard.ZstdError:
-                raise IntegrityError(
-                    f"object {oid} is corrupt: bytes for {e.path!r} do not decompress"
-                ) from None
-        else:
-            raw = data
-        if len(raw) != blob.raw or hashlib.sha256(raw).hexdigest() != e.digest:
-            raise IntegrityError(
-                f"object {oid} is corrupt: {e.path!r} does not match its SHA-256 in the snapshot"
-            )
-        return raw
+        return check_digest(decode_blob(data, blob, e.path), e, oid)
 
     def _place_small(self, e: Entry, raw: bytes) -> None:
         for target in (e, *self.dups.get(e.digest, ())):
@@ -328,7 +312,7 @@ class Fetcher:
         if blob.offset != 0:
             raise IntegrityError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
         self.before_request()
-        body = self.store.open_range(object_key(blob.oid), 0, blob.stored)
+        body = self.raw.open_range(object_key(blob.oid), 0, blob.stored)
         with self._lock:
             self.requests += 1
         h = hashlib.sha256()
@@ -377,7 +361,27 @@ class Fetcher:
         self.on_done(e, cf.final, st)
 
 
-def _read_exact(body, n: int, oid: str, e: Entry) -> bytes:
+def decode_blob(data: bytes, blob: Blob, path: str) -> bytes:
+    """A blob's raw bytes from its stored bytes; IntegrityError when they do not decode."""
+    if blob.codec != CODEC_ZSTD:
+        return data
+    try:
+        return _dctx().decompress(data, max_output_size=blob.raw)
+    except zstandard.ZstdError:
+        raise IntegrityError(
+            f"object {blob.oid} is corrupt: bytes for {path!r} do not decompress") from None
+
+
+def check_digest(raw: bytes, e: Entry, oid: str) -> bytes:
+    """``raw`` if it is exactly the file ``e`` (size and SHA-256), else IntegrityError."""
+    if len(raw) != e.size or hashlib.sha256(raw).hexdigest() != e.digest:
+        raise IntegrityError(
+            f"object {oid} is corrupt: {e.path!r} does not match its SHA-256 in the snapshot")
+    return raw
+
+
+def read_exact(body: Any, n: int, oid: str, e: Entry) -> bytes:
+    """Exactly ``n`` bytes of ``body``; a body that ends early is a transient fault."""
     parts = []
     left = n
     while left:

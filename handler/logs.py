@@ -15,5 +15,6 @@ JOB_ID: contextvars.ContextVar[str] = contextvars.ContextVar("handler_job_id", d
 def log(message: str) -> None:
     # stderr escapes what it cannot encode (lone surrogates from a job): never raises on text.
     job = JOB_ID.get()
-    prefix = "handler: " if job == "-" else f"handler: [{job}] "  # bench/ready.py reads "^handler: "
+    # bench/ready.py reads "^handler: "
+    prefix = "handler: " if job == "-" else f"handler: [{job}] "
     print(prefix + message, file=sys.stderr, flush=True)

@@ -23,8 +23,8 @@ WAV and re-read it (no resampling or 16-bit rounding in between); windows are co
 running sum instead of per-slice ``audioop.rms`` (integer RMS there, float here: levels agree
 to well under 0.01 dB); the 50 ms tail is exactly 50 ms (upstream builds it at pydub's default
 11025 Hz and resamples it, 1198 samples at 24 kHz); and a reference with nothing above
--50 dBFS is refused as silent, where upstream would go on with 50 ms of silence. The ``f5`` test tier compares this module
-with upstream's own functions on the same audio.
+-50 dBFS is refused as silent, where upstream would go on with 50 ms of silence. The ``f5``
+test tier compares this module with upstream's own functions on the same audio.
 """
 
 from __future__ import annotations

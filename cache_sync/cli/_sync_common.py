@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cache_sync.cli.output import Output, human_bytes
+from cache_sync.cli.output import Output
+from cache_sync.progress import human_bytes
 from cache_sync.results import AreaReport
 
 

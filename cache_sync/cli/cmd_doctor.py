@@ -5,15 +5,18 @@ a warning: only gc needs it), 3 when list, read or write is refused."""
 
 from __future__ import annotations
 
+import argparse
+
 from cache_sync import doctor
-from cache_sync.config import _parse_size
+from cache_sync.cli.output import Output
+from cache_sync.config import Settings, _parse_size
 
 NAME = "doctor"
 HELP = "probe the store: what works, the S3 dialect, latency, throughput, fixes"
 EXIT_UNUSABLE = 3  # the storage exit code: the store cannot serve pull or push
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="8M",
                    help="size of the object timed for throughput (default 8M)")
 
@@ -22,7 +25,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
-def run(args, settings, out) -> int:
+def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     size = _parse_size("--size", args.size)
     report = doctor.diagnose(settings, size=max(size, 1))
     rows = [["dialect", report.dialect, "-", report.dialect_reason]]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+
 from cache_sync import garbage
-from cache_sync.cli.output import human_bytes
+from cache_sync.cli.output import Output
+from cache_sync.config import Settings
+from cache_sync.progress import human_bytes
 
 NAME = "gc"
 HELP = ("delete snapshots beyond --keep per area; mark objects no kept snapshot references and "
         "delete those an earlier run marked")
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     p.add_argument("--keep", type=int, metavar="N",
                    help="snapshots to keep per area (default CACHE_SYNC_KEEP or 5)")
@@ -20,7 +24,7 @@ def add_arguments(p) -> None:
                         "CACHE_SYNC_GC_GRACE or 86400)")
 
 
-def run(args, settings, out) -> int:
+def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     data = garbage.gc(settings, dry_run=args.dry_run, keep=args.keep, grace=args.grace)
     verb = "would delete" if args.dry_run else "deleted"
     out.result(data, (f"gc: {verb} {data['snapshots_deleted']} snapshots and "

@@ -10,7 +10,13 @@ from cache_sync import flashattn, workers
 from cache_sync.cli.output import Output
 from cache_sync.config import Settings
 from cache_sync.errors import CacheSyncError, ConfigError
-from cache_sync.install import InstallError, InstallOptions, describe_failure, install
+from cache_sync.install import (
+    InstallError,
+    InstallOptions,
+    InstallReport,
+    describe_failure,
+    install,
+)
 from cache_sync.reqs import SpecSet, parse_file, parse_spec
 
 NAME = "install"
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     return 0
 
 
-def _print(report, out: Output, error: CacheSyncError | None) -> None:
+def _print(report: InstallReport, out: Output, error: CacheSyncError | None) -> None:
     rows = [[u.name, "optional" if u.optional else "required", u.status, u.attempts,
              f"{u.seconds:.1f}s", (u.error[-1] if u.error else ", ".join(
                  f"{k}=={v}" for k, v in sorted(u.new.items())))[:100]]

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cache_sync import __version__
 from cache_sync.cli.output import Output
@@ -35,11 +35,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"cache-sync: error: {message} (see 'cache-sync --help')\n")
 
 
-def _load(name: str):
+def _load(name: str) -> Any:
     return importlib.import_module(f"cache_sync.cli.cmd_{name}")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     parser = _Parser(
         prog="cache-sync",
         description="Keep a serverless worker's cache (packages, models) in an S3 bucket.",
@@ -66,7 +66,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 def _global_options(g: argparse._ArgumentGroup, after_command: bool = False) -> None:
     # After the command, an option not given must not reset what was given before it.
-    kw: dict = {"default": argparse.SUPPRESS} if after_command else {}
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
     g.add_argument("--root", help="local cache root [CACHE_SYNC_ROOT]", **kw)
     g.add_argument("--remote", help="s3://bucket/prefix or file:///path [CACHE_SYNC_REMOTE]",
                    **kw)

@@ -6,7 +6,7 @@ import os
 
 from cache_sync.config import Settings
 from cache_sync.storage.base import ObjectInfo, Readable, Store
-from cache_sync.storage.retry import RetryingStore
+from cache_sync.storage.retry import RetryingStore, RetryPolicy
 
 __all__ = ["ObjectInfo", "Readable", "Store", "open_store", "store_url"]
 
@@ -31,4 +31,5 @@ def open_store(settings: Settings) -> Store:
         from cache_sync.storage.s3 import S3Store
 
         inner = S3Store(settings)
-    return RetryingStore(inner, settings.retries, settings.retry_base, settings.retry_max)
+    return RetryingStore(inner, RetryPolicy(settings.retries, settings.retry_base,
+                                            settings.retry_max))

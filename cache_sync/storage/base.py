@@ -5,9 +5,11 @@ it translates its own failures into ``cache_sync.errors`` (permanent vs transien
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class Store(ABC):
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every key under ``prefix``, in no particular order."""
+        """Every key that starts with ``prefix`` (a string prefix, as S3 defines it), each
+        once, in no particular order; a backend pages internally."""
 
     @abstractmethod
     def delete(self, keys: Sequence[str]) -> None:
@@ -54,6 +57,17 @@ class Store(ABC):
             if info.key == key:
                 return info
         return None
+
+    @property
+    def raw(self) -> Store:
+        """The backend without retries (``RetryingStore`` unwraps itself)."""
+        return self
+
+    def with_retries(self, fn: Callable[[], T],
+                     retry_on: tuple[type[BaseException], ...] = ()) -> T:
+        """Run ``fn``, which makes its requests on ``raw``, under the store's retry policy:
+        each call of ``fn`` is one attempt. A bare backend has no policy: one attempt."""
+        return fn()
 
     def close(self) -> None:
         pass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 from cache_sync.errors import AccessDenied, DiskSpaceError, ObjectNotFound, StorageError
 from cache_sync.fsutil import TMP_PREFIX, AtomicFile
@@ -15,7 +16,7 @@ _TMPS = (TMP_PREFIX, ".tmp-")  # writes in progress (".tmp-": written by older c
 
 
 class _RangeReader:
-    def __init__(self, f, length: int | None) -> None:
+    def __init__(self, f: BinaryIO, length: int | None) -> None:
         self._f = f
         self._left = length
 

@@ -1,6 +1,13 @@
-"""Retries, in exactly one place: transient faults (5xx, SlowDown, resets, timeouts) are
-retried with jittered exponential backoff, honouring Retry-After; permanent ones (403, missing
-object, bad request) fail at once."""
+"""Retries, in exactly one place: transient faults (5xx, SlowDown, resets, timeouts, a stream
+that breaks or arrives corrupt) are retried with full-jitter exponential backoff, at least what
+Retry-After asks and at most the configured cap; permanent ones (403, missing object, bad
+request) fail at once.
+
+One budget per request: ``CACHE_SYNC_RETRIES`` is the number of attempts in total. A reader
+that streams a body (``transfer.Fetcher``) runs its request and the reading of the stream as
+one attempt under ``Store.with_retries``; resuming a broken stream from where it stopped is the
+next attempt of the same budget, never a budget of its own.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ class Backoff:
         self.cap = cap
 
     def __call__(self, state: RetryCallState) -> float:
-        wait = self._jitter(state)
+        wait = float(self._jitter(state))
         exc = state.outcome.exception() if state.outcome else None
         after = getattr(exc, "retry_after", None)
         if after:
@@ -34,51 +41,67 @@ class Backoff:
         return wait
 
 
-def retrying(attempts: int, base: float = 0.2, cap: float = 20.0) -> Retrying:
-    def _log(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.info("retrying after %s (attempt %d of %d)", exc, state.attempt_number, attempts)
+class RetryPolicy:
+    """``attempts`` tries in total, backoff from ``base`` seconds capped at ``cap``."""
 
-    return Retrying(
-        retry=retry_if_exception_type(TransientStorageError),
-        stop=stop_after_attempt(attempts),
-        wait=Backoff(base, cap),
-        before_sleep=_log,
-        reraise=True,
-    )
-
-
-class RetryingStore(Store):
-    """Wraps any store; ``open_range`` retries the request, not the stream (callers retry a
-    broken stream from where they are, see transfer.py)."""
-
-    def __init__(self, inner: Store, attempts: int, base: float = 0.2, cap: float = 20.0):
-        self.inner = inner
-        self.url = inner.url
-        self.attempts = attempts
+    def __init__(self, attempts: int, base: float = 0.2, cap: float = 20.0) -> None:
+        self.attempts = max(1, attempts)
         self.base = base
         self.cap = cap
 
-    def call(self, fn: Callable[[], T]) -> T:
-        return retrying(self.attempts, self.base, self.cap)(fn)
+    def call(self, fn: Callable[[], T],
+             retry_on: tuple[type[BaseException], ...] = (TransientStorageError,)) -> T:
+        def _log(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info("retrying after %s (attempt %d of %d)", exc, state.attempt_number,
+                     self.attempts)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(retry_on),
+            stop=stop_after_attempt(self.attempts),
+            wait=Backoff(self.base, self.cap),
+            before_sleep=_log,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
+class RetryingStore(Store):
+    """Wraps any store: every request is one call under the policy. ``open_range`` retries
+    opening the stream only; a caller that reads streams uses ``with_retries`` over ``raw``
+    so that the request and its stream share one budget."""
+
+    def __init__(self, inner: Store, policy: RetryPolicy) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.policy = policy
+
+    @property
+    def raw(self) -> Store:
+        return self.inner
+
+    def with_retries(self, fn: Callable[[], T],
+                     retry_on: tuple[type[BaseException], ...] = (TransientStorageError,)
+                     ) -> T:
+        return self.policy.call(fn, retry_on)
 
     def get(self, key: str) -> bytes:
-        return self.call(lambda: self.inner.get(key))
+        return self.policy.call(lambda: self.inner.get(key))
 
     def open_range(self, key: str, start: int = 0, length: int | None = None) -> Readable:
-        return self.call(lambda: self.inner.open_range(key, start, length))
+        return self.policy.call(lambda: self.inner.open_range(key, start, length))
 
     def put(self, key: str, data: bytes) -> None:
-        self.call(lambda: self.inner.put(key, data))
+        self.policy.call(lambda: self.inner.put(key, data))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return iter(self.call(lambda: list(self.inner.list(prefix))))
+        return iter(self.policy.call(lambda: list(self.inner.list(prefix))))
 
     def delete(self, keys: Sequence[str]) -> None:
-        self.call(lambda: self.inner.delete(keys))
+        self.policy.call(lambda: self.inner.delete(keys))
 
     def head(self, key: str) -> ObjectInfo | None:
-        return self.call(lambda: self.inner.head(key))
+        return self.policy.call(lambda: self.inner.head(key))
 
     def close(self) -> None:
         self.inner.close()

@@ -57,7 +57,7 @@ def parse_remote(url: str) -> tuple[str, str]:
     return bucket, (prefix + "/" if prefix else "")
 
 
-_clients: dict[tuple, Any] = {}
+_clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
 
 
@@ -193,7 +193,7 @@ class _Body:
 
     def read(self, n: int = -1) -> bytes:
         try:
-            data = self._body.read(n if n >= 0 else None)
+            data: bytes = self._body.read(n if n >= 0 else None)
         except Exception as exc:  # urllib3/botocore stream errors
             raise TransientStorageError(
                 f"connection broken while reading {self._what}: {type(exc).__name__}"
@@ -213,6 +213,7 @@ class S3Store(Store):
     def __init__(self, settings: Settings) -> None:
         self.bucket, self.prefix = parse_remote(settings.remote)
         self.url = settings.remote
+        self.page_size = 1000  # keys per LIST request (S3's maximum)
         try:
             self.client = make_client(settings)
         except Exception as exc:  # profile missing, bad region ...
@@ -253,7 +254,8 @@ class S3Store(Store):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         token = None
         while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._k(prefix),
+                                  "MaxKeys": self.page_size}
             if token:
                 kw["ContinuationToken"] = token
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -67,8 +68,11 @@ class Case:
 
     def pull(self, capsys, *extra: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        os.environ.update({k: v for k, v in self.ws.env.items() if k.startswith("CACHE_SYNC_")})
-        rc = main(["--root", str(self.ws.root), "--remote", self.ws.remote, *extra, "pull"])
+        # The in-process CLI reads os.environ: set the case's variables for this call only
+        # (left behind, CACHE_SYNC_AREAS=packages broke later tests in the same session).
+        with mock.patch.dict(os.environ, {k: v for k, v in self.ws.env.items()
+                                          if k.startswith("CACHE_SYNC_")}):
+            rc = main(["--root", str(self.ws.root), "--remote", self.ws.remote, *extra, "pull"])
         out = capsys.readouterr()
         return rc, out.out, out.err
 

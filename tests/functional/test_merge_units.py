@@ -233,8 +233,11 @@ def test_pull_with_local_changes_merges_them_or_discards_them(tmp_path):
     assert (area / "new.txt").read_text() == "added locally"
     assert (area / "remote.txt").read_text() == "changed remotely"
     # A second pull changes nothing; the push then publishes the merge.
+    # (the up-to-date fast path does not even scan: the remote side did not move)
     again = run_cli(["--json", "pull", "deps"], env["a"]).stdout
-    assert '"local_changes": 3' in again and '"up_to_date": true' in again
+    assert '"up_to_date": true' in again
+    assert (area / "edit.txt").read_text() == "edited locally, same size?"
+    assert not (area / "gone.txt").exists()
     run_cli(["push", "deps"], env["a"])
     run_cli(["pull", "deps"], env["b"])
     assert sorted(os.listdir(tmp_path / "b" / "deps")) == [

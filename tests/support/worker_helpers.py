@@ -89,7 +89,11 @@ class ApiWorker:
             start_new_session=True,
         )
         self.started = time.monotonic()
-        self.ready_seconds = self._wait(ready_timeout)
+        try:
+            self.ready_seconds = self._wait(ready_timeout)
+        except BaseException:  # never leave a worker running behind a failed start
+            self.close()
+            raise
 
     def _wait(self, timeout: float = 60) -> float:
         deadline = time.monotonic() + timeout

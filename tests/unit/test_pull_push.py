@@ -84,3 +84,48 @@ def test_push_without_changes_opens_no_store(tmp_path, pushed, monkeypatch):
     monkeypatch.setattr(push_mod, "open_store", refuse)
     [rep] = push(pushed)
     assert rep.up_to_date
+
+
+def test_up_to_date_pull_decodes_no_state_and_stats_no_file(pushed, tmp_path, monkeypatch):
+    """The warm start on a network volume: after one LIST, a pull whose heads are the ones
+    the root last synced to returns without decoding the state or scanning the area."""
+    from cache_sync import local_cache
+    from cache_sync import pull as pull_mod
+
+    reader = _settings(tmp_path, "reader")
+    pull(reader)
+    (reader.area_path("packages") / "local-only.txt").write_text("not pushed")
+
+    def boom(*_a, **_k):
+        raise AssertionError("the up-to-date path must not get here")
+
+    monkeypatch.setattr(pull_mod, "scan", boom)
+    monkeypatch.setattr(local_cache.CacheState, "load_state", boom)
+    [rep] = pull(reader)
+    assert rep.up_to_date and rep.snapshot
+    assert (reader.area_path("packages") / "local-only.txt").read_text() == "not pushed"
+    monkeypatch.undo()
+
+    # Once the store moves, the full path runs again and brings the new snapshot.
+    (pushed.area_path("packages") / "d0" / "new").write_bytes(b"new")
+    push(pushed)
+    [rep] = pull(reader)
+    assert not rep.up_to_date
+    assert (reader.area_path("packages") / "d0" / "new").read_bytes() == b"new"
+    assert (reader.area_path("packages") / "local-only.txt").read_text() == "not pushed"
+
+
+def test_a_rewritten_state_file_disowns_the_heads_record(pushed, tmp_path):
+    """The heads record vouches only for the state file it was written with."""
+    from cache_sync.local_cache import CacheState
+
+    reader = _settings(tmp_path, "reader")
+    pull(reader)
+    cache = CacheState(reader.root)
+    remote = f"file://{tmp_path}/store"
+    assert cache.synced_heads("packages", remote)
+    state_file = cache.dir / "packages.state.zst"
+    state_file.write_bytes(state_file.read_bytes())  # rewritten: new mtime
+    os.utime(state_file, ns=(1, 1))
+    assert cache.synced_heads("packages", remote) is None
+    assert cache.synced_heads("packages", "file:///elsewhere") is None

@@ -1,0 +1,194 @@
+"""The retry policy, the packer and the transfer engine on the in-memory store: real objects
+packed by ``Packer``, fetched by ``Fetcher`` into a temporary directory, with faults injected
+by ``FaultyStore`` (no server, milliseconds)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cache_sync.errors import IntegrityError, ObjectNotFound, TransientStorageError
+from cache_sync.layout import object_key
+from cache_sync.packer import Packer, Uploader, compress_if_smaller
+from cache_sync.snapshot import CODEC_RAW, CODEC_ZSTD, Entry
+from cache_sync.storage.memory import MemoryStore
+from cache_sync.storage.retry import RetryingStore, RetryPolicy
+from cache_sync.transfer import Fetcher, plan_ranges
+from tests.support.faultstore import FaultyStore
+
+ATTEMPTS = 5
+
+
+def _stores() -> tuple[MemoryStore, FaultyStore, RetryingStore]:
+    mem = MemoryStore()
+    faulty = FaultyStore(mem)
+    return mem, faulty, RetryingStore(faulty, RetryPolicy(ATTEMPTS, base=0.0, cap=0.0))
+
+
+# --- the retry policy: one budget per request ---------------------------------------------
+def test_a_get_that_always_fails_is_tried_exactly_retries_times():
+    mem, faulty, store = _stores()
+    mem.put("objects/aa/x", b"data")
+    faulty.fail("get")
+    with pytest.raises(TransientStorageError):
+        store.get("objects/aa/x")
+    assert faulty.requests["get"] == ATTEMPTS
+
+
+def test_a_get_that_fails_twice_then_succeeds_costs_three_requests():
+    mem, faulty, store = _stores()
+    mem.put("objects/aa/x", b"data")
+    faulty.fail("get", times=2)
+    assert store.get("objects/aa/x") == b"data"
+    assert faulty.requests["get"] == 3
+
+
+def test_a_permanent_error_is_not_retried():
+    _, faulty, store = _stores()
+    with pytest.raises(ObjectNotFound):
+        store.get("objects/aa/missing")
+    assert faulty.requests["get"] == 1
+
+
+def test_retry_after_is_waited_but_never_beyond_the_cap():
+    mem, faulty, _ = _stores()
+    store = RetryingStore(faulty, RetryPolicy(3, base=0.0, cap=0.2))
+    mem.put("k", b"v")
+    faulty.fail("get", times=2, exc=lambda: TransientStorageError("SlowDown", retry_after=60))
+    t0 = time.monotonic()
+    assert store.get("k") == b"v"
+    took = time.monotonic() - t0
+    assert 0.4 <= took < 5  # two waits of min(Retry-After, cap)
+
+
+# --- packer + fetcher ----------------------------------------------------------------------
+def _pack(store, files: dict[str, bytes], pack_size=4096, chunk_size=8192, small=1024,
+          tmp: Path | None = None) -> list[Entry]:
+    """Pack ``files`` as a push does; returns their snapshot entries (with blobs)."""
+    journal: list[dict] = []
+    up = Uploader(store, 4, max_inflight=4, on_stored=journal.append)
+    packer = Packer(up, pack_size, chunk_size, small)
+    digests = {}
+    for path, data in files.items():
+        d = hashlib.sha256(data).hexdigest()
+        digests[path] = d
+        if not data:
+            continue
+        if len(data) <= small:
+            packer.add_small(d, data)
+        else:
+            assert tmp is not None
+            src = tmp / f"src-{d[:8]}"
+            src.write_bytes(data)
+            packer.add_large(d, str(src), len(data))
+    packer.flush()
+    up.wait()
+    journalled = {d for rec in journal for d in rec}
+    assert journalled == {d for p, d in digests.items() if files[p]}  # every blob journalled
+    return [Entry(p, "f", 0o644, 1_700_000_000_000_000_000 + i, len(files[p]), digests[p],
+                  blobs=packer.blobs.get(digests[p], ()))
+            for i, p in enumerate(sorted(files))]
+
+
+def _files(n: int = 12, seed: int = 1) -> dict[str, bytes]:
+    rnd = __import__("random").Random(seed)
+    out = {}
+    for i in range(n):
+        size = rnd.choice([0, 10, 300, 900, 3000, 20000])
+        text = rnd.random() < 0.5  # compressible
+        data = (b"abc" * size)[:size] if text else rnd.randbytes(size)
+        out[f"f{i:02d}"] = data
+    return out
+
+
+def _fetch(store, entries: list[Entry], dest: Path) -> Fetcher:
+    dest.mkdir(exist_ok=True)
+    placed: list[str] = []
+    fetcher = Fetcher(store, str(dest), 3, lambda e, final, st: placed.append(e.path))
+    fetcher.fetch([e for e in entries if e.size])
+    assert sorted(placed) == sorted(e.path for e in entries if e.size)
+    return fetcher
+
+
+def test_packed_and_chunked_files_round_trip(tmp_path):
+    mem, faulty, store = _stores()
+    files = _files()
+    entries = _pack(store, files, tmp=tmp_path)
+    codecs = {b.codec for e in entries for b in e.blobs}
+    assert codecs == {CODEC_RAW, CODEC_ZSTD}  # compressible members are compressed
+    chunked = [e for e in entries if len(e.blobs) > 1]
+    assert chunked and all(b.offset == 0 for e in chunked for b in e.blobs)
+    for oid in {b.oid for e in entries for b in e.blobs}:  # objects are named by their bytes
+        assert hashlib.sha256(mem.get(object_key(oid))).hexdigest() == oid
+    _fetch(store, entries, tmp_path / "out")
+    for e in entries:
+        if e.size:
+            p = tmp_path / "out" / e.path
+            assert p.read_bytes() == files[e.path]
+            assert p.stat().st_mtime_ns == e.mtime_ns and p.stat().st_mode & 0o777 == 0o644
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".cs-tmp-")]
+
+
+def test_compress_if_smaller_keeps_incompressible_bytes_raw():
+    assert compress_if_smaller(os.urandom(5000))[1] == CODEC_RAW
+    assert compress_if_smaller(b"a" * 5000)[1] == CODEC_ZSTD
+
+
+def test_ranges_coalesce_neighbours_and_split_chunked_files(tmp_path):
+    _, _, store = _stores()
+    entries = _pack(store, _files(30, seed=3), pack_size=1 << 20, tmp=tmp_path)
+    ranges, chunked = plan_ranges([e for e in entries if e.size])
+    packed = [e for e in entries if len(e.blobs) == 1 and e.size]
+    assert sum(len(r.members) for r in ranges) == len(packed)
+    assert len(ranges) < len(packed)  # neighbours share a request
+    assert {e.path for e in chunked} == {e.path for e in entries if len(e.blobs) > 1}
+
+
+def test_a_range_that_always_fails_is_requested_exactly_retries_times(tmp_path):
+    _, faulty, store = _stores()
+    entries = _pack(store, {"a": b"x" * 500, "b": b"y" * 600}, tmp=tmp_path)
+    faulty.fail("open_range")
+    with pytest.raises(TransientStorageError):
+        _fetch(store, entries, tmp_path / "out")
+    assert faulty.requests["open_range"] == ATTEMPTS  # one budget, not attempts squared
+
+
+def test_a_broken_stream_resumes_from_the_first_missing_file_as_the_next_attempt(tmp_path):
+    _, faulty, store = _stores()
+    files = {f"m{i}": os.urandom(700) for i in range(4)}  # raw members of one pack
+    entries = _pack(store, files, pack_size=1 << 20, tmp=tmp_path)
+    faulty.break_streams(2, after=1000)  # each attempt places one more file, then breaks
+    fetcher = _fetch(store, entries, tmp_path / "out")
+    assert faulty.requests["open_range"] == 3 and fetcher.requests == 3
+    starts = [start for _, start, _ in faulty.ranges]
+    assert starts == [0, 700, 1400]  # each resume starts at the first file not yet in place
+    for p, data in files.items():
+        assert (tmp_path / "out" / p).read_bytes() == data
+
+
+def test_a_stream_broken_more_often_than_the_budget_fails(tmp_path):
+    _, faulty, store = _stores()
+    entries = _pack(store, {"c": os.urandom(30000)}, tmp=tmp_path)  # chunked
+    faulty.break_streams(100, after=10)
+    with pytest.raises(TransientStorageError):
+        _fetch(store, entries, tmp_path / "out")
+    n_chunks = len(entries[0].blobs)
+    assert faulty.requests["open_range"] <= ATTEMPTS * n_chunks
+    assert not (tmp_path / "out" / "c").exists()
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".cs-tmp-")]
+
+
+def test_corrupt_bytes_are_never_placed(tmp_path):
+    mem, faulty, store = _stores()
+    entries = _pack(store, {"p": b"hello world " * 50}, tmp=tmp_path)
+    oid = entries[0].blobs[0].oid
+    good = mem.get(object_key(oid))
+    mem.objects[object_key(oid)] = (bytes(b ^ 0xFF for b in good), time.time())
+    with pytest.raises(IntegrityError, match=oid):
+        _fetch(store, entries, tmp_path / "out")
+    assert faulty.requests["open_range"] == ATTEMPTS  # corrupt in transit is retried
+    assert not (tmp_path / "out" / "p").exists()
