@@ -5,13 +5,11 @@ granularity (so same-second ties happen, as they do on S3 and B2)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_sync.errors import ObjectNotFound
 from cache_sync.lease import (
     Lease,
     LeaseWaitTimeout,
@@ -19,7 +17,8 @@ from cache_sync.lease import (
     acquire,
     interpret,
 )
-from cache_sync.storage.base import ObjectInfo, Readable, Store
+from cache_sync.storage.base import ObjectInfo
+from cache_sync.storage.memory import MemoryStore
 
 
 class World:
@@ -29,27 +28,23 @@ class World:
         self.t = 1000.0
 
 
-class MemStore(Store):
-    url = "mem://"
+class MemStore(MemoryStore):
+    """The in-memory store, with LastModified taken from the world's clock at the start of a
+    PUT (as S3 stamps it), S3's granularity, and hooks for slow PUTs."""
 
     def __init__(self, world: World, granularity: float = 1.0) -> None:
+        super().__init__("lease")
         self.world, self.granularity = world, granularity
         self.put_seconds: list[float] = []  # durations of the next PUTs (S3 stamps the start)
         self.during_put: list = []  # callables run inside the next PUTs, after the stamp
-        self.objects: dict[str, tuple[bytes, float]] = {}
-        self.lists = 0
+
+    @property
+    def lists(self) -> int:
+        return self.requests["list"]
 
     def _stamp(self) -> float:
         g = self.granularity
         return math.floor(self.world.t / g) * g if g else self.world.t
-
-    def get(self, key: str) -> bytes:
-        if key not in self.objects:
-            raise ObjectNotFound(key)
-        return self.objects[key][0]
-
-    def open_range(self, key: str, start: int = 0, length: int | None = None) -> Readable:
-        raise NotImplementedError
 
     def put(self, key: str, data: bytes) -> None:
         stamp = self._stamp()
@@ -57,16 +52,8 @@ class MemStore(Store):
         hook = self.during_put.pop(0) if self.during_put else None
         if hook is not None:
             hook()
-        self.objects[key] = (data, stamp)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        self.lists += 1
-        return iter([ObjectInfo(k, len(v[0]), v[1]) for k, v in sorted(self.objects.items())
-                     if k.startswith(prefix)])
-
-    def delete(self, keys: Sequence[str]) -> None:
-        for k in keys:
-            self.objects.pop(k, None)
+        super().put(key, data)
+        self.objects[key] = (bytes(data), stamp)
 
 
 TIMING = Timing(expiry=10, renew=2, settle=2)
