@@ -114,6 +114,7 @@ from f5_tts.model import CFM, DiT
 from f5_tts.model.utils import get_tokenizer
 from safetensors.torch import save_file
 from vocos import Vocos
+from tests.support.f5_tiny import vocos_config
 
 models = Path(sys.argv[1])
 f5_dir, vocos_dir = models / "F5TTS_v1_Base", models / "vocos-mel-24khz"
@@ -132,17 +133,7 @@ model = CFM(transformer=DiT(**arch, text_num_embeds=vocab_size, mel_dim=100),
             vocab_char_map=char_map)
 state = {"ema_model." + k: v.contiguous() for k, v in model.state_dict().items()}
 save_file(state, str(f5_dir / "model_1250000.safetensors"))
-(vocos_dir / "config.yaml").write_text('''\
-feature_extractor:
-  class_path: vocos.feature_extractors.MelSpectrogramFeatures
-  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}
-backbone:
-  class_path: vocos.models.VocosBackbone
-  init_args: {input_channels: 100, dim: 512, intermediate_dim: 1536, num_layers: 8}
-head:
-  class_path: vocos.heads.ISTFTHead
-  init_args: {dim: 512, n_fft: 1024, hop_length: 256, padding: center}
-''')
+(vocos_dir / "config.yaml").write_text(vocos_config(512, 1536, 8))  # upstream size
 torch.save(Vocos.from_hparams(str(vocos_dir / "config.yaml")).state_dict(),
            str(vocos_dir / "pytorch_model.bin"))
 """
@@ -160,7 +151,8 @@ def _f5(base: Path, reqs_src: Path) -> Stack:
         _cache_sync_install(root, reqs, wheels, base)
         (base / "packages.done").touch()
     if not (base / "models.done").exists():
-        env = {**os.environ, "PYTHONPATH": str(root / "packages"), "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join([str(root / "packages"), str(REPO)])}
         _run([sys.executable, "-c", F5_MODELS_SCRIPT, str(root / "models")], env)
         (base / "models.done").touch()
     return Stack("f5", root, wheels, reqs, {"HANDLER_ENGINE": "f5", "HANDLER_DEVICE": "cpu"})

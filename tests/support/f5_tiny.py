@@ -20,17 +20,23 @@ TINY_ARCH = {
     "text_mask_padding": True, "qk_norm": None, "pe_attn_head": None, "attn_backend": "torch",
     "attn_mask_enabled": False, "checkpoint_activations": False,
 }
-VOCOS_CONFIG = """\
+def vocos_config(dim: int, intermediate_dim: int, num_layers: int) -> str:
+    """A Vocos mel-24 kHz config (the upstream shape) with the backbone's size chosen."""
+    return f"""\
 feature_extractor:
   class_path: vocos.feature_extractors.MelSpectrogramFeatures
-  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}
+  init_args: {{sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}}
 backbone:
   class_path: vocos.models.VocosBackbone
-  init_args: {input_channels: 100, dim: 32, intermediate_dim: 64, num_layers: 2}
+  init_args: {{input_channels: 100, dim: {dim}, intermediate_dim: {intermediate_dim}, \
+num_layers: {num_layers}}}
 head:
   class_path: vocos.heads.ISTFTHead
-  init_args: {dim: 32, n_fft: 1024, hop_length: 256, padding: center}
+  init_args: {{dim: {dim}, n_fft: 1024, hop_length: 256, padding: center}}
 """
+
+
+VOCOS_CONFIG = vocos_config(32, 64, 2)
 
 
 def build(models: Path) -> dict[str, str]:
