@@ -218,7 +218,6 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             log(result.child_status)
             return result
         if data:
-            status_file.parent.mkdir(parents=True, exist_ok=True)
             readiness.write(status_file, data, code, {})
             env[readiness.ENV_VAR] = str(status_file)
             after = None if later_plan.empty else (

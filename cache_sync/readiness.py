@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from cache_sync.fsutil import write_atomic
+
 ENV_VAR = "CACHE_SYNC_READY_FILE"
 
 
@@ -34,10 +36,8 @@ class AreaNotReady(RuntimeError):
 def write(path: Path, pending: Iterable[str], ready: Iterable[str],
           failed: Mapping[str, str]) -> None:
     """Publish the status atomically: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pending": sorted(pending), "ready": sorted(ready),
-                               "failed": dict(failed)}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"pending": sorted(pending), "ready": sorted(ready),
+                                   "failed": dict(failed)}).encode(), mkdir=True)
 
 
 def read(path: Path) -> dict[str, object]:
