@@ -34,12 +34,12 @@ from cache_sync.progress import Progress
 from cache_sync.progress import enabled as progress_enabled
 from cache_sync.repo import Manifests, ensure_store, list_refs, resolve_areas
 from cache_sync.results import AreaReport
-from cache_sync.snapshot import Blob, Entry, Snapshot, encode
+from cache_sync.snapshot import Blob, BlobMap, Entry, Snapshot, encode
 from cache_sync.storage import Store, open_store, store_url
 
 log = logging.getLogger("cache_sync.push")
 
-Known = dict[str, tuple[Blob, ...]]  # digest -> the stored blobs that hold it
+Known = BlobMap  # digest -> the stored blobs that hold it
 
 
 def check_deadline(deadline: float | None, area: str) -> None:
@@ -157,10 +157,11 @@ class Upload:
     files_read: int = 0
 
     def attach_blobs(self) -> None:
-        blobs = {**self.known, **self.packer.blobs}
         for path, e in self.entries.items():
-            if e.kind == "f":
-                self.entries[path] = e.with_blobs(blobs[e.digest] if e.size else ())
+            if e.kind == "f" and e.size and not e.blobs:
+                d = e.digest
+                blobs = self.packer.blobs.get(d) or self.known[d]
+                self.entries[path] = e.with_blobs(blobs)
 
     def reupload(self, paths: list[str]) -> None:
         """Read, pack and upload ``paths`` again (their objects are gone or going)."""
@@ -188,7 +189,10 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
     nothing here is visible to readers until ``commit``. The caller closes the upload."""
     tree, index, local = work.tree, work.index, work.local
     base = state.entries
-    known: Known = {e.digest: e.blobs for e in (base or {}).values() if e.kind == "f"}
+    known = BlobMap()
+    for e in (base or {}).values():
+        if e.kind == "f":
+            known.add_entry(e)
     if state.based_on and not set(state.based_on) <= {r.id for r in list_refs(store, area)}:
         # gc's retention removed the snapshot this cache was based on, and with it the
         # objects only it named: reuse the base's blobs only where the object is still there.
@@ -273,13 +277,13 @@ def commit(store: Store, cache: CacheState, area: str, state: AreaState,
     cache.clear_journal(area)
 
 
-def still_stored(store: Store, journal: Known) -> Known:
+def still_stored(store: Store, journal: Known | dict[str, tuple[Blob, ...]]) -> Known:
     """Entries (digest -> blobs) whose objects all still exist. The objects of a killed push
     are orphans until a snapshot names them, and ``gc`` deletes orphans older than its grace
     period (a network volume keeps the journal for days): reusing one that is gone would
     commit a snapshot naming a missing object."""
     alive: dict[str, bool] = {}
-    out = {}
+    out = BlobMap()
     for digest, blobs in journal.items():
         for b in blobs:
             if b.oid not in alive:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import posixpath
 import re
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -168,6 +168,72 @@ class Entry:
             self.path, "f", self.mode, self.mtime_ns, self.size, self.digest,
             [list(b) for b in self.blobs],
         ]
+
+
+def _digest_key(digest: str) -> bytes | str:
+    return bytes.fromhex(digest) if _HEX64.fullmatch(digest) else digest
+
+
+class BlobMap:
+    """digest -> the stored blobs that hold those bytes (what a push can reference instead of
+    uploading), compact: the digest as 32 bytes, the blobs packed, or the entry they come
+    from shared. Reads like a ``dict[str, tuple[Blob, ...]]``."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, items: Iterable[tuple[str, Iterable[Blob]]] = ()) -> None:
+        self._m: dict[bytes | str, bytes | Entry | tuple[Blob, ...]] = {}
+        for digest, blobs in items:
+            self[digest] = blobs
+
+    def add_entry(self, e: Entry) -> None:
+        """The blobs of file entry ``e`` (shared with it, not copied)."""
+        rec = e._rec
+        self._m[rec[_DIGEST] if isinstance(rec, bytes) else _digest_key(rec[3])] = e
+
+    def __setitem__(self, digest: str, blobs: Iterable[Blob]) -> None:
+        blobs = tuple(blobs)
+        try:
+            value: bytes | tuple[Blob, ...] = b"".join(
+                _BLOB.pack(bytes.fromhex(b.oid), b.offset, b.stored, b.raw, b.codec)
+                for b in blobs)
+        except (struct.error, ValueError):
+            value = blobs
+        self._m[_digest_key(digest)] = value
+
+    @staticmethod
+    def _blobs(v: bytes | Entry | tuple[Blob, ...]) -> tuple[Blob, ...]:
+        if isinstance(v, Entry):
+            return v.blobs
+        if isinstance(v, bytes):
+            return tuple(Blob(oid.hex(), off, stored, raw, codec)
+                         for oid, off, stored, raw, codec in _BLOB.iter_unpack(v))
+        return v
+
+    def __getitem__(self, digest: str) -> tuple[Blob, ...]:
+        return self._blobs(self._m[_digest_key(digest)])
+
+    def get(self, digest: str, default: tuple[Blob, ...] = ()) -> tuple[Blob, ...]:
+        v = self._m.get(_digest_key(digest))
+        return default if v is None else self._blobs(v)
+
+    def pop(self, digest: str, default: tuple[Blob, ...] | None = None
+            ) -> tuple[Blob, ...] | None:
+        v = self._m.pop(_digest_key(digest), None)
+        return default if v is None else self._blobs(v)
+
+    def __contains__(self, digest: object) -> bool:
+        return isinstance(digest, str) and _digest_key(digest) in self._m
+
+    def __len__(self) -> int:
+        return len(self._m)
+
+    def items(self) -> Iterator[tuple[str, tuple[Blob, ...]]]:
+        for k, v in self._m.items():
+            yield (k.hex() if isinstance(k, bytes) else k), self._blobs(v)
+
+    def update(self, other: BlobMap) -> None:
+        self._m.update(other._m)
 
 
 @dataclass

@@ -60,7 +60,7 @@ class _Range:
     oid: str
     start: int
     end: int
-    members: list[tuple[Blob, Entry]]
+    members: list[Entry]  # single-blob files of object ``oid``, by offset
     placed: int = 0  # members already in place (a retry starts after them)
 
     @property
@@ -102,31 +102,33 @@ class _Chunked:
 
 
 def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
-    """Split files into coalesced pack ranges and chunked files."""
-    by_oid: dict[str, list[tuple[Blob, Entry]]] = defaultdict(list)
+    """Split files into coalesced pack ranges and chunked files. A range holds its entries
+    only (their blob is read off the entry when fetched): no per-file ``Blob`` is kept."""
+    by_oid: dict[str, list[tuple[int, int, Entry]]] = defaultdict(list)
     chunked: list[Entry] = []
     for e in entries:
         blobs = e.blobs
         if len(blobs) == 1 and blobs[0].stored <= SMALL_BLOB:
-            by_oid[blobs[0].oid].append((blobs[0], e))
+            by_oid[blobs[0].oid].append((blobs[0].offset, blobs[0].stored, e))
         else:
             chunked.append(e)
     ranges: list[_Range] = []
-    for oid, members in by_oid.items():
-        members.sort(key=lambda m: m[0].offset)
+    while by_oid:
+        oid, members = by_oid.popitem()
+        members.sort(key=lambda m: m[0])
         cur: _Range | None = None
-        for blob, e in members:
-            end = blob.offset + blob.stored
+        for offset, stored, e in members:
+            end = offset + stored
             if (
                 cur is not None
-                and blob.offset >= cur.end
-                and blob.offset - cur.end <= MAX_GAP
+                and offset >= cur.end
+                and offset - cur.end <= MAX_GAP
                 and end - cur.start <= MAX_RANGE
             ):
                 cur.end = end
-                cur.members.append((blob, e))
+                cur.members.append(e)
             else:
-                cur = _Range(oid, blob.offset, end, [(blob, e)])
+                cur = _Range(oid, offset, end, [e])
                 ranges.append(cur)
     return ranges, chunked
 
@@ -217,16 +219,17 @@ class Fetcher:
         pending = r.members[r.placed:]
         if not pending:
             return
-        start = pending[0][0].offset
+        start = pending[0].blobs[0].offset
         self.before_request()
         body = self.raw.open_range(object_key(r.oid), start, r.end - start)
         with self._lock:
             self.requests += 1
         try:
             pos = start
-            for blob, e in pending:
+            for e in pending:
                 if self.abort.is_set():
                     return
+                blob = e.blobs[0]
                 if blob.offset > pos:
                     read_exact(body, blob.offset - pos, r.oid, e)
                 pos = blob.offset + blob.stored
