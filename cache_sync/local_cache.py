@@ -18,7 +18,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,13 @@ def item_from_stat(rel: str, st: os.stat_result, target: str = "") -> LocalItem:
                      st.st_size if kind == "f" else 0, st.st_ino, st.st_ctime_ns, target)
 
 
-def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
+def scan(area_dir: Path, *, clean_tmp: bool = True,
+         share: Mapping[str, Entry] | None = None) -> dict[str, LocalItem]:
     """Every directory, regular file and symlink below ``area_dir`` (lstat only: no file is
     opened, symlinks are never followed). Leftover temporary files of a killed pull are
-    removed when ``clean_tmp``."""
+    removed when ``clean_tmp``. A path of ``share`` (the state's entries) is that entry's
+    string, not a second copy."""
+    share = share or {}
     items: dict[str, LocalItem] = {}
     if not area_dir.is_dir():
         return items
@@ -64,6 +67,9 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
             for de in it:
                 name = de.name
                 rel = f"{rel_dir}/{name}" if rel_dir else name
+                same = share.get(rel)
+                if same is not None:
+                    rel = same.path
                 if name.startswith(TMP_PREFIX):
                     if clean_tmp:
                         with contextlib.suppress(OSError):
@@ -213,12 +219,15 @@ class CacheState:
         based_on = doc.get("based_on")
         return tuple(str(h) for h in based_on) if isinstance(based_on, list) else None
 
-    def load_index(self, area: str) -> Index:
+    def load_index(self, area: str, share: Mapping[str, Entry] | None = None) -> Index:
+        """The stat index; a path of ``share`` (the state's entries) is that entry's string."""
         index: Index = {}
+        share = share or {}
 
         def member(path: str, r: Any) -> None:
             if isinstance(r, list) and len(r) == 5:  # another shape (an older cache-sync)
-                index[path] = IndexRecord(*r)  # costs only a re-hash
+                same = share.get(path)  # costs only a re-hash
+                index[path if same is None else same.path] = IndexRecord(*r)
 
         return index if _read(self.dir / f"{area}.index.zst", each=member) is not None else {}
 

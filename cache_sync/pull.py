@@ -91,8 +91,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
         return rep
     rep.snapshot = heads[-1]
     area_dir = settings.area_path(area)
-    local = scan(area_dir, clean_tmp=not dry_run)
-    index = cache.load_index(area)
+    local = scan(area_dir, clean_tmp=not dry_run, share=state.entries)
+    index = cache.load_index(area, share=state.entries)
     remote = target  # what the state records: the store's merge, never local changes
     tracked = state.entries or {}  # paths the pull may remove when the target lacks them
     if state.entries is not None and discard_local:
