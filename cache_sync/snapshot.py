@@ -380,7 +380,10 @@ class _Rows:
         if path in self.entries:
             raise FormatError(f"{self.what}: duplicate path {path!r}")
         old = self.reuse.get(path)
-        self.entries[path] = old if old is not None and old == entry else entry
+        if old is not None and old == entry:
+            self.entries[old.path] = old
+        else:
+            self.entries[path] = entry
 
 
 MAX_INT = (1 << 62) - 1  # sizes, offsets, mtimes: beyond this os.utime/seek overflow
