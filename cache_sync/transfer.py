@@ -49,6 +49,14 @@ RETRY_ON = (TransientStorageError, IntegrityError)  # a broken or corrupt stream
 _local = threading.local()
 
 
+def _read_buffer() -> memoryview:
+    """This thread's reusable buffer for streamed reads (one per transfer thread)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(READ))
+    return buf
+
+
 def _dctx() -> zstandard.ZstdDecompressor:
     d = getattr(_local, "dctx", None)
     if d is None:
@@ -259,15 +267,23 @@ class Fetcher:
         self.primary[e.digest] = e.path
 
     def _decoded(self, body: Any, blob: Blob, oid: str, e: Entry
-                 ) -> Iterator[tuple[bytes, bytes]]:
+                 ) -> Iterator[tuple[bytes | memoryview, bytes | memoryview]]:
         """(stored piece, decoded piece) pairs for one blob read from ``body``, one read at
         a time; refuses a body that ends early, does not decompress, or decodes to more
-        bytes than the snapshot says."""
+        bytes than the snapshot says. A body with ``readinto`` (the S3 read client) fills
+        this thread's buffer: no 1 MiB allocation per read, so a piece is valid only until
+        the next one is asked for (every consumer uses it at once)."""
         dobj = _dctx().decompressobj() if blob.codec == CODEC_ZSTD else None
+        fill = getattr(body, "readinto", None)
+        buf = _read_buffer() if fill is not None else None
         left = blob.stored
         decoded = 0
         while left:
-            piece = body.read(min(READ, left))
+            piece: bytes | memoryview
+            if buf is not None and fill is not None:
+                piece = buf[:fill(buf[:min(READ, left)])]
+            else:
+                piece = body.read(min(READ, left))
             if not piece:
                 raise TransientStorageError(
                     f"object {oid} ended early (truncated?) while fetching {e.path!r}")
