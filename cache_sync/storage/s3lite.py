@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.client
 import logging
 import select
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -58,8 +59,15 @@ class _HTTP(http.client.HTTPConnection):
     read_timeout = 60.0
 
     def connect(self) -> None:
-        super().connect()  # connect timeout; then every read waits at most read_timeout
-        self.sock.settimeout(self.read_timeout)
+        # The host as bytes when it is ASCII: a str host makes the socket module load the
+        # idna codec (~7 ms of an up-to-date pull's start) to encode "127.0.0.1".
+        host: str | bytes = self.host
+        if self.host.isascii():
+            host = self.host.encode("ascii")
+        self.sock = socket.create_connection((host, self.port),  # type: ignore[arg-type]
+                                             self.timeout, getattr(self, "source_address", None))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.read_timeout)  # after the connect timeout, per read
 
 
 class _HTTPS(http.client.HTTPSConnection):

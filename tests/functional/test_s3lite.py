@@ -48,6 +48,11 @@ def test_a_pull_imports_no_boto3(remote, tmp_path):
         mods = _imported(proc.stderr)
         assert "cache_sync" in mods, attempt  # the check sees our own imports
         assert not mods & {"boto3", "botocore", "s3transfer", "urllib3"}, attempt
+    # The up-to-date pull (the warm start) also skips what only other work needs: the other
+    # commands' modules and the retry engine (no request failed).
+    names = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert not names & {"tenacity", "cache_sync.install", "cache_sync.cli.cmd_run",
+                        "cache_sync.doctor", "cache_sync.units"}, names
     assert describe(dst / "packages") == describe(src / "packages")
 
 
