@@ -192,6 +192,6 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
     rep.requests = staged.requests
     rep.files = len(staged.paths)
     rep.bytes = plan.fetch_bytes
-    ops = staging.build_ops(plan, area_dir, staged.paths, local)
+    ops = staging.build_ops(plan, area_dir, staged.paths, local, stage)
     local_only = [p for p, e in target.items() if e.kind == "f" and remote.get(p) != e]
     rep.removed = staging.final_phase(cache, area, area_dir, stage, ops, target, local_only)
