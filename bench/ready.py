@@ -71,6 +71,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/cache-sync-bench"))
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--timeout", type=float, default=1800, help="per worker start")
+    ap.add_argument("--fresh-store", action="store_true",
+                    help="seed the stores again (the f5 stack keeps its seeded SeaweedFS data "
+                         "and warm installer caches under DATA_DIR/ready/f5/store)")
     return ap.parse_args(argv)
 
 
@@ -164,8 +167,10 @@ def _free_port() -> int:
 
 # --- the modes -----------------------------------------------------------------------------
 class Bench:
-    def __init__(self, args: argparse.Namespace, stack: Stack, server: Any, scratch: Path) -> None:
+    def __init__(self, args: argparse.Namespace, stack: Stack, server: Any, scratch: Path,
+                 keep: Path) -> None:
         self.args, self.stack, self.server, self.scratch = args, stack, server, scratch
+        self.keep = keep  # what may outlive the run: installer caches
         self.label = "0ms"
         self.base_env = {k: v for k, v in os.environ.items()
                          if not k.startswith(("PIP_", "UV_", "CACHE_SYNC_", "AWS_", "HANDLER_",
@@ -181,40 +186,64 @@ class Bench:
         env.pop("CACHE_SYNC_ENDPOINT_URL", None)
         return env
 
-    # Stores, filled once (untimed).
-    def seed(self) -> None:
+    # Stores, filled once (untimed); a kept store (``state``) remembers what it holds.
+    def seed(self, state_file: Path) -> None:
         client = self.server.client()
-        self.cs_bucket, self.copy_bucket = self.server.make_bucket(), self.server.make_bucket()
-        self.limit_bucket = self.server.make_bucket()
+        state: dict[str, Any] = {}
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+
+        def bucket(name: str) -> str:
+            if name not in state:
+                state[name] = self.server.make_bucket()
+            return str(state[name])
+
+        def done(what: str) -> None:
+            state.setdefault("seeded", []).append(what)
+            state_file.write_text(json.dumps(state))
+
+        self.cs_bucket, self.copy_bucket = bucket("cs_bucket"), bucket("copy_bucket")
+        self.limit_bucket = bucket("limit_bucket")
+        seeded = set(state.get("seeded", []))
         env = {**self.base_env, **self.server.env(), "PYTHONPATH": str(REPO),
                "CACHE_SYNC_ROOT": str(self.stack.root),
                "CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache"}
-        if "cache-sync" in self.modes:
+        if "cache-sync" in self.modes and "cache-sync" not in seeded:
             _log("seeding the cache-sync store")
             subprocess.run([sys.executable, "-m", "cache_sync", "push", *self.stack.areas],
                            env=env, check=True, stdout=subprocess.DEVNULL)
-        for area in self.stack.areas if "s5cmd" in self.modes else ():
-            _log(f"seeding the copy tool's bucket with {area} (one object per file)")
-            subprocess.run(["s5cmd", "--endpoint-url", self.server.endpoint, "--log", "error",
-                            "sync", f"{self.stack.root / area}/", f"s3://{self.copy_bucket}/{area}/"],
-                           env={**self.base_env, **self.server.env()}, check=True)
+            done("cache-sync")
+        if "s5cmd" in self.modes and "s5cmd" not in seeded:
+            for area in self.stack.areas:
+                _log(f"seeding the copy tool's bucket with {area} (one object per file)")
+                subprocess.run(["s5cmd", "--endpoint-url", self.server.endpoint, "--log",
+                                "error", "sync", f"{self.stack.root / area}/",
+                                f"s3://{self.copy_bucket}/{area}/"],
+                               env={**self.base_env, **self.server.env()}, check=True)
+            done("s5cmd")
         self.bytes = _tree_bytes(self.stack.root, self.stack.areas)
-        limit.upload(client, self.limit_bucket, self.bytes)
+        if state.get("limit_bytes") != self.bytes:
+            limit.upload(client, self.limit_bucket, self.bytes)
+            state["limit_bytes"] = self.bytes
+            done("limit")
         # Warm installer caches, as on a volume: one untimed install each.
         self.index = self.scratch / "index"
         from tests.support.pkgindex import build_index
         build_index(self.index, sorted(self.stack.wheels.glob("*.whl")))
-        self.pip_cache, self.uv_cache = self.scratch / "pip-cache", self.scratch / "uv-cache"
+        self.pip_cache, self.uv_cache = self.keep / "pip-cache", self.keep / "uv-cache"
 
     def warm_installers(self, index_url: str) -> None:
         for mode in ("pip", "uv"):
-            if mode in self.modes:
+            stamp = self.keep / f"warm-{mode}.done"
+            if mode in self.modes and not stamp.exists():
+                _log(f"warming {mode}'s cache (untimed)")
                 root = self.scratch / f"warm-{mode}"
                 shutil.rmtree(root, ignore_errors=True)
                 start = Start(self._install_env(index_url), self.scratch / f"warm-{mode}.log")
                 for cmd in self._install_cmds(mode, root / "packages"):
                     start.prelude(cmd, self.args.timeout)
                 shutil.rmtree(root, ignore_errors=True)
+                stamp.touch()
 
     @property
     def modes(self) -> list[str]:
@@ -224,7 +253,9 @@ class Bench:
         return {**self.base_env, "PIP_INDEX_URL": index_url, "UV_INDEX_URL": index_url,
                 "PIP_CACHE_DIR": str(self.pip_cache), "UV_CACHE_DIR": str(self.uv_cache),
                 "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                "UV_NO_CONFIG": "1"}
+                # On a worker the cache (volume) and the target (container disk) are two
+                # filesystems: uv copies. Here they share one, where uv would hard-link.
+                "UV_NO_CONFIG": "1", "UV_LINK_MODE": "copy"}
 
     def _install_cmds(self, mode: str, target: Path) -> list[list[str]]:
         deps, nodeps = plain_requirements(self.stack.reqs)
@@ -325,8 +356,8 @@ def render(results: dict[str, Any]) -> str:
              f"{results['date']}, {results['machine']}; median of {results['n']} "
              "(min-max), seconds")
     header = ("| latency | way | total (min-max) | fetch | import | load | first job | "
-              "vs floor | vs max(limit, floor) |")
-    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|"]
+              "vs floor | vs max(limit, floor) | load avg |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
     for lat, per_mode in results["runs"].items():
         floor = _median(per_mode.get("floor", []), "total")
         lim = results["limit"].get(lat)
@@ -340,9 +371,10 @@ def render(results: dict[str, Any]) -> str:
             ratio = f"{med / floor:.2f}x" if floor else "-"
             ratio_b = f"{med / bound:.2f}x" if bound else "-"
             lines.append(f"| {lat} | {mode} | {med:.2f} ({min(tot):.2f}-{max(tot):.2f}) | "
-                         + " | ".join(cells) + f" | {ratio} | {ratio_b} |")
+                         + " | ".join(cells) + f" | {ratio} | {ratio_b} | "
+                         + f"{_fmt(_median(rows, 'load_avg'))} |")
         lines.append(f"| {lat} | limit: same bytes as one object | {_fmt(lim)} "
-                     "| | | | | | |")
+                     "| | | | | | | |")
     return "\n".join(lines)
 
 
@@ -350,12 +382,12 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def _measure(args: argparse.Namespace, stack: Stack, server: Any, scratch: Path,
-             results: dict[str, Any]) -> None:
+def _measure(args: argparse.Namespace, stack: Stack, server: Any, scratch: Path, keep: Path,
+             results: dict[str, Any], save: Any) -> None:
     from tests.support.pkgindex import serve
 
-    bench = Bench(args, stack, server, scratch)
-    bench.seed()
+    bench = Bench(args, stack, server, scratch, keep)
+    bench.seed(keep / "seed.json")
     results["bytes"] = bench.bytes
     results["files"] = sum(len(f) for a in stack.areas for _, _, f in os.walk(stack.root / a))
     modes = [m for m in bench.modes if m not in ("uv", "s5cmd") or shutil.which(m)]
@@ -369,13 +401,15 @@ def _measure(args: argparse.Namespace, stack: Stack, server: Any, scratch: Path,
             with _endpoints(server.endpoint, index_url, rtt) as (s3, idx):
                 results["limit"][label] = bench.limit_seconds(s3)
                 per_mode: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+                results["runs"][label] = per_mode
                 for run in range(args.runs):
                     k = run % len(modes)
                     for mode in modes[k:] + modes[:k]:  # rotate the order between runs
                         r = bench.start(mode, s3, idx, run)
+                        r["load_avg"] = round(os.getloadavg()[0], 1)
                         _log(f"{label} {mode} run {run + 1}: {r}")
                         per_mode[mode].append(r)
-                results["runs"][label] = per_mode
+                        save()  # a cut-off run still leaves what it measured
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,14 +423,28 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}"}
-    with tempfile.TemporaryDirectory(dir=args.data_dir, prefix="ready-") as tmp:
-        (Path(tmp) / "weed").mkdir()
-        with seaweedfs_server(str(Path(tmp) / "weed")) as server:
-            _measure(args, stack, server, Path(tmp), results)
-    table = render(results)
-    print(table)
     args.results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    (args.results / f"{stamp}-ready-{stack.name}.json").write_text(json.dumps(results, indent=1))
-    (args.results / f"{stamp}-ready-{stack.name}.md").write_text(table + "\n")
+    out = args.results / f"{stamp}-ready-{stack.name}"
+
+    def save() -> None:
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        if results.get("bytes"):
+            out.with_suffix(".md").write_text(render(results) + "\n")
+
+    # The f5 stack's seeded store (8.9 GB, ~15 min to seed) and warm installer caches are kept
+    # for the next run; the tiny stack's are rebuilt in seconds.
+    keep = stack.root.parent / "store"
+    if args.fresh_store or stack.name != "f5":
+        shutil.rmtree(keep, ignore_errors=True)
+    (keep / "weed").mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=args.data_dir, prefix="ready-") as tmp, \
+                seaweedfs_server(str(keep / "weed")) as server:
+            _measure(args, stack, server, Path(tmp), keep, results, save)
+    finally:
+        if stack.name != "f5":
+            shutil.rmtree(keep, ignore_errors=True)
+    save()
+    print(render(results))
     return 0

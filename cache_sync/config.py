@@ -126,6 +126,10 @@ class Settings:
     region: str | None = None
     profile: str | None = None
     s3_dialect: str = "auto"  # aws | b2 | compat (from_env resolves auto); storage/dialect.py
+    # lite | boto3: which client reads an S3 store (from_env resolves auto; a hand-made
+    # Settings left at auto gets boto3); storage/s3common.py choose_client
+    s3_client: str = "auto"
+    ca_bundle: str | None = None  # AWS_CA_BUNDLE / REQUESTS_CA_BUNDLE, as boto3 reads them
     areas: tuple[str, ...] = DEFAULT_AREAS
     transfers: int = 16
     retries: int = 5
@@ -282,6 +286,9 @@ class Settings:
             region=region,
             profile=pick("profile", "profile", "AWS_PROFILE"),
             s3_dialect=dialect,
+            s3_client=_s3_client(pick, env, remote, endpoint, region, key_id and secret,
+                                 sources),
+            ca_bundle=env.get("AWS_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE") or None,
             areas=areas,
             transfers=num("transfers", _parse_int, 16, minimum=1),
             retries=num("retries", _parse_int, 5, minimum=1),
@@ -339,6 +346,26 @@ def _s3_dialect(pick: Any, env: Mapping[str, str], endpoint: str | None,
     dialect, why = derive(endpoint, b2_vars)
     sources["s3_dialect"] = f"auto: {why}"
     return dialect
+
+
+def _s3_client(pick: Any, env: Mapping[str, str], remote: str, endpoint: str | None,
+               region: str | None, static_keys: str | None, sources: dict[str, str]) -> str:
+    """``CACHE_SYNC_S3_CLIENT`` (auto|lite|boto3) resolved to the client that reads the store:
+    ``lite`` (boto3-free) or ``boto3``."""
+    from cache_sync.storage.s3common import CLIENTS, choose_client, parse_remote
+
+    chosen = (pick("s3_client", "s3_client") or "auto").strip().lower()
+    if chosen not in CLIENTS:
+        raise ConfigError(f"CACHE_SYNC_S3_CLIENT={chosen!r} is invalid",
+                          hint="use " + "|".join(CLIENTS))
+    if not remote.startswith("s3://"):
+        return chosen
+    client, why = choose_client(
+        chosen, env, endpoint=endpoint, region=region,
+        profile=pick("profile", "profile", "AWS_PROFILE"), bucket=parse_remote(remote)[0],
+        static_keys=bool(static_keys))
+    sources["s3_client"] = why
+    return client
 
 
 def _install_settings(pick: Any, num: Any) -> dict[str, Any]:

@@ -13,13 +13,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cache_sync import staging
 from cache_sync.config import Settings
-from cache_sync.contents import SmallFiles
 from cache_sync.errors import DeadlineExceeded, DiskSpaceError
 from cache_sync.fsutil import free_bytes, hash_file
 from cache_sync.history import History
+from cache_sync.layout import SnapshotRef
 from cache_sync.local_cache import AreaState, CacheState, cache_lock, scan
 from cache_sync.plan import (
     Index,
@@ -32,12 +32,13 @@ from cache_sync.plan import (
 )
 from cache_sync.progress import Progress
 from cache_sync.progress import enabled as progress_enabled
-from cache_sync.repo import Manifests, current_state, list_refs, open_checked, resolve_areas
+from cache_sync.repo import Manifests, current_state, open_listed, resolve_areas
 from cache_sync.results import AreaReport
 from cache_sync.snapshot import Entry
 from cache_sync.storage import Store
-from cache_sync.transfer import Fetcher
-from cache_sync.units import merger
+
+if TYPE_CHECKING:
+    from cache_sync.transfer import Fetcher
 
 RESERVE = 64 << 20  # never fill the disk to the last byte
 
@@ -58,20 +59,19 @@ def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: boo
     chosen = resolve_areas(settings, areas)
     settings.root.mkdir(parents=True, exist_ok=True)
     with cache_lock(settings.root, settings.lock_timeout):
-        store = open_checked(settings)
+        store, listed = open_listed(settings, chosen)
         cache = CacheState(settings.root)
         manifests = Manifests(store, cache)
-        return [_pull_area(settings, store, cache, manifests, a, dry_run, deadline,
+        return [_pull_area(settings, store, cache, manifests, a, listed[a], dry_run, deadline,
                            discard_local) for a in chosen]
 
 
 def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: Manifests,
-               area: str, dry_run: bool, deadline: float | None,
+               area: str, refs: list[SnapshotRef], dry_run: bool, deadline: float | None,
                discard_local: bool = False) -> AreaReport:
     t0 = time.monotonic()
     check_deadline(deadline, area)
     rep = AreaReport(area, "pull", dry_run=dry_run)
-    refs = list_refs(store, area)
     heads_now = [h.id for h in History(refs).heads]
     if heads_now and not discard_local and cache.synced_heads(area, store.url) == tuple(
             heads_now):
@@ -80,6 +80,10 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
         # exactly as the full path's merge would leave them (the remote side did not move).
         rep.heads, rep.snapshot, rep.up_to_date = heads_now, heads_now[-1], True
         rep.seconds = time.monotonic() - t0
+        return rep
+    if not heads_now:  # nothing to merge: no state to read (an area nobody pushed yet)
+        rep.up_to_date = True
+        rep.note = "the store has no snapshot of this area"
         return rep
     state = cache.load_state(area, store.url)
     heads, target = current_state(store, manifests, area, state, settings.area_path(area),
@@ -101,6 +105,9 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
         # Local changes not yet pushed take part in the merge as the newest head (5.2).
         head, rep.local_changes = local_head(state.entries, hashed_tree(area_dir, local, index))
         if rep.local_changes:
+            from cache_sync.contents import SmallFiles
+            from cache_sync.units import merger
+
             target = merger(area, SmallFiles(store, area_dir))(state.entries, remote, head)
             tracked = {**state.entries, **head}
             rep.note = (f"kept {rep.local_changes} local change(s) not yet pushed; "
@@ -157,6 +164,9 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
     """Stage every file, then run the final phase from a journal (``staging.py``, design
     5.2): a failure before the journal leaves the area exactly as it was. The area becomes
     ``target``; the state records ``remote`` (they differ by the local changes kept)."""
+    from cache_sync import staging  # with the transfer engine: not needed when up to date
+    from cache_sync.transfer import Fetcher
+
     stage = staging.stage_dir(cache, area, area_dir)
     progress = Progress(f"pull {area}", len(plan.fetch) + len(plan.check) + len(plan.copies),
                         plan.fetch_bytes, enabled=progress_enabled(settings.progress,
@@ -182,6 +192,6 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
     rep.requests = staged.requests
     rep.files = len(staged.paths)
     rep.bytes = plan.fetch_bytes
-    ops = staging.build_ops(plan, area_dir, staged.paths, local)
+    ops = staging.build_ops(plan, area_dir, staged.paths, local, stage)
     local_only = [p for p, e in target.items() if e.kind == "f" and remote.get(p) != e]
     rep.removed = staging.final_phase(cache, area, area_dir, stage, ops, target, local_only)

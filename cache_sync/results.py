@@ -4,9 +4,10 @@ worker lifecycle and installer embed in their own reports."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cache_sync.plan import PullSummary
+if TYPE_CHECKING:  # an annotation only: the CLI's reports need not import the planner
+    from cache_sync.plan import PullSummary
 
 
 @dataclass

@@ -19,6 +19,7 @@ anywhere in phase 2 is rolled forward by the next command that takes the root's 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -119,15 +120,22 @@ def _kind(path: str) -> str | None:
 
 
 def build_ops(plan: PullPlan, area_dir: Path, staged: list[str],
-              local: dict[str, LocalItem]) -> list[Op]:
+              local: dict[str, LocalItem], stage: Path | None = None) -> list[Op]:
     """The final phase as data. ``staged``: paths whose new file waits in the stage;
-    ``local``: the scan the plan was made from."""
+    ``local``: the scan the plan was made from. Into an empty area (a cold pull) whose
+    ``stage`` lies outside it, the whole stage is moved as one directory ("tree") instead of
+    one rename per file: on a network volume, where each rename is a round trip, that is most
+    of a cold pull's final phase."""
     root = str(area_dir)
     ops: list[Op] = []
     for rel in plan.remove:  # in the way of a new entry of another kind
         ops.append(["rm", rel, _kind(os.path.join(root, rel))])
-    ops += [["mkdir", d.path] for d in sorted(plan.mkdirs, key=lambda d: d.path)]
-    ops += [["mv", rel] for rel in sorted(staged)]
+    mkdirs = [["mkdir", d.path] for d in sorted(plan.mkdirs, key=lambda d: d.path)]
+    if (not local and not plan.remove and staged and stage is not None
+            and not _inside(stage, area_dir)):
+        ops += [["tree", ""], *mkdirs]  # the area must still be empty when the tree moves
+    else:
+        ops += [*mkdirs, *(["mv", rel] for rel in sorted(staged))]
     ops += [["ln", e.path, e.target, e.mtime_ns] for e in plan.links]
     ops += [["meta", e.path, e.mode, e.mtime_ns] for e in plan.meta]
     for rel in plan.remove_late:  # deleted in the snapshot: only now that all is in place
@@ -161,6 +169,8 @@ def run_ops(area_dir: Path, stage: Path, ops: list[Op]) -> int:
                 removed += 1
         elif kind == "mkdir":
             os.makedirs(p, exist_ok=True)
+        elif kind == "tree":
+            move_tree(stage, area_dir)
         elif kind == "mv":
             src = os.path.join(str(stage), rel)
             if os.path.lexists(src):  # else moved by the run that was killed
@@ -173,6 +183,33 @@ def run_ops(area_dir: Path, stage: Path, ops: list[Op]) -> int:
         else:
             raise ValueError(f"unknown operation {kind!r} in the pull journal")
     return removed
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(parent)]) == \
+        os.path.abspath(parent)
+
+
+def move_tree(stage: Path, area_dir: Path) -> None:
+    """Everything in ``stage`` into ``area_dir``: one rename of the stage over the area when
+    the area is an empty directory (rename(2) replaces an empty directory atomically), else
+    (something appeared in the area, or a killed run moved part of it) file by file, keeping
+    what is already in the area. Idempotent: a run cut off anywhere is finished by the next."""
+    if not stage.exists():
+        return  # moved by the run that was killed
+    try:
+        os.rename(stage, area_dir)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EXDEV, errno.EBUSY):
+            raise
+    sroot = str(stage)
+    for dirpath, _dirs, files in os.walk(sroot):
+        rel_dir = os.path.relpath(dirpath, sroot)
+        dest_dir = os.path.join(str(area_dir), rel_dir) if rel_dir != "." else str(area_dir)
+        os.makedirs(dest_dir, exist_ok=True)
+        for name in files:
+            os.replace(os.path.join(dirpath, name), os.path.join(dest_dir, name))
 
 
 def journal_path(cache: CacheState, area: str) -> Path:

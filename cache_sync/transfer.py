@@ -5,8 +5,12 @@ decode-and-write, verification before a file is put in place.
   request), each decoded, checked against its SHA-256, written to a temporary name in its
   directory and renamed.
 - Chunked files are preallocated under a temporary name; their chunks stream in parallel and
-  are written at their offsets (``os.pwrite``); each chunk is checked against its object id
-  (the SHA-256 of its stored bytes). The file is renamed into place once every chunk is in.
+  are written at their offsets (``os.pwrite``). Each byte is hashed once: the whole-file
+  SHA-256, folded in file order as chunks land. Only when it does not match are the chunks
+  checked one by one against their object ids (the SHA-256 of their stored bytes), the bad ones
+  fetched again and checked as they stream, and the file hashed again: a corrupt object costs
+  a second pass, an honest one none. The file is renamed into place only once its SHA-256
+  matches.
 
 No whole object is ever held in memory. Each request and the reading of its stream is one
 attempt under the store's retry policy (``Store.with_retries``); a broken or corrupt stream is
@@ -17,6 +21,7 @@ that cannot be verified never reaches its final path.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import threading
@@ -42,6 +47,14 @@ STREAM_OVER = 1 << 20  # a ranged file bigger than this is decoded piece by piec
 RETRY_ON = (TransientStorageError, IntegrityError)  # a broken or corrupt stream: fetch again
 
 _local = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """This thread's reusable buffer for streamed reads (one per transfer thread)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(READ))
+    return buf
 
 
 def _dctx() -> zstandard.ZstdDecompressor:
@@ -72,7 +85,9 @@ class _Range:
 class _Chunked:
     """A chunked file being assembled. Its chunks land in any order; the whole-file SHA-256
     is computed in file order as soon as the next chunk is in (reading it back from the page
-    cache while later chunks still download), and checked before the rename."""
+    cache while later chunks still download), and checked before the rename. Chunks are not
+    hashed as they stream (that would hash every byte twice) unless the file is being
+    repaired (``strict``)."""
 
     entry: Entry
     final: str
@@ -81,24 +96,36 @@ class _Chunked:
     offsets: list[int] = field(default_factory=list)  # file offset of each chunk, in order
     landed: set[int] = field(default_factory=set)
     hashed: int = 0  # chunks folded into the hasher so far
-    hasher: Any = field(default_factory=hashlib.sha256)
+    hasher: Any = field(default_factory=lambda: hashlib.sha256())
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    strict: bool = False
+    finishing: bool = False  # claimed by the job that checks and commits the file
+
+    def span(self, index: int) -> tuple[int, int]:
+        """(start, end) of chunk ``index`` in the file."""
+        end = (self.offsets[index + 1] if index + 1 < len(self.offsets) else self.entry.size)
+        return self.offsets[index], end
 
     def fold(self) -> None:
         """Hash every chunk that is next in file order and already on disk (lock held)."""
         assert self.file is not None
         while self.hashed in self.landed:
-            start = self.offsets[self.hashed]
-            end = (self.offsets[self.hashed + 1] if self.hashed + 1 < len(self.offsets)
-                   else self.entry.size)
-            pos = start
-            while pos < end:
-                data = os.pread(self.file.fd, min(READ * 4, end - pos), pos)
-                if not data:
-                    break
-                self.hasher.update(data)
-                pos += len(data)
+            hash_range(self.file.fd, *self.span(self.hashed), self.hasher)
             self.hashed += 1
+
+
+def hash_range(fd: int, start: int, end: int, hasher: Any) -> Any:
+    """Feed bytes [start, end) of ``fd`` to ``hasher`` (4 MiB reads; hashlib releases the
+    GIL for them) and return it."""
+    pos = start
+    while pos < end:
+        data = os.pread(fd, min(READ * 4, end - pos), pos)
+        if not data:
+            break
+        hasher.update(data)
+        pos += len(data)
+    return hasher
 
 
 def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
@@ -186,7 +213,7 @@ class Fetcher:
                         if isinstance(job, _Range):
                             pending.add(pool.submit(self._retry, self._range, job))
                         else:
-                            pending.add(pool.submit(self._retry, self._chunk, *job))
+                            pending.add(pool.submit(self._chunk_job, *job))
                     while pending:
                         done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                         _raise_first(done)
@@ -262,15 +289,23 @@ class Fetcher:
                 self.primary[digest] = e.path
 
     def _decoded(self, body: Any, blob: Blob, oid: str, e: Entry
-                 ) -> Iterator[tuple[bytes, bytes]]:
+                 ) -> Iterator[tuple[bytes | memoryview, bytes | memoryview]]:
         """(stored piece, decoded piece) pairs for one blob read from ``body``, one read at
         a time; refuses a body that ends early, does not decompress, or decodes to more
-        bytes than the snapshot says."""
+        bytes than the snapshot says. A body with ``readinto`` (the S3 read client) fills
+        this thread's buffer: no 1 MiB allocation per read, so a piece is valid only until
+        the next one is asked for (every consumer uses it at once)."""
         dobj = _dctx().decompressobj() if blob.codec == CODEC_ZSTD else None
+        fill = getattr(body, "readinto", None)
+        buf = _read_buffer() if fill is not None else None
         left = blob.stored
         decoded = 0
         while left:
-            piece = body.read(min(READ, left))
+            piece: bytes | memoryview
+            if buf is not None and fill is not None:
+                piece = buf[:fill(buf[:min(READ, left)])]
+            else:
+                piece = body.read(min(READ, left))
             if not piece:
                 raise TransientStorageError(
                     f"object {oid} ended early (truncated?) while fetching {e.path!r}")
@@ -327,7 +362,33 @@ class Fetcher:
                         raise
                     os.ftruncate(cf.file.fd, cf.entry.size)
 
+    def _chunk_job(self, cf: _Chunked, blob: Blob, file_off: int, index: int) -> None:
+        """One chunk under the retry budget; the job that lands the last chunk checks the
+        file (repairing it if need be: outside that budget, so a failed repair is final)
+        and puts it in place."""
+        self._retry(self._chunk, cf, blob, file_off, index)
+        with cf.lock:
+            last = cf.left == 0 and not cf.finishing and not self.abort.is_set()
+            cf.finishing = cf.finishing or last
+        if last:
+            if cf.hasher.hexdigest() != cf.entry.digest:
+                self._repair(cf)
+            if not self.abort.is_set():
+                self._finish_chunked(cf)
+
     def _chunk(self, cf: _Chunked, blob: Blob, file_off: int, index: int) -> None:
+        if not self._stream_chunk(cf, blob, file_off, verify=cf.strict):
+            return
+        with cf.lock:
+            if index in cf.landed:  # a retried chunk that had landed already
+                return
+            cf.landed.add(index)
+            cf.fold()
+            cf.left -= 1
+
+    def _stream_chunk(self, cf: _Chunked, blob: Blob, file_off: int, verify: bool) -> bool:
+        """Fetch one chunk and write it at its offset; True once all of it is written. With
+        ``verify``, its stored bytes are checked against the object id as they stream."""
         e = cf.entry
         if blob.offset != 0:
             raise IntegrityError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
@@ -335,13 +396,14 @@ class Fetcher:
         body = self.raw.open_range(object_key(blob.oid), 0, blob.stored)
         with self._lock:
             self.requests += 1
-        h = hashlib.sha256()
+        h = hashlib.sha256() if verify else None
         written = 0
         try:
             for piece, out in self._decoded(body, blob, blob.oid, e):
                 if self.abort.is_set():
-                    return
-                h.update(piece)
+                    return False
+                if h is not None:
+                    h.update(piece)
                 if out:
                     assert cf.file is not None
                     with writing(cf.final):
@@ -349,26 +411,39 @@ class Fetcher:
                     written += len(out)
         finally:
             body.close()
-        if h.hexdigest() != blob.oid or written != blob.raw:
+        if written != blob.raw or (h is not None and h.hexdigest() != blob.oid):
             raise IntegrityError(
-                f"object {blob.oid} is corrupt or truncated: chunk of {e.path!r} does not "
-                "match its SHA-256"
+                f"object {blob.oid} is corrupt or truncated: chunk of {cf.entry.path!r} does "
+                "not match its SHA-256"
             )
-        with cf.lock:
-            if index in cf.landed:  # a retried chunk that had landed already
+        return True
+
+    def _repair(self, cf: _Chunked) -> None:
+        """The assembled file does not match its SHA-256: find the chunks that do not match
+        their object ids (stored-raw ones are checked on disk; compressed ones, whose stored
+        bytes are gone, are fetched again), fetch those again with verification under the
+        retry budget, then hash the file again. If every chunk matches and the file still
+        does not, the snapshot itself is wrong: permanent, not retried."""
+        e = cf.entry
+        assert cf.file is not None
+        cf.strict = True  # a retried chunk job verifies from now on
+        for i, blob in enumerate(e.blobs):
+            start, end = cf.span(i)
+            if (blob.codec != CODEC_ZSTD and blob.offset == 0 and blob.stored == end - start
+                    and hash_range(cf.file.fd, start, end, hashlib.sha256()).hexdigest()
+                    == blob.oid):
+                continue
+            self.store.with_retries(
+                functools.partial(self._stream_chunk, cf, blob, start, True), RETRY_ON)
+            if self.abort.is_set():
                 return
-            cf.landed.add(index)
-            cf.fold()
-            cf.left -= 1
-            last = cf.left == 0
-        if last:
-            if cf.hasher.hexdigest() != e.digest:
-                # Every chunk matched its object id, so this is the manifest lying (chunks
-                # swapped, wrong digest): permanent, not retried.
-                raise FormatError(
-                    f"snapshot entry {e.path!r}: its chunks do not add up to its SHA-256 "
-                    "(chunks swapped, or the entry's hash is wrong); nothing was put in place")
-            self._finish_chunked(cf)
+        whole = hash_range(cf.file.fd, 0, e.size, hashlib.sha256()).hexdigest()
+        if whole != e.digest:
+            # Every chunk matched its object id, so this is the manifest lying (chunks
+            # swapped, wrong digest): permanent, not retried.
+            raise FormatError(
+                f"snapshot entry {e.path!r}: its chunks do not add up to its SHA-256 "
+                "(chunks swapped, or the entry's hash is wrong); nothing was put in place")
 
     def _finish_chunked(self, cf: _Chunked) -> None:
         e = cf.entry

@@ -39,7 +39,32 @@ def _load(name: str) -> Any:
     return importlib.import_module(f"cache_sync.cli.cmd_{name}")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+# Global options that take a value (the command is the first word that is not one of these
+# values): ``_command_in`` must skip them to find the command without parsing.
+_VALUE_OPTIONS = ("--root", "--remote", "--endpoint-url", "--region", "--profile", "--areas",
+                  "--transfers", "--progress")
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv``, found without importing any command module, or None
+    (no command, or a word that is none: the full parser then says what is valid)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--":
+            return None
+        elif word.startswith("-"):
+            skip = word in _VALUE_OPTIONS
+        else:
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    """The parser; with ``only``, with that one command's module imported (an up-to-date
+    pull must not pay for importing install, run and doctor: docs/design.md "The read
+    path")."""
     parser = _Parser(
         prog="cache-sync",
         description="Keep a serverless worker's cache (packages, models) in an S3 bucket.",
@@ -48,7 +73,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     _global_options(parser.add_argument_group("global options (env var in brackets)"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     modules = {}
-    for name in COMMANDS:
+    for name in (only,) if only else COMMANDS:
         try:
             mod = _load(name)
         except ModuleNotFoundError as exc:  # a command whose module is not built yet
@@ -99,7 +124,8 @@ def _limit_malloc_arenas() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _limit_malloc_arenas()
-    parser, modules = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, modules = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)

@@ -27,6 +27,10 @@ def open_store(settings: Settings) -> Store:
         from cache_sync.storage.local import LocalStore
 
         inner: Store = LocalStore(store_url(settings.remote)[len(FILE):])
+    elif settings.s3_client == "lite":  # no boto3 import on the read path (docs/design.md)
+        from cache_sync.storage.s3lite import S3LiteStore
+
+        inner = S3LiteStore(settings)
     else:
         from cache_sync.storage.s3 import S3Store
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import boto3
@@ -19,22 +18,11 @@ import botocore.exceptions as bex
 from botocore.config import Config
 
 from cache_sync.config import Settings
-from cache_sync.errors import (
-    AccessDenied,
-    ConfigError,
-    ObjectNotFound,
-    StorageError,
-    TransientStorageError,
-)
+from cache_sync.errors import ConfigError, ObjectNotFound, StorageError, TransientStorageError
 from cache_sync.storage import dialect as s3_dialect
 from cache_sync.storage.base import ObjectInfo, Readable, Store
+from cache_sync.storage.s3common import dialect_of, error_from_reply, parse_remote
 
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden",
-           "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
-_MISSING = {"NoSuchKey", "404", "NotFound"}
-_TRANSIENT = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502",
-              "503", "504", "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
-              "OperationAborted"}
 _NETWORK = (
     bex.EndpointConnectionError,
     bex.ConnectionClosedError,
@@ -45,16 +33,6 @@ _NETWORK = (
     bex.ProxyConnectionError,
     bex.HTTPClientError,
 )
-
-
-def parse_remote(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, 'prefix/')."""
-    rest = url[len("s3://"):]
-    bucket, _, prefix = rest.partition("/")
-    if not bucket:
-        raise ConfigError(f"remote {url!r} names no bucket", hint="use s3://bucket/prefix")
-    prefix = prefix.strip("/")
-    return bucket, (prefix + "/" if prefix else "")
 
 
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -100,69 +78,19 @@ def _new_client(settings: Settings) -> Any:
     return client
 
 
-def dialect_of(settings: Settings) -> str:
-    """The concrete dialect (``Settings.from_env`` resolves ``auto``; a hand-made Settings may
-    not have)."""
-    if settings.s3_dialect in s3_dialect.DIALECTS:
-        return settings.s3_dialect
-    return s3_dialect.derive(settings.endpoint_url, False)[0]
-
-
-def _retry_after(headers: dict[str, str]) -> float | None:
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            import time
-
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 def translate(exc: Exception, what: str) -> Exception:
-    """Map a botocore failure to our hierarchy; ``what`` names the key or operation. A store's
-    error keeps its code (``StorageError.code``) for ``doctor``'s diagnosis."""
+    """Map a botocore failure to our hierarchy (``s3common.error_from_reply``, shared with the
+    boto3-free client); ``what`` names the key or operation."""
     if isinstance(exc, bex.ClientError):
-        err = _translate_client_error(exc, what)
-        if isinstance(err, StorageError):
-            code = exc.response.get("Error", {}).get("Code") or exc.response.get(
-                "ResponseMetadata", {}).get("HTTPStatusCode", "")
-            err.code = str(code)
-        return err
+        return _translate_client_error(exc, what)
     return _translate_other(exc, what)
 
 
 def _translate_client_error(exc: bex.ClientError, what: str) -> Exception:
     err = exc.response.get("Error", {})
-    code = str(err.get("Code", ""))
     meta = exc.response.get("ResponseMetadata", {})
-    status = str(meta.get("HTTPStatusCode", ""))
-    if code == "NoSuchBucket":
-        return StorageError(f"bucket does not exist ({what})", hint="create it first")
-    if code in _MISSING or (status == "404" and not code):
-        return ObjectNotFound(f"{what} not found")
-    if code in _DENIED or status == "403":
-        return AccessDenied(
-            f"access denied ({code or status}) on {what}",
-            hint="check the key id/secret and that the key may use this bucket",
-        )
-    if code in _TRANSIENT or status.startswith("5"):
-        return TransientStorageError(
-            f"{code or status} on {what}",
-            retry_after=_retry_after(meta.get("HTTPHeaders", {})),
-        )
-    message = str(err.get("Message", ""))
-    if "nsupported header" in message or code == "NotImplemented":
-        return StorageError(
-            f"the store refused a request header: {message} ({what})",
-            hint="set CACHE_SYNC_S3_DIALECT=compat (or b2 for Backblaze) and run "
-            "`cache-sync doctor`",
-        )
-    return StorageError(f"{code or status}: {message} ({what})".strip())
+    return error_from_reply(str(err.get("Code", "")), str(meta.get("HTTPStatusCode", "")),
+                            str(err.get("Message", "")), meta.get("HTTPHeaders", {}), what)
 
 
 def _translate_other(exc: Exception, what: str) -> Exception:

@@ -124,3 +124,24 @@ def test_kill_in_the_final_phase_is_rolled_forward(world, at):
     assert not list((b.root / ".cache-sync").glob("*.apply.json"))
     up = b.run("--json", "pull")
     assert '"up_to_date": true' in up.stdout, up.stdout
+
+
+@pytest.mark.parametrize("at", ["pull:final-op#1", "pull:final-op#2", "pull:final-op#4",
+                                "pull:final-done#1"])
+def test_cold_pull_moves_its_stage_as_one_tree_and_a_kill_around_it_rolls_forward(world, at):
+    """Into an empty area the final phase renames the whole stage once (no rename per file);
+    a SIGKILL before that rename, right after it, or later is finished by the next command."""
+    a, _, _ = world
+    c = a.sibling("c")
+    env = {**c.env, "FAULTS_KILL_AT": at,
+           "PYTHONPATH": KILLPOINT + os.pathsep + c.env["PYTHONPATH"]}
+    r = c.run("pull", ok=False, env=env)
+    assert r.returncode == -9, f"not killed at {at}: {r.returncode} {r.stderr}"
+    [journal] = (c.root / ".cache-sync").glob("*.apply.json")
+    ops = __import__("json").loads(journal.read_bytes())["ops"]
+    assert ["tree", ""] in ops and not [op for op in ops if op[0] == "mv"]
+    c.run("verify")
+    assert crash.diff_trees(a.tree(), c.tree(), mtime=True) == []
+    assert not any((c.root / ".cache-sync" / "stage").glob("*/*"))
+    up = c.run("--json", "pull")
+    assert '"up_to_date": true' in up.stdout, up.stdout

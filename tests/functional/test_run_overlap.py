@@ -51,15 +51,22 @@ def _run_child(env: dict[str, str], tmp: Path, *run_args: str) -> tuple[dict, di
 
 
 def test_worker_starts_while_models_pull_and_waits_for_them(moto, tmp_path):
-    # moto serves ranged GETs at ~20 MB/s: a 24 MiB model takes about a second to pull,
-    # while the child reads the status file within ~50 ms of starting.
-    weights = os.urandom(24 << 20)
+    # Every object is served 2 s late (a fault proxy's delay), so the child, which reads the
+    # status file within ~50 ms of starting, starts while models/ is still pulling however
+    # fast the read path is.
+    from tests.support.faultproxy import FaultProxy
+
+    weights = os.urandom(12 << 20)
     src = _source(tmp_path, weights)
     env = cli_env(f"s3://{moto.make_bucket()}/c", {**moto.env(), "CACHE_SYNC_ROOT": str(src)})
     run_cli(["push", "packages", "models"], env)
 
-    env["CACHE_SYNC_ROOT"] = str(tmp_path / "worker")
-    result, seen = _run_child(env, tmp_path, "--no-push", "--overlap")
+    with FaultProxy(moto.endpoint, seed=1, max_seconds=170) as proxy:
+        proxy.add("delay", method="GET", key="/objects/", seconds=2.0)  # packages' too
+        env.update({"CACHE_SYNC_ROOT": str(tmp_path / "worker"),
+                    "CACHE_SYNC_ENDPOINT_URL": proxy.endpoint})
+        result, seen = _run_child(env, tmp_path, "--no-push", "--overlap")
+        assert proxy.injected["delay"] >= 1
     assert result["exit_code"] == 0, result
     assert seen["packages_at_start"] is True
     assert seen["status_at_start"]["pending"] == ["models"]  # started before models arrived

@@ -1,5 +1,7 @@
 """The storage contract (``cache_sync/storage/base.py``), one suite for every backend: in
-memory, a local directory, S3 on a moto server and S3 on SeaweedFS (real HTTP on 127.0.0.1).
+memory, a local directory, S3 on a moto server and S3 on SeaweedFS (real HTTP on 127.0.0.1),
+each S3 server once through boto3 (``s3.py``) and once through the boto3-free read client
+(``s3lite.py``: its SigV4 must be accepted by both servers).
 Each test gets a fresh namespace (bucket or directory) and the raw backend, without the retry
 wrapper, so what is checked is the backend's own behaviour at its edges."""
 
@@ -21,16 +23,18 @@ from cache_sync.storage.base import Store
 from cache_sync.storage.local import LocalStore
 from cache_sync.storage.memory import MemoryStore
 from cache_sync.storage.s3 import S3Store
+from cache_sync.storage.s3lite import S3LiteStore
 from tests.support.s3servers import free_port
 
-BACKENDS = ["memory", "local", "moto", "seaweedfs"]
+BACKENDS = ["memory", "local", "moto", "seaweedfs", "moto-lite", "seaweedfs-lite"]
 
 
-def _s3(server, tmp_path, bucket: str | None = None, **env_over: str) -> S3Store:
+def _s3(server, tmp_path, bucket: str | None = None, lite: bool = False,
+        **env_over: str) -> Store:
     bucket = bucket or server.make_bucket()
-    env = {**server.env(), **env_over}
-    return S3Store(Settings.from_env(env, root=str(tmp_path / "root"),
-                                     remote=f"s3://{bucket}/cs"))
+    env = {**server.env(), "CACHE_SYNC_S3_CLIENT": "lite" if lite else "boto3", **env_over}
+    settings = Settings.from_env(env, root=str(tmp_path / "root"), remote=f"s3://{bucket}/cs")
+    return S3LiteStore(settings) if lite else S3Store(settings)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,8 +44,8 @@ def backend(request, tmp_path) -> tuple[str, Store]:
         return kind, MemoryStore()
     if kind == "local":
         return kind, LocalStore(str(tmp_path / "store"))
-    server = request.getfixturevalue("moto" if kind == "moto" else "seaweed")
-    return kind, _s3(server, tmp_path)
+    server = request.getfixturevalue("seaweed" if kind.startswith("seaweedfs") else "moto")
+    return kind, _s3(server, tmp_path, lite=kind.endswith("-lite"))
 
 
 def _page(store: Store, n: int) -> None:
@@ -156,14 +160,16 @@ def test_errors_are_classified_permanent_or_transient(backend, tmp_path, request
             (tmp_path / "afile").write_bytes(b"x")
             permanent.append((LocalStore(str(tmp_path / "afile")), "put", StorageError))
     else:
-        server = request.getfixturevalue("moto" if kind == "moto" else "seaweed")
-        permanent.append((_s3(server, tmp_path, bucket="no-such-bucket-here"), "get",
-                          StorageError))
-        if kind == "seaweedfs":  # moto accepts any credentials
-            permanent.append((_s3(server, tmp_path, AWS_SECRET_ACCESS_KEY="wrong" * 8), "get",
-                              AccessDenied))
+        server = request.getfixturevalue("seaweed" if kind.startswith("seaweedfs") else "moto")
+        lite = kind.endswith("-lite")
+        permanent.append((_s3(server, tmp_path, bucket="no-such-bucket-here", lite=lite),
+                          "get", StorageError))
+        if kind.startswith("seaweedfs"):  # moto accepts any credentials
+            permanent.append((_s3(server, tmp_path, lite=lite,
+                                  AWS_SECRET_ACCESS_KEY="wrong" * 8), "get", AccessDenied))
         dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: a network error
-        transient.append(_s3(server, tmp_path, bucket="b", CACHE_SYNC_ENDPOINT_URL=dead))
+        transient.append(_s3(server, tmp_path, bucket="b", lite=lite,
+                             CACHE_SYNC_ENDPOINT_URL=dead))
     for st, op, expected in permanent:
         with pytest.raises(expected) as err:
             st.put("objects/aa/x", b"x") if op == "put" else st.get("objects/aa/x")

@@ -29,11 +29,30 @@ class _Breaking:
         self.inner.close()
 
 
+class _Flipping:
+    """A stream whose first byte arrives flipped (corruption in transit)."""
+
+    def __init__(self, inner: Readable) -> None:
+        self.inner, self.first = inner, True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        if self.first and data:
+            self.first = False
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        return data
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class FaultyStore(Store):
     """``fail(kind, times, exc=..., match=...)``: the next ``times`` requests of ``kind``
     ("get", "open_range", "put", "list", "head", "delete") on keys containing ``match`` raise
     ``exc()`` (times=None: forever). ``break_streams(times, after)``: the next ``times``
-    streams opened break after ``after`` bytes. ``requests`` counts every request made."""
+    streams opened break after ``after`` bytes. ``corrupt_streams(times, match)``: the next
+    ``times`` streams of keys containing ``match`` arrive with their first byte flipped.
+    ``requests`` counts every request made."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
@@ -42,6 +61,7 @@ class FaultyStore(Store):
         self.ranges: list[tuple[str, int, int | None]] = []
         self._rules: list[list] = []
         self._breaks: list[int] = []
+        self._flips: list[list] = []
         self._lock = threading.Lock()
 
     def fail(self, kind: str, times: int | None = None, match: str = "",
@@ -51,6 +71,9 @@ class FaultyStore(Store):
 
     def break_streams(self, times: int, after: int) -> None:
         self._breaks += [after] * times
+
+    def corrupt_streams(self, times: int, match: str = "") -> None:
+        self._flips.append([times, match])
 
     def _request(self, kind: str, key: str) -> None:
         with self._lock:
@@ -70,7 +93,12 @@ class FaultyStore(Store):
         with self._lock:
             self.ranges.append((key, start, length))
             after = self._breaks.pop(0) if self._breaks else None
+            flip = next((f for f in self._flips if f[0] > 0 and f[1] in key), None)
+            if flip is not None:
+                flip[0] -= 1
         body = self.inner.open_range(key, start, length)
+        if flip is not None:
+            body = _Flipping(body)
         return body if after is None else _Breaking(body, after)
 
     def put(self, key: str, data: bytes) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_sync.errors import IntegrityError, ObjectNotFound, TransientStorageError
+from cache_sync.errors import FormatError, IntegrityError, ObjectNotFound, TransientStorageError
 from cache_sync.layout import object_key
 from cache_sync.packer import Packer, Uploader, compress_if_smaller
 from cache_sync.snapshot import CODEC_RAW, CODEC_ZSTD, Entry
@@ -192,3 +192,76 @@ def test_corrupt_bytes_are_never_placed(tmp_path):
         _fetch(store, entries, tmp_path / "out")
     assert faulty.requests["open_range"] == ATTEMPTS  # corrupt in transit is retried
     assert not (tmp_path / "out" / "p").exists()
+
+
+# --- chunked files: each byte hashed once; a corrupt chunk costs a repair pass -------------
+def _chunked_file(store, tmp: Path, compressible: bool = False) -> tuple[Entry, bytes]:
+    data = (b"0123456789abcdef" * 4096) if compressible else os.urandom(65536)
+    entries = _pack(store, {"big": data}, tmp=tmp)
+    assert len(entries[0].blobs) == 8  # 8 KiB chunks in these tests
+    return entries[0], data
+
+
+def test_an_honest_chunked_file_is_hashed_once(tmp_path, monkeypatch):
+    import cache_sync.transfer as transfer
+
+    _, faulty, store = _stores()
+    entry, data = _chunked_file(store, tmp_path)
+    hashed = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self) -> None:
+            self.h = real()
+
+        def update(self, b: bytes) -> None:
+            hashed.append(len(b))
+            self.h.update(b)
+
+        def hexdigest(self) -> str:
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(transfer.hashlib, "sha256", Counting)
+    _fetch(store, [entry], tmp_path / "out")
+    assert (tmp_path / "out" / "big").read_bytes() == data
+    assert sum(hashed) == len(data)  # not twice: chunk ids are checked only on a mismatch
+    assert faulty.requests["open_range"] == len(entry.blobs)
+
+
+@pytest.mark.parametrize("compressible", [False, True])
+def test_a_chunk_corrupted_in_transit_is_fetched_again_and_nothing_else(tmp_path, compressible):
+    _, faulty, store = _stores()
+    entry, data = _chunked_file(store, tmp_path, compressible)
+    bad = entry.blobs[3].oid
+    faulty.corrupt_streams(1, match=bad)
+    _fetch(store, [entry], tmp_path / "out")
+    assert (tmp_path / "out" / "big").read_bytes() == data
+    again = [k for k, _, _ in faulty.ranges[len(entry.blobs):]]
+    if compressible:  # stored bytes are gone once decoded: compressed chunks are re-checked
+        assert object_key(bad) in again
+    else:  # raw chunks are checked on disk: only the corrupt one is fetched again
+        assert again == [object_key(bad)]
+
+
+def test_a_chunk_corrupt_in_the_store_fails_after_the_budget_and_nothing_is_placed(tmp_path):
+    mem, faulty, store = _stores()
+    entry, _ = _chunked_file(store, tmp_path)
+    oid = entry.blobs[5].oid
+    good = mem.get(object_key(oid))
+    mem.objects[object_key(oid)] = (bytes([good[0] ^ 1]) + good[1:], time.time())
+    with pytest.raises(IntegrityError, match=oid):
+        _fetch(store, [entry], tmp_path / "out")
+    assert faulty.requests["open_range"] == len(entry.blobs) + ATTEMPTS
+    assert not (tmp_path / "out" / "big").exists()
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".cs-tmp-")]
+
+
+def test_chunks_in_the_wrong_order_are_a_lying_snapshot_not_a_retry(tmp_path):
+    _, faulty, store = _stores()
+    entry, _ = _chunked_file(store, tmp_path)
+    swapped = Entry(entry.path, "f", entry.mode, entry.mtime_ns, entry.size, entry.digest,
+                    blobs=tuple(reversed(entry.blobs)))
+    with pytest.raises(FormatError, match="do not add up"):
+        _fetch(store, [swapped], tmp_path / "out")
+    assert faulty.requests["open_range"] == len(entry.blobs)  # checked on disk, not refetched
+    assert not (tmp_path / "out" / "big").exists()

@@ -1,0 +1,30 @@
+"""The CLI imports only the command it runs (an up-to-date pull must not pay for importing
+install, run and doctor), and still finds the command behind any global option."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache_sync.cli.main import COMMANDS, _command_in, build_parser
+
+
+@pytest.mark.parametrize("argv,command", [
+    (["pull"], "pull"),
+    (["--root", "/r", "pull", "packages"], "pull"),
+    (["-v", "--json", "--remote", "s3://b/p", "push"], "push"),
+    (["--root=/r", "--progress", "off", "status"], "status"),
+    (["--areas", "pull", "log"], "log"),  # an option's value named like a command
+    (["--help"], None),
+    ([], None),
+    (["frobnicate"], None),  # not a command: the full parser says what is valid
+])
+def test_the_command_is_found_without_parsing(argv, command):
+    assert _command_in(argv) == command
+
+
+def test_one_command_parser_parses_like_the_full_one():
+    full, all_modules = build_parser()
+    one, modules = build_parser("pull")
+    assert set(all_modules) == set(COMMANDS) and list(modules) == ["pull"]
+    argv = ["--root", "/r", "pull", "--dry-run", "packages", "--transfers", "4"]
+    assert vars(full.parse_args(argv)) == vars(one.parse_args(argv))
