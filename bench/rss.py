@@ -85,14 +85,15 @@ else:
 """
 
 
-def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict:
+def run_child(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = REPO) -> dict:
     """Run ``cmd`` (``python -m MODULE ...`` or ``python -c CODE``): its peak RSS (its own
     VmHWM, reported at exit), wall time, and CPU time (user + sys, from wait4)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as hwm:
         env = {**env, "BENCH_RSS_OUT": hwm.name}
         proc = subprocess.Popen([cmd[0], "-c", _HWM, *cmd[1:]], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                cwd=cwd)  # sys.path[0] of ``-c`` is the cwd: the code measured
         try:
             _pid, status, ru = _wait4(proc.pid, timeout)
         except TimeoutError:
@@ -188,7 +189,7 @@ def measure_tree(n: int, args: argparse.Namespace, stores: dict, scratch: Path) 
                     _log(f"  changed {changed:,} files")
                 root = src if op.endswith("push") else dst
                 row = {"files": tree.files, "bytes": tree.bytes, "store": name, "op": op,
-                       **run_child(cs(root, op.split("_")[1]), env, args.timeout)}
+                       **run_child(cs(root, op.split("_")[1]), env, args.timeout, args.code)}
                 rows.append(row)
                 _log(f"  {n:>7,} {name:5s} {op:10s} {row['seconds']:7.2f}s cpu "
                      f"{row['cpu']:7.2f}s rss {row['peak_rss'] / MiB:6.0f} MiB"
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for name, code in BASELINES.items():
         rows.append({"files": 0, "store": name, "op": "baseline",
-                     **run_child([sys.executable, "-c", code], env, 120)})
+                     **run_child([sys.executable, "-c", code], env, 120, args.code)})
     scratch = Path(tempfile.mkdtemp(prefix="cache-sync-rss-", dir=args.data_dir))
     try:
         with _stores([s.strip() for s in args.stores.split(",")], scratch) as stores:

@@ -249,7 +249,7 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
         progress.close()
     sent = Upload(work, entries, known, packer, uploader, files_read)
     sent.attach_blobs()
-    cache.save_index(area, {p: r for p, r in index.items() if p in entries})
+    cache.save_index(area, ((p, r) for p, r in index.items() if p in entries))
     return sent
 
 
