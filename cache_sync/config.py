@@ -160,6 +160,7 @@ class Settings:
     min_free_os: int = 256 * MiB
     os_disk: str = "/"
     push_pip: bool = True
+    bytecode: bool = True
     flash_attn_base_url: str = (
         "https://github.com/Dao-AILab/flash-attention/releases/download")
     # fleet (issue 11): see docs/design.md "Workers sharing a root"
@@ -383,6 +384,7 @@ def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
         min_free_os=num("min_free_os", _parse_size, 256 * MiB),
         os_disk=pick("os_disk", "os_disk") or "/",
         push_pip=num("push_pip", _parse_bool, True),
+        bytecode=num("bytecode", _parse_bool, True),
         overlap=num("overlap", _parse_bool, False),
         # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
         flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")

@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from cache_sync import diskguard, installer, pipconf, target_merge
+from cache_sync import bytecode, diskguard, installer, pipconf, target_merge
 from cache_sync.config import Settings
 from cache_sync.envs import cache_env, ensure_layout
 from cache_sync.errors import CacheSyncError, DiskSpaceError
@@ -151,6 +151,10 @@ def install(settings: Settings, specset: SpecSet, opts: InstallOptions,
     for spec in (extra(installed) if extra else []):
         report.units.append(unit(spec))
 
+    if settings.bytecode and any(u.status == "installed" for u in report.units):
+        done = bytecode.compile_tree(target, env, settings.install_big_timeout)
+        log(f"bytecode: packages/ compiled in {done.seconds:.1f}s" if done.complete
+            else done.note)
     if opts.import_check:
         report.imports = _import_check(settings, report.units, opts.check_imports, installed,
                                        base_env)

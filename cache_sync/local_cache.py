@@ -18,13 +18,14 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
+from cache_sync import jsonstream
 from cache_sync.errors import LockedError
 from cache_sync.fsutil import TMP_PREFIX, write_atomic
 from cache_sync.plan import Index, IndexRecord, LocalItem
@@ -44,10 +45,13 @@ def item_from_stat(rel: str, st: os.stat_result, target: str = "") -> LocalItem:
                      st.st_size if kind == "f" else 0, st.st_ino, st.st_ctime_ns, target)
 
 
-def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
+def scan(area_dir: Path, *, clean_tmp: bool = True,
+         share: Mapping[str, Entry] | None = None) -> dict[str, LocalItem]:
     """Every directory, regular file and symlink below ``area_dir`` (lstat only: no file is
     opened, symlinks are never followed). Leftover temporary files of a killed pull are
-    removed when ``clean_tmp``."""
+    removed when ``clean_tmp``. A path of ``share`` (the state's entries) is that entry's
+    string, not a second copy."""
+    share = share or {}
     items: dict[str, LocalItem] = {}
     if not area_dir.is_dir():
         return items
@@ -63,6 +67,9 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
             for de in it:
                 name = de.name
                 rel = f"{rel_dir}/{name}" if rel_dir else name
+                same = share.get(rel)
+                if same is not None:
+                    rel = same.path
                 if name.startswith(TMP_PREFIX):
                     if clean_tmp:
                         with contextlib.suppress(OSError):
@@ -91,35 +98,39 @@ def scan(area_dir: Path, *, clean_tmp: bool = True) -> dict[str, LocalItem]:
     return items
 
 
-def _dump(obj: Any) -> bytes:
-    return zstandard.ZstdCompressor(level=1).compress(json.dumps(obj).encode())
+class _Foreign(Exception):
+    """A state file of another remote: stop reading it."""
 
 
-def _load(path: Path) -> Any | None:
+def _read(path: Path, **how: Any) -> dict[str, Any] | None:
+    """A state or index file parsed piece by piece (``jsonstream.read_object``); None when
+    it is missing or damaged (a damaged file only costs a re-hash, never wrong data)."""
     try:
         raw = path.read_bytes()
-        return json.loads(zstandard.ZstdDecompressor().stream_reader(raw).read())
     except FileNotFoundError:
         return None
-    except (ValueError, zstandard.ZstdError, OSError):
-        return None  # a damaged state file only costs a re-hash, never wrong data
+    except OSError:
+        return None
+    try:
+        return jsonstream.read_object(jsonstream.decompressed(raw), limit=1 << 40, **how)
+    except (ValueError, TypeError, IndexError, RecursionError, zstandard.ZstdError):
+        return None
 
 
-def trusted_rows(rows: list[Any]) -> dict[str, Entry]:
-    """Entries from our own state file: written by us from validated snapshots, so parsed
+def _dump(pieces: Iterable[str]) -> bytes:
+    return jsonstream.compress(pieces, level=1)
+
+
+def trusted_row(r: list[Any]) -> Entry:
+    """An entry from our own state file: written by us from validated snapshots, so parsed
     without re-validating every path (that costs seconds on a 20,000-file tree)."""
-    out: dict[str, Entry] = {}
-    for r in rows:
-        if r[1] == "f":
-            out[r[0]] = Entry(r[0], "f", r[2], r[3], r[4], r[5],
-                              blobs=tuple(Blob(*b) for b in r[6]))
-        elif r[1] == "l":
-            out[r[0]] = Entry(r[0], "l", r[2], r[3], target=r[4])
-        elif r[1] == "d":
-            out[r[0]] = Entry(r[0], "d", r[2], r[3])
-        else:
-            raise ValueError(r[1])
-    return out
+    if r[1] == "f":
+        return Entry(r[0], "f", r[2], r[3], r[4], r[5], blobs=tuple(Blob(*b) for b in r[6]))
+    if r[1] == "l":
+        return Entry(r[0], "l", r[2], r[3], target=r[4])
+    if r[1] == "d":
+        return Entry(r[0], "d", r[2], r[3])
+    raise ValueError(r[1])
 
 
 # --- per-area state ----------------------------------------------------------------------
@@ -136,19 +147,36 @@ class CacheState:
         self.dir = root / ".cache-sync"
 
     def load_state(self, area: str, remote: str) -> AreaState:
-        doc = _load(self.dir / f"{area}.state.zst")
-        if not isinstance(doc, dict) or doc.get("remote") != remote:
-            return AreaState(remote=remote)
+        return self._load_state(self.dir / f"{area}.state.zst", remote)
+
+    def _load_state(self, path: Path, remote: str | None, entries: bool = True) -> AreaState:
+        """The state in ``path`` (rows read one at a time); of any remote when ``remote`` is
+        None; only its remote and heads when not ``entries``."""
+        out: dict[str, Entry] = {}
+        head: dict[str, Any] = {}
+
+        def row(r: Any) -> None:
+            if not out and (head.get("remote") != remote if remote is not None else False):
+                raise _Foreign
+            if not entries:
+                raise _Foreign
+            e = trusted_row(r)
+            out[e.path] = e
+
         try:
-            entries = trusted_rows(doc.get("entries", []))
-        except (TypeError, ValueError, IndexError):
-            return AreaState(remote=remote)
-        return AreaState(remote, tuple(doc.get("based_on", ())), entries)
+            doc = _read(path, arrays={"entries": row}, into=head)
+        except _Foreign:
+            doc = head if not entries else None
+        if not isinstance(doc, dict) or (remote is not None and doc.get("remote") != remote):
+            return AreaState(remote=remote or "")
+        based_on = tuple(str(h) for h in doc.get("based_on", ()))
+        return AreaState(str(doc.get("remote", "")), based_on, out if entries else None)
 
     def save_state(self, area: str, st: AreaState, *, name: str = "state") -> None:
-        rows = [e.to_row() for e in sorted((st.entries or {}).values(), key=lambda e: e.path)]
-        doc = {"remote": st.remote, "based_on": list(st.based_on), "entries": rows}
-        write_atomic(self.dir / f"{area}.{name}.zst", _dump(doc), mkdir=True,
+        entries = st.entries or {}
+        text = jsonstream.object_text({"remote": st.remote, "based_on": list(st.based_on)},
+                                      "entries", (entries[p].to_row() for p in sorted(entries)))
+        write_atomic(self.dir / f"{area}.{name}.zst", _dump(text), mkdir=True,
                      fsync=name != "state")
         if name == "state":
             self._record_heads(area, st.remote, st.based_on)
@@ -158,13 +186,13 @@ class CacheState:
         self.save_state(area, st, name="state.next")
 
     def promote_next_state(self, area: str) -> AreaState | None:
-        """Make the next state the state; returns it (None if there was none)."""
+        """Make the next state the state; returns its remote and heads (None if there was
+        none; its entries are not read: ``load_state`` does that)."""
         nxt = self.dir / f"{area}.state.next.zst"
-        doc = _load(nxt)
-        if not isinstance(doc, dict):
+        st = self._load_state(nxt, None, entries=False)
+        if not st.remote:
             return None
         os.replace(nxt, self.dir / f"{area}.state.zst")
-        st = self.load_state(area, doc.get("remote", ""))
         self._record_heads(area, st.remote, st.based_on)
         return st
 
@@ -191,17 +219,24 @@ class CacheState:
         based_on = doc.get("based_on")
         return tuple(str(h) for h in based_on) if isinstance(based_on, list) else None
 
-    def load_index(self, area: str) -> Index:
-        doc = _load(self.dir / f"{area}.index.zst")
-        if not isinstance(doc, dict):
-            return {}
-        try:  # records of another shape (an older cache-sync) cost only a re-hash
-            return {p: IndexRecord(*r) for p, r in doc.items() if len(r) == 5}
-        except TypeError:
-            return {}
+    def load_index(self, area: str, share: Mapping[str, Entry] | None = None) -> Index:
+        """The stat index; a path of ``share`` (the state's entries) is that entry's string."""
+        index: Index = {}
+        share = share or {}
 
-    def save_index(self, area: str, index: Index) -> None:
-        write_atomic(self.dir / f"{area}.index.zst", _dump(index), mkdir=True)
+        def member(path: str, r: Any) -> None:
+            if isinstance(r, list) and len(r) == 5:  # another shape (an older cache-sync)
+                same = share.get(path)  # costs only a re-hash
+                index[path if same is None else same.path] = IndexRecord(*r)
+
+        return index if _read(self.dir / f"{area}.index.zst", each=member) is not None else {}
+
+    def save_index(self, area: str, index: Index | Iterable[tuple[str, IndexRecord]]) -> None:
+        """Write the stat index; ``index`` may be a dict or (path, record) pairs as they come
+        (a pull's index is written as its files are stat'ed, never held whole)."""
+        pairs = index.items() if isinstance(index, dict) else index
+        write_atomic(self.dir / f"{area}.index.zst",
+                     _dump(jsonstream.members_text((p, list(r)) for p, r in pairs)), mkdir=True)
 
     # The journal: one JSON line per uploaded object, naming the digests it holds.
     def journal_path(self, area: str) -> Path:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import zstandard
 
 from cache_sync.layout import object_key
-from cache_sync.snapshot import CODEC_RAW, CODEC_ZSTD, Blob
+from cache_sync.snapshot import CODEC_RAW, CODEC_ZSTD, Blob, BlobMap
 from cache_sync.storage.base import Store
 
 SAMPLE = 256 * 1024
@@ -139,7 +139,7 @@ class Packer:
         self.buf = bytearray()
         self.members: list[tuple[str, int, int, int, int]] = []  # digest, off, stored, raw, codec
         self.in_pack: set[str] = set()
-        self.blobs: dict[str, tuple[Blob, ...]] = {}
+        self.blobs = BlobMap()
 
     def has(self, digest: str) -> bool:
         return digest in self.blobs or digest in self.in_pack

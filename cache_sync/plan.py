@@ -9,47 +9,133 @@ from __future__ import annotations
 
 import os
 import posixpath
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from cache_sync.errors import FormatError
+from cache_sync.layout import is_oid
 from cache_sync.snapshot import Entry, check_link, check_link_walk
 
+_INDEX = struct.Struct("<QqQq32s")  # size, mtime_ns, ino, ctime_ns, sha256
+_STAT = struct.Struct("<HqQQq")  # mode, mtime_ns, size, ino, ctime_ns
 
-class IndexRecord(NamedTuple):
+
+class IndexRecord:
     """The stat index's record of one file: its stat when its contents hashed to ``digest``.
-    Stored as a JSON array ``[size, mtime_ns, ino, ctime_ns, digest]``."""
+    Stored as a JSON array ``[size, mtime_ns, ino, ctime_ns, digest]``; held packed in one
+    ``bytes`` (an index has a record per file: ~140 bytes each, not ~340)."""
 
-    size: int
-    mtime_ns: int
-    ino: int
-    ctime_ns: int
-    digest: str
+    __slots__ = ("_r",)
+    _r: bytes | tuple[int, int, int, int, str]
+
+    def __init__(self, size: int, mtime_ns: int, ino: int, ctime_ns: int, digest: str
+                 ) -> None:
+        try:
+            if not is_oid(digest):
+                raise ValueError(digest)
+            self._r = _INDEX.pack(size, mtime_ns, ino, ctime_ns, bytes.fromhex(digest))
+        except (struct.error, ValueError, TypeError):
+            self._r = (size, mtime_ns, ino, ctime_ns, digest)
+
+    def _fields(self) -> tuple[int, int, int, int, str]:
+        r = self._r
+        if isinstance(r, bytes):
+            size, mtime, ino, ctime, digest = _INDEX.unpack(r)
+            return size, mtime, ino, ctime, digest.hex()
+        return r
+
+    @property
+    def size(self) -> int:
+        return self._fields()[0]
+
+    @property
+    def mtime_ns(self) -> int:
+        return self._fields()[1]
+
+    @property
+    def ino(self) -> int:
+        return self._fields()[2]
+
+    @property
+    def ctime_ns(self) -> int:
+        return self._fields()[3]
+
+    @property
+    def digest(self) -> str:
+        return self._fields()[4]
+
+    def stat_key(self) -> tuple[int, int, int, int]:
+        size, mtime, ino, ctime, _ = self._fields()
+        return size, mtime, ino, ctime
+
+    def __iter__(self) -> Iterator[int | str]:
+        return iter(self._fields())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IndexRecord):
+            return self._fields() == other._fields()
+        if isinstance(other, tuple):
+            return self._fields() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "IndexRecord(%r, %r, %r, %r, %r)" % self._fields()
 
 
 Index = dict[str, IndexRecord]  # path -> record
 
 
-@dataclass(slots=True)
 class LocalItem:
-    """One directory, regular file or symlink found by a scan of a local area."""
+    """One directory, regular file or symlink found by a scan of a local area; its stat
+    numbers packed in one ``bytes`` (a scan holds one per path)."""
 
-    path: str
-    kind: str  # f d l
-    mode: int
-    mtime_ns: int
-    size: int
-    ino: int
-    ctime_ns: int
-    target: str = ""
+    __slots__ = ("path", "kind", "target", "_st")
+
+    def __init__(self, path: str, kind: str, mode: int, mtime_ns: int, size: int, ino: int,
+                 ctime_ns: int, target: str = "") -> None:
+        self.path = path
+        self.kind = kind  # f d l
+        self.target = target
+        self._st = _STAT.pack(mode, mtime_ns, size, ino, ctime_ns)
+
+    @property
+    def mode(self) -> int:
+        return int(_STAT.unpack_from(self._st)[0])
+
+    @property
+    def mtime_ns(self) -> int:
+        return int(_STAT.unpack_from(self._st)[1])
+
+    @property
+    def size(self) -> int:
+        return int(_STAT.unpack_from(self._st)[2])
+
+    @property
+    def ino(self) -> int:
+        return int(_STAT.unpack_from(self._st)[3])
+
+    @property
+    def ctime_ns(self) -> int:
+        return int(_STAT.unpack_from(self._st)[4])
+
+    def __repr__(self) -> str:
+        mode, mtime, size, ino, ctime = _STAT.unpack(self._st)
+        return (f"LocalItem({self.path!r}, {self.kind!r}, {mode:o}, {mtime}, {size}, {ino}, "
+                f"{ctime}, {self.target!r})")
 
     def vouched(self, rec: IndexRecord | None) -> bool:
         """Whether the index record still describes this file. Like git: size, mtime, inode
         and ctime. mtime alone misses an in-place edit whose writer restores the mtime (tar,
         rsync -t, cp -p, a test fixture); ctime cannot be set from user space. A pull
         therefore records each file's stat after its last rename."""
-        return (rec is not None and rec.size == self.size and rec.mtime_ns == self.mtime_ns
-                and rec.ino == self.ino and rec.ctime_ns == self.ctime_ns)
+        if rec is None:
+            return False
+        _mode, mtime, size, ino, ctime = _STAT.unpack(self._st)
+        return rec.stat_key() == (size, mtime, ino, ctime)
 
 
 def index_record(st: os.stat_result, digest: str, size: int | None = None) -> IndexRecord:

@@ -95,8 +95,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
         return rep
     rep.snapshot = heads[-1]
     area_dir = settings.area_path(area)
-    local = scan(area_dir, clean_tmp=not dry_run)
-    index = cache.load_index(area)
+    local = scan(area_dir, clean_tmp=not dry_run, share=state.entries)
+    index = cache.load_index(area, share=state.entries)
     remote = target  # what the state records: the store's merge, never local changes
     tracked = state.entries or {}  # paths the pull may remove when the target lacks them
     if state.entries is not None and discard_local:
@@ -162,7 +162,7 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
           target: dict[str, Entry], remote: dict[str, Entry],
           deadline: float | None = None) -> None:
     """Stage every file, then run the final phase from a journal (``staging.py``, design
-    5.2): a failure before the journal leaves the area exactly as it was. The area becomes
+    5.3): a failure before the journal leaves the area exactly as it was. The area becomes
     ``target``; the state records ``remote`` (they differ by the local changes kept)."""
     from cache_sync import staging  # with the transfer engine: not needed when up to date
     from cache_sync.transfer import Fetcher

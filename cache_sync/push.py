@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,19 +28,19 @@ from cache_sync.errors import DeadlineExceeded
 from cache_sync.fsutil import HASH_READ
 from cache_sync.gcmarks import PushClaim
 from cache_sync.layout import new_snapshot_id, object_key, snapshot_key
-from cache_sync.local_cache import AreaState, CacheState, cache_lock, scan
+from cache_sync.local_cache import AreaState, CacheState, cache_lock, item_from_stat, scan
 from cache_sync.packer import FileChangedError, Packer, Uploader
 from cache_sync.plan import Index, LocalItem, LocalTree, index_record, local_entries, same_tree
 from cache_sync.progress import Progress
 from cache_sync.progress import enabled as progress_enabled
 from cache_sync.repo import Manifests, ensure_store, list_refs, resolve_areas
 from cache_sync.results import AreaReport
-from cache_sync.snapshot import Blob, Entry, Snapshot, encode
+from cache_sync.snapshot import Blob, BlobMap, Entry, Snapshot, encode
 from cache_sync.storage import Store, open_store, store_url
 
 log = logging.getLogger("cache_sync.push")
 
-Known = dict[str, tuple[Blob, ...]]  # digest -> the stored blobs that hold it
+Known = BlobMap  # digest -> the stored blobs that hold it
 
 
 def check_deadline(deadline: float | None, area: str) -> None:
@@ -87,7 +88,7 @@ def _push_area(settings: Settings, stores: _StoreOnDemand, cache: CacheState, ar
         rep.up_to_date = True
         rep.note = f"{area_dir} does not exist"
         return rep
-    work = collect(area_dir, cache, area, clean_tmp=not dry_run)
+    work = collect(area_dir, cache, area, clean_tmp=not dry_run, share=state.entries)
     rep.skipped = work.tree.skipped
     if work.tree.unchanged(state.entries):
         rep.up_to_date = True
@@ -129,19 +130,30 @@ class Collected:
     """An area's local tree as a push sees it."""
 
     area_dir: Path
-    local: dict[str, LocalItem]
     index: Index
     tree: LocalTree
 
+    def item(self, path: str) -> LocalItem | None:
+        """The file at ``path`` as a scan sees it now (None if it is gone): the scan itself
+        is not kept, only the files it found to read (``tree.to_hash``)."""
+        try:
+            st = os.lstat(self.area_dir / path)
+        except OSError:
+            return None
+        return item_from_stat(path, st) if stat.S_ISREG(st.st_mode) else None
 
-def collect(area_dir: Path, cache: CacheState, area: str, *, clean_tmp: bool = True
-            ) -> Collected:
-    local = scan(area_dir, clean_tmp=clean_tmp)
-    index = cache.load_index(area)
+
+def collect(area_dir: Path, cache: CacheState, area: str, *, clean_tmp: bool = True,
+            share: dict[str, Entry] | None = None) -> Collected:
+    """Scan the area. ``share``: the state's entries, whose path strings the scan and the
+    index reuse (one string per path, not three)."""
+    local = scan(area_dir, clean_tmp=clean_tmp, share=share)
+    index = cache.load_index(area, share=share)
     tree = local_entries(local, index)
+    del local
     for s in tree.skipped:
         log.warning("skipping symlink %s: it leads out of the area", s)
-    return Collected(area_dir, local, index, tree)
+    return Collected(area_dir, index, tree)
 
 
 @dataclass
@@ -157,10 +169,11 @@ class Upload:
     files_read: int = 0
 
     def attach_blobs(self) -> None:
-        blobs = {**self.known, **self.packer.blobs}
         for path, e in self.entries.items():
-            if e.kind == "f":
-                self.entries[path] = e.with_blobs(blobs[e.digest] if e.size else ())
+            if e.kind == "f" and e.size and not e.blobs:
+                d = e.digest
+                blobs = self.packer.blobs.get(d) or self.known[d]
+                self.entries[path] = e.with_blobs(blobs)
 
     def reupload(self, paths: list[str]) -> None:
         """Read, pack and upload ``paths`` again (their objects are gone or going)."""
@@ -168,8 +181,9 @@ class Upload:
             self.known.pop(self.entries[p].digest, None)
             self.packer.blobs.pop(self.entries[p].digest, None)
         for p in paths:
-            entry = _hash_and_pack(self.work.area_dir, self.work.local[p], self.work.index,
-                                   self.known, self.packer, None)
+            item = self.work.item(p)
+            entry = None if item is None else _hash_and_pack(
+                self.work.area_dir, item, self.work.index, self.known, self.packer, None)
             if entry is None:
                 del self.entries[p]
             else:
@@ -186,9 +200,12 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
            work: Collected, deadline: float | None = None) -> Upload:
     """Read the files the index cannot vouch for and upload every object the store lacks;
     nothing here is visible to readers until ``commit``. The caller closes the upload."""
-    tree, index, local = work.tree, work.index, work.local
+    tree, index = work.tree, work.index
     base = state.entries
-    known: Known = {e.digest: e.blobs for e in (base or {}).values() if e.kind == "f"}
+    known = BlobMap()
+    for e in (base or {}).values():
+        if e.kind == "f":
+            known.add_entry(e)
     if state.based_on and not set(state.based_on) <= {r.id for r in list_refs(store, area)}:
         # gc's retention removed the snapshot this cache was based on, and with it the
         # objects only it named: reuse the base's blobs only where the object is still there.
@@ -197,8 +214,12 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
     # Files the index vouches for are not re-read; one whose blobs are no longer known (their
     # objects were deleted) must be read and uploaded again.
     queued = {i.path for i in tree.to_hash}
-    tree.to_hash += [local[p] for p, e in sorted(tree.entries.items()) if e.kind == "f"
-                     and e.size and e.digest and e.digest not in known and p not in queued]
+    for p, e in sorted(tree.entries.items()):
+        if (e.kind == "f" and e.size and e.digest and e.digest not in known
+                and p not in queued):
+            item = work.item(p)
+            if item is not None:
+                tree.to_hash.append(item)
     uploader = Uploader(store, settings.transfers, max_inflight=4,
                         on_stored=lambda m: cache.append_journal(area, store.url, m))
     packer = Packer(uploader, settings.pack_size, settings.chunk_size, settings.small_file)
@@ -273,13 +294,13 @@ def commit(store: Store, cache: CacheState, area: str, state: AreaState,
     cache.clear_journal(area)
 
 
-def still_stored(store: Store, journal: Known) -> Known:
+def still_stored(store: Store, journal: Known | dict[str, tuple[Blob, ...]]) -> Known:
     """Entries (digest -> blobs) whose objects all still exist. The objects of a killed push
     are orphans until a snapshot names them, and ``gc`` deletes orphans older than its grace
     period (a network volume keeps the journal for days): reusing one that is gone would
     commit a snapshot naming a missing object."""
     alive: dict[str, bool] = {}
-    out = {}
+    out = BlobMap()
     for digest, blobs in journal.items():
         for b in blobs:
             if b.oid not in alive:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,16 +106,30 @@ def list_refs(store: Store, area: str) -> list[SnapshotRef]:
 
 class Manifests:
     """Loads snapshots, keeping the raw bytes under .cache-sync/manifests/ so a manifest is
-    fetched from the store at most once per cache root."""
+    fetched from the store at most once per cache root. Decoded, only the ``KEEP`` last
+    used stay in memory (a merge needs its base and two heads; gc and log walk every
+    snapshot of the store, one at a time). An entry equal to one of ``reuse`` (the state
+    the caller holds) is shared, not decoded twice."""
+
+    KEEP = 3
 
     def __init__(self, store: Store, cache: CacheState) -> None:
         self.store = store
         self.dir = cache.dir / "manifests"
-        self.mem: dict[str, Snapshot] = {}
+        self.mem: OrderedDict[str, Snapshot] = OrderedDict()
+        self.reuse: dict[str, Entry] | None = None
 
     def load(self, ref: SnapshotRef) -> Snapshot:
-        if ref.id in self.mem:
-            return self.mem[ref.id]
+        snap = self.mem.get(ref.id)
+        if snap is None:
+            snap = self._load(ref)
+            self.mem[ref.id] = snap
+            while len(self.mem) > self.KEEP:
+                self.mem.popitem(last=False)
+        self.mem.move_to_end(ref.id)
+        return snap
+
+    def _load(self, ref: SnapshotRef) -> Snapshot:
         path = self.dir / ref.area / f"{ref.id}.json.zst"
         snap = None
         with contextlib.suppress(OSError, FormatError):  # a damaged local copy: fetch again
@@ -124,12 +139,10 @@ class Manifests:
             snap = self._check(ref, data)
             # Kept only once valid: bytes damaged in transit must not be cached for good.
             self.save(ref.area, ref.id, data)
-        self.mem[ref.id] = snap
         return snap
 
-    @staticmethod
-    def _check(ref: SnapshotRef, data: bytes) -> Snapshot:
-        snap = decode(data, what=f"snapshot {ref.key}")
+    def _check(self, ref: SnapshotRef, data: bytes) -> Snapshot:
+        snap = decode(data, what=f"snapshot {ref.key}", reuse=self.reuse)
         if snap.id != ref.id or snap.area != ref.area:
             raise FormatError(f"snapshot {ref.key} holds id {snap.id} of area {snap.area}")
         return snap
@@ -153,4 +166,8 @@ def current_state(store: Store, manifests: Manifests, area: str, state: AreaStat
     from cache_sync.contents import SmallFiles  # the merge's imports: not when up to date
     from cache_sync.units import merger
 
-    return hist.current(manifests.load, merger(area, SmallFiles(store, area_dir)))
+    manifests.reuse = state.entries  # unchanged paths share the state's entries
+    try:
+        return hist.current(manifests.load, merger(area, SmallFiles(store, area_dir)))
+    finally:
+        manifests.reuse = None

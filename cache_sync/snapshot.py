@@ -16,14 +16,16 @@ also a directory, sizes that do not add up, unknown format versions are all refu
 
 from __future__ import annotations
 
-import json
 import posixpath
-from collections.abc import Callable, Iterable
+import re
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import zstandard
 
+from cache_sync import jsonstream
 from cache_sync.errors import FormatError
 from cache_sync.layout import FORMAT_VERSION, is_oid, is_snapshot_id
 
@@ -49,28 +51,109 @@ class Blob(NamedTuple):
     codec: int
 
 
-@dataclass(frozen=True, slots=True)
+_HEAD = struct.Struct("<HqQ")  # mode, mtime_ns, size
+_DIGEST = slice(_HEAD.size, _HEAD.size + 32)
+_BLOB = struct.Struct("<32sQQQB")  # oid, offset, stored, raw, codec
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 class Entry:
+    """One node of a tree: a directory (``d``), a regular file (``f``) or a symlink (``l``).
+
+    Compact, because a tree holds one per path (200,000 and more): besides the path, the
+    numbers, the SHA-256 and the blobs are packed in one ``bytes`` record (the digest and
+    the oids as 32 raw bytes, not 64 hex characters), about 300 bytes an entry where a
+    dataclass of strings, ints and ``Blob`` tuples took 700 (docs/design.md, "Memory").
+    The fields read as before (``e.digest`` is hex, ``e.blobs`` a tuple of ``Blob``), built
+    on access. Values that do not pack (a test's fake digest) are kept as a plain tuple."""
+
+    __slots__ = ("path", "kind", "_rec", "target")
+
     path: str
     kind: str  # "f" file, "d" directory, "l" symlink
-    mode: int
-    mtime_ns: int
-    size: int = 0
-    digest: str = ""
-    target: str = ""
-    blobs: tuple[Blob, ...] = ()
+    target: str
+    _rec: bytes | tuple[int, int, int, str, tuple[Blob, ...]]
+
+    def __init__(self, path: str, kind: str, mode: int, mtime_ns: int, size: int = 0,
+                 digest: str = "", target: str = "", blobs: tuple[Blob, ...] = ()) -> None:
+        self.path = path
+        self.kind = kind
+        self.target = target
+        rec: bytes | tuple[int, int, int, str, tuple[Blob, ...]]
+        try:
+            if digest and not _HEX64.fullmatch(digest):
+                raise ValueError(digest)
+            rec = _HEAD.pack(mode, mtime_ns, size)
+            if digest:
+                rec += bytes.fromhex(digest) + b"".join(
+                    _BLOB.pack(bytes.fromhex(b.oid), b.offset, b.stored, b.raw, b.codec)
+                    for b in blobs)
+            elif blobs:
+                raise ValueError("blobs without a digest")
+        except (struct.error, ValueError, TypeError, AttributeError):
+            rec = (mode, mtime_ns, size, digest, tuple(blobs))
+        self._rec = rec
+
+    @property
+    def mode(self) -> int:
+        rec = self._rec
+        return _HEAD.unpack_from(rec)[0] if isinstance(rec, bytes) else rec[0]
+
+    @property
+    def mtime_ns(self) -> int:
+        rec = self._rec
+        return _HEAD.unpack_from(rec)[1] if isinstance(rec, bytes) else rec[1]
+
+    @property
+    def size(self) -> int:
+        rec = self._rec
+        return _HEAD.unpack_from(rec)[2] if isinstance(rec, bytes) else rec[2]
+
+    @property
+    def digest(self) -> str:
+        rec = self._rec
+        if isinstance(rec, bytes):
+            return rec[_DIGEST].hex() if len(rec) > _HEAD.size else ""
+        return rec[3]
+
+    @property
+    def blobs(self) -> tuple[Blob, ...]:
+        rec = self._rec
+        if not isinstance(rec, bytes):
+            return rec[4]
+        return tuple(Blob(oid.hex(), off, stored, raw, codec) for oid, off, stored, raw, codec
+                     in _BLOB.iter_unpack(rec[_DIGEST.stop:]))
+
+    def _fields(self) -> tuple[str, str, int, int, int, str, str, tuple[Blob, ...]]:
+        return (self.path, self.kind, self.mode, self.mtime_ns, self.size, self.digest,
+                self.target, self.blobs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        if isinstance(self._rec, bytes) and isinstance(other._rec, bytes):
+            return (self.path == other.path and self.kind == other.kind
+                    and self._rec == other._rec and self.target == other.target)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.kind, self.mtime_ns, self.size))
+
+    def __repr__(self) -> str:
+        names = ("path", "kind", "mode", "mtime_ns", "size", "digest", "target", "blobs")
+        return "Entry(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields())) + ")"
+
+    def __reduce__(self) -> tuple[type[Entry], tuple[object, ...]]:
+        return Entry, self._fields()
 
     def same_content(self, other: Entry | None) -> bool:
         """Equal as a tree node (where the bytes live does not matter)."""
-        return (
-            other is not None
-            and self.kind == other.kind
-            and self.mode == other.mode
-            and self.mtime_ns == other.mtime_ns
-            and self.size == other.size
-            and self.digest == other.digest
-            and self.target == other.target
-        )
+        if other is None or self.kind != other.kind or self.target != other.target:
+            return False
+        a, b = self._rec, other._rec
+        if isinstance(a, bytes) and isinstance(b, bytes):
+            return a[:_DIGEST.stop] == b[:_DIGEST.stop]
+        return self._fields()[2:7] == other._fields()[2:7]
 
     def with_blobs(self, blobs: tuple[Blob, ...]) -> Entry:
         return Entry(self.path, self.kind, self.mode, self.mtime_ns, self.size, self.digest,
@@ -85,6 +168,72 @@ class Entry:
             self.path, "f", self.mode, self.mtime_ns, self.size, self.digest,
             [list(b) for b in self.blobs],
         ]
+
+
+def _digest_key(digest: str) -> bytes | str:
+    return bytes.fromhex(digest) if _HEX64.fullmatch(digest) else digest
+
+
+class BlobMap:
+    """digest -> the stored blobs that hold those bytes (what a push can reference instead of
+    uploading), compact: the digest as 32 bytes, the blobs packed, or the entry they come
+    from shared. Reads like a ``dict[str, tuple[Blob, ...]]``."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, items: Iterable[tuple[str, Iterable[Blob]]] = ()) -> None:
+        self._m: dict[bytes | str, bytes | Entry | tuple[Blob, ...]] = {}
+        for digest, blobs in items:
+            self[digest] = blobs
+
+    def add_entry(self, e: Entry) -> None:
+        """The blobs of file entry ``e`` (shared with it, not copied)."""
+        rec = e._rec
+        self._m[rec[_DIGEST] if isinstance(rec, bytes) else _digest_key(rec[3])] = e
+
+    def __setitem__(self, digest: str, blobs: Iterable[Blob]) -> None:
+        blobs = tuple(blobs)
+        try:
+            value: bytes | tuple[Blob, ...] = b"".join(
+                _BLOB.pack(bytes.fromhex(b.oid), b.offset, b.stored, b.raw, b.codec)
+                for b in blobs)
+        except (struct.error, ValueError):
+            value = blobs
+        self._m[_digest_key(digest)] = value
+
+    @staticmethod
+    def _blobs(v: bytes | Entry | tuple[Blob, ...]) -> tuple[Blob, ...]:
+        if isinstance(v, Entry):
+            return v.blobs
+        if isinstance(v, bytes):
+            return tuple(Blob(oid.hex(), off, stored, raw, codec)
+                         for oid, off, stored, raw, codec in _BLOB.iter_unpack(v))
+        return v
+
+    def __getitem__(self, digest: str) -> tuple[Blob, ...]:
+        return self._blobs(self._m[_digest_key(digest)])
+
+    def get(self, digest: str, default: tuple[Blob, ...] = ()) -> tuple[Blob, ...]:
+        v = self._m.get(_digest_key(digest))
+        return default if v is None else self._blobs(v)
+
+    def pop(self, digest: str, default: tuple[Blob, ...] | None = None
+            ) -> tuple[Blob, ...] | None:
+        v = self._m.pop(_digest_key(digest), None)
+        return default if v is None else self._blobs(v)
+
+    def __contains__(self, digest: object) -> bool:
+        return isinstance(digest, str) and _digest_key(digest) in self._m
+
+    def __len__(self) -> int:
+        return len(self._m)
+
+    def items(self) -> Iterator[tuple[str, tuple[Blob, ...]]]:
+        for k, v in self._m.items():
+            yield (k.hex() if isinstance(k, bytes) else k), self._blobs(v)
+
+    def update(self, other: BlobMap) -> None:
+        self._m.update(other._m)
 
 
 @dataclass
@@ -105,7 +254,8 @@ class Snapshot:
     def bytes(self) -> int:
         return sum(e.size for e in self.entries.values() if e.kind == "f")
 
-    def to_dict(self) -> dict[str, Any]:
+    def head(self) -> dict[str, Any]:
+        """Every member of the manifest but its entries."""
         return {
             "format": FORMAT_VERSION,
             "kind": KIND,
@@ -116,46 +266,65 @@ class Snapshot:
             "host": self.host,
             "tool": self.tool,
             "summary": {"files": self.files, "bytes": self.bytes},
-            "entries": [self.entries[p].to_row() for p in sorted(self.entries)],
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.head(), "entries": encode_entries(self.entries.values())}
 
 
 # --- encoding ----------------------------------------------------------------------------
 def encode(snap: Snapshot) -> bytes:
-    raw = json.dumps(snap.to_dict(), separators=(",", ":")).encode()
-    return zstandard.ZstdCompressor(level=3).compress(raw)
+    """The manifest's bytes: the same compact JSON text as ``json.dumps(snap.to_dict())``,
+    produced and compressed row by row (never the whole text or a list of every row)."""
+    return jsonstream.compress(jsonstream.object_text(
+        snap.head(), "entries", (snap.entries[p].to_row() for p in sorted(snap.entries))))
 
 
 def encode_entries(entries: Iterable[Entry]) -> list[list[Any]]:
     return [e.to_row() for e in sorted(entries, key=lambda e: e.path)]
 
 
-def decode(data: bytes, *, what: str = "snapshot") -> Snapshot:
-    """Parse and validate a manifest. Raises FormatError naming ``what`` on anything wrong."""
+def decode(data: bytes, *, what: str = "snapshot",
+           reuse: Mapping[str, Entry] | None = None) -> Snapshot:
+    """Parse and validate a manifest. Raises FormatError naming ``what`` on anything wrong.
+    Rows are parsed and validated one at a time as the text is decompressed (design
+    "Memory"). An entry equal to one in ``reuse`` (the state the cache already holds) is
+    that object, so unchanged paths cost no second copy."""
     too_big = FormatError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse")
+    doc: dict[str, Any] = {}
+    rows = _Rows(what, reuse, doc)
     try:
-        declared = zstandard.frame_content_size(data)
-        if declared > MAX_MANIFEST_BYTES:
+        if zstandard.frame_content_size(data) > MAX_MANIFEST_BYTES:
             raise too_big
-        reader = zstandard.ZstdDecompressor().stream_reader(data)
-        buf = bytearray()
-        while piece := reader.read(8 << 20):
-            buf += piece
-            if len(buf) > MAX_MANIFEST_BYTES:
-                raise too_big
-        raw = bytes(buf)
-        del buf
+        jsonstream.read_object(jsonstream.decompressed(data), limit=MAX_MANIFEST_BYTES,
+                               arrays={"entries": rows.add}, into=doc)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{what} is not valid zstd data ({exc})") from None
-    try:
-        doc = json.loads(raw)
+    except jsonstream.TooBig:
+        raise too_big from None
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"{what} is not valid JSON ({str(exc)[:80]})") from None
-    return from_dict(doc, what=what)
+    return _snapshot(doc, rows, what)
 
 
 def from_dict(doc: Any, *, what: str = "snapshot") -> Snapshot:
-    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+    """A snapshot from a manifest already parsed as a whole (tests, the spec's examples)."""
+    if not isinstance(doc, dict):
+        raise FormatError(f"{what} is not a cache-sync snapshot")
+    head = {k: v for k, v in doc.items() if k != "entries"}
+    rows = _Rows(what, None, head)
+    listed = doc.get("entries")
+    if isinstance(listed, list):
+        for row in listed:
+            rows.add(row)
+        head["entries"] = jsonstream.STREAMED
+    elif "entries" in doc:
+        head["entries"] = listed
+    return _snapshot(head, rows, what)
+
+
+def _check_head(doc: dict[str, Any], what: str) -> None:
+    if doc.get("kind") != KIND:
         raise FormatError(f"{what} is not a cache-sync snapshot")
     version = doc.get("format")
     if version != FORMAT_VERSION:
@@ -164,6 +333,10 @@ def from_dict(doc: Any, *, what: str = "snapshot") -> Snapshot:
             f"{FORMAT_VERSION}",
             hint="upgrade cache-sync" if isinstance(version, int) and version > 1 else None,
         )
+
+
+def _snapshot(doc: dict[str, Any], rows: _Rows, what: str) -> Snapshot:
+    _check_head(doc, what)
     snap_id, area, parents = doc.get("id"), doc.get("area"), doc.get("parents", [])
     if not isinstance(snap_id, str) or not is_snapshot_id(snap_id):
         raise FormatError(f"{what} has an invalid id {str(snap_id)[:40]!r}")
@@ -173,18 +346,44 @@ def from_dict(doc: Any, *, what: str = "snapshot") -> Snapshot:
         isinstance(p, str) and is_snapshot_id(p) for p in parents
     ):
         raise FormatError(f"{what} has invalid parents")
-    rows = doc.get("entries")
-    if not isinstance(rows, list):
+    if doc.get("entries") is not jsonstream.STREAMED:
         raise FormatError(f"{what} has no entry list")
-    entries = validate_rows(rows, what=what)
+    check_tree(rows.entries, what)
     meta = {k: str(doc.get(k, ""))[:200] for k in ("time", "host", "tool")}
     return Snapshot(
         id=snap_id,
         area=area,
         parents=tuple(parents),
-        entries=entries,
+        entries=rows.entries,
         time=meta["time"], host=meta["host"], tool=meta["tool"],
     )
+
+
+class _Rows:
+    """Entries built from manifest rows as they are parsed: each row is validated, then
+    kept as an ``Entry`` (or as the equal entry of ``reuse``). The manifest's head, parsed
+    before its entries by our own writer, is checked at the first row, so a manifest of
+    another format version is refused as such before its rows are looked at."""
+
+    def __init__(self, what: str, reuse: Mapping[str, Entry] | None,
+                 head: dict[str, Any]) -> None:
+        self.what = what
+        self.reuse = reuse or {}
+        self.head = head
+        self.entries: dict[str, Entry] = {}
+
+    def add(self, row: Any) -> None:
+        if not self.entries and "kind" in self.head:
+            _check_head(self.head, self.what)
+        entry = _parse_row(row, self.what)
+        path = entry.path
+        if path in self.entries:
+            raise FormatError(f"{self.what}: duplicate path {path!r}")
+        old = self.reuse.get(path)
+        if old is not None and old == entry:
+            self.entries[old.path] = old
+        else:
+            self.entries[path] = entry
 
 
 MAX_INT = (1 << 62) - 1  # sizes, offsets, mtimes: beyond this os.utime/seek overflow
@@ -265,15 +464,12 @@ def check_link(path: str, target: str, what: str = "snapshot") -> None:
         raise FormatError(f"{what}: symlink {path!r} -> {target!r} leads out of the area")
 
 
-def validate_rows(rows: list[Any], what: str = "snapshot") -> dict[str, Entry]:
-    entries: dict[str, Entry] = {}
+def validate_rows(rows: Iterable[Any], what: str = "snapshot") -> dict[str, Entry]:
+    built = _Rows(what, None, {})
     for row in rows:
-        entry = _parse_row(row, what)
-        if entry.path in entries:
-            raise FormatError(f"{what}: duplicate path {entry.path!r}")
-        entries[entry.path] = entry
-    check_tree(entries, what)
-    return entries
+        built.add(row)
+    check_tree(built.entries, what)
+    return built.entries
 
 
 def check_tree(entries: dict[str, Entry], what: str = "snapshot") -> None:

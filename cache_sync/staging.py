@@ -1,5 +1,5 @@
 """How a pull changes an area: stage everything, then a short journaled final phase
-(``docs/design.md`` section 5.2).
+(``docs/design.md`` section 5.3).
 
 1. *Stage.* Every file the pull writes is fetched (or copied from an unchanged local file)
    into ``<root>/.cache-sync/stage/<area>/<path>``, verified, and given its mode and mtime.
@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 from cache_sync import checkpoints
 from cache_sync.fsutil import TMP_PREFIX, copy_atomic, hash_file, symlink_atomic, write_atomic
 from cache_sync.local_cache import CacheState
-from cache_sync.plan import Index, LocalItem, PullPlan, index_record
+from cache_sync.plan import IndexRecord, LocalItem, PullPlan, index_record
 from cache_sync.snapshot import Entry
 from cache_sync.transfer import Fetcher
 
@@ -239,29 +239,28 @@ def finish(cache: CacheState, area: str, area_dir: Path, stage: Path,
     (of ``target``, or of the state's entries but ``local_only``)."""
     state = cache.promote_next_state(area)
     if target is None and state is not None:
-        target = {p: e for p, e in (state.entries or {}).items() if p not in set(local_only)}
+        target = cache.load_state(area, state.remote).entries
     if target is not None:
-        cache.save_index(area, index_of(area_dir, target))
+        cache.save_index(area, index_of(area_dir, target, frozenset(local_only)))
     clear(stage)
     with contextlib.suppress(FileNotFoundError):
         journal_path(cache, area).unlink()
 
 
-def index_of(area_dir: Path, entries: dict[str, Entry]) -> Index:
-    """Stat records of the files of ``entries`` as they are on disk now (taken after the
-    renames, which change ctime)."""
-    index: Index = {}
+def index_of(area_dir: Path, entries: dict[str, Entry], skip: frozenset[str] = frozenset()
+             ) -> Iterator[tuple[str, IndexRecord]]:
+    """Stat records of the files of ``entries`` (but ``skip``) as they are on disk now
+    (taken after the renames, which change ctime), one at a time."""
     root = str(area_dir)
     for e in entries.values():
-        if e.kind != "f":
+        if e.kind != "f" or e.path in skip:
             continue
         try:
             st = os.lstat(os.path.join(root, e.path))
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size == e.size:
-            index[e.path] = index_record(st, e.digest)
-    return index
+            yield e.path, index_record(st, e.digest)
 
 
 def roll_forward(root: Path) -> list[str]:

@@ -27,7 +27,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,8 @@ class _Range:
     oid: str
     start: int
     end: int
-    members: list[tuple[Blob, Entry]]
+    members: list[Entry]  # single-blob files of object ``oid``, by offset
+    placed: int = 0  # members already in place (a retry starts after them)
 
     @property
     def size(self) -> int:
@@ -128,30 +129,33 @@ def hash_range(fd: int, start: int, end: int, hasher: Any) -> Any:
 
 
 def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
-    """Split files into coalesced pack ranges and chunked files."""
-    by_oid: dict[str, list[tuple[Blob, Entry]]] = defaultdict(list)
+    """Split files into coalesced pack ranges and chunked files. A range holds its entries
+    only (their blob is read off the entry when fetched): no per-file ``Blob`` is kept."""
+    by_oid: dict[str, list[tuple[int, int, Entry]]] = defaultdict(list)
     chunked: list[Entry] = []
     for e in entries:
-        if len(e.blobs) == 1 and e.blobs[0].stored <= SMALL_BLOB:
-            by_oid[e.blobs[0].oid].append((e.blobs[0], e))
+        blobs = e.blobs
+        if len(blobs) == 1 and blobs[0].stored <= SMALL_BLOB:
+            by_oid[blobs[0].oid].append((blobs[0].offset, blobs[0].stored, e))
         else:
             chunked.append(e)
     ranges: list[_Range] = []
-    for oid, members in by_oid.items():
-        members.sort(key=lambda m: m[0].offset)
+    while by_oid:
+        oid, members = by_oid.popitem()
+        members.sort(key=lambda m: m[0])
         cur: _Range | None = None
-        for blob, e in members:
-            end = blob.offset + blob.stored
+        for offset, stored, e in members:
+            end = offset + stored
             if (
                 cur is not None
-                and blob.offset >= cur.end
-                and blob.offset - cur.end <= MAX_GAP
+                and offset >= cur.end
+                and offset - cur.end <= MAX_GAP
                 and end - cur.start <= MAX_RANGE
             ):
                 cur.end = end
-                cur.members.append((blob, e))
+                cur.members.append(e)
             else:
-                cur = _Range(oid, blob.offset, end, [(blob, e)])
+                cur = _Range(oid, offset, end, [e])
                 ranges.append(cur)
     return ranges, chunked
 
@@ -169,43 +173,55 @@ class Fetcher:
         self.on_bytes = on_bytes or (lambda n: None)
         self.dups = dups or {}
         self.before_request = before_request or (lambda: None)  # may raise (a deadline)
-        self.primary: dict[str, str] = {}  # digest -> rel path of the fetched copy
+        self.primary: dict[str, str] = {}  # digest of a duplicated file -> the fetched copy
         self.abort = threading.Event()
         self.requests = 0
         self.fetched = 0
-        self._placed: set[str] = set()
         self._lock = threading.Lock()
 
     # --- driver ------------------------------------------------------------------------
     def fetch(self, entries: list[Entry]) -> None:
+        """Fetch ``entries``: one job per coalesced range or chunk, biggest first, handed to
+        the pool as workers free up (at most ``2 * workers`` queued: memory does not grow
+        with the number of jobs); the first failure stops the rest."""
         ranges, chunked = plan_ranges(entries)
-        jobs: list[tuple[int, Callable[[], None]]] = []
-        for r in ranges:
-            jobs.append((r.size, functools.partial(self._retry, self._range, r)))
+        jobs: list[tuple[int, _Range | tuple[_Chunked, Blob, int, int]]] = [
+            (r.size, r) for r in ranges]
         files: list[_Chunked] = []
         for e in chunked:
             cf = _Chunked(e, self._final(e))
             files.append(cf)
             offset = 0
-            for i, blob in enumerate(e.blobs):
+            blobs = e.blobs
+            for i, blob in enumerate(blobs):
                 cf.offsets.append(offset)
-                jobs.append((blob.stored,
-                             functools.partial(self._chunk_job, cf, blob, offset, i)))
+                jobs.append((blob.stored, (cf, blob, offset, i)))
                 offset += blob.raw
-            cf.left = len(e.blobs)
+            cf.left = len(blobs)
+        del ranges, chunked
         jobs.sort(key=lambda j: -j[0])  # big first: the long poles start early
         try:
             for cf in files:
                 self._open_chunked(cf)
             with ThreadPoolExecutor(self.workers, thread_name_prefix="get") as pool:
-                futures = [pool.submit(fn) for _, fn in jobs]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in done:
-                    if f.exception() is not None:
-                        self.abort.set()
-                        for g in futures:
-                            g.cancel()
-                        raise f.exception()  # type: ignore[misc]
+                pending: set[Future[None]] = set()
+                try:
+                    for _size, job in jobs:
+                        if len(pending) >= 2 * self.workers:
+                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            _raise_first(done)
+                        if isinstance(job, _Range):
+                            pending.add(pool.submit(self._retry, self._range, job))
+                        else:
+                            pending.add(pool.submit(self._chunk_job, *job))
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                        _raise_first(done)
+                except BaseException:
+                    self.abort.set()
+                    for g in pending:
+                        g.cancel()
+                    raise
         finally:
             for cf in files:
                 if cf.file is not None:
@@ -227,29 +243,30 @@ class Fetcher:
     # --- packed files ------------------------------------------------------------------
     def _range(self, r: _Range) -> None:
         # On a retry, start from the first file not yet in place.
-        pending = [(b, e) for b, e in r.members if self._final(e) not in self._placed]
+        pending = r.members[r.placed:]
         if not pending:
             return
-        start = pending[0][0].offset
+        start = pending[0].blobs[0].offset
         self.before_request()
         body = self.raw.open_range(object_key(r.oid), start, r.end - start)
         with self._lock:
             self.requests += 1
         try:
             pos = start
-            for blob, e in pending:
+            for e in pending:
                 if self.abort.is_set():
                     return
+                blob = e.blobs[0]
                 if blob.offset > pos:
                     read_exact(body, blob.offset - pos, r.oid, e)
                 pos = blob.offset + blob.stored
                 if blob.raw > STREAM_OVER:
                     self._place_streamed(body, blob, r.oid, e)
-                    continue
-                data = read_exact(body, blob.stored, r.oid, e)
-                self.on_bytes(len(data))
-                raw = self._decode(data, blob, r.oid, e)
-                self._place_small(e, raw)
+                else:
+                    data = read_exact(body, blob.stored, r.oid, e)
+                    self.on_bytes(len(data))
+                    self._place_small(e, self._decode(data, blob, r.oid, e))
+                r.placed += 1
         finally:
             body.close()
 
@@ -261,10 +278,15 @@ class Fetcher:
             final = self._final(target)
             st = write_atomic(final, raw, mode=target.mode, mtime_ns=target.mtime_ns)
             with self._lock:
-                self._placed.add(self._final(e))
                 self.fetched += 1
             self.on_done(target, final, st)
-        self.primary[e.digest] = e.path
+        self._primary(e)
+
+    def _primary(self, e: Entry) -> None:
+        if self.dups:
+            digest = e.digest
+            if digest in self.dups:
+                self.primary[digest] = e.path
 
     def _decoded(self, body: Any, blob: Blob, oid: str, e: Entry
                  ) -> Iterator[tuple[bytes | memoryview, bytes | memoryview]]:
@@ -320,9 +342,8 @@ class Fetcher:
                                      "its SHA-256 in the snapshot")
             st = f.commit(e.mtime_ns)
         with self._lock:
-            self._placed.add(final)
             self.fetched += 1
-        self.primary[e.digest] = e.path
+        self._primary(e)
         self.on_done(e, final, st)
 
     def placed_path(self, digest: str) -> str:
@@ -431,8 +452,15 @@ class Fetcher:
             st = cf.file.commit(e.mtime_ns)
         with self._lock:
             self.fetched += 1
-        self.primary[e.digest] = e.path
+        self._primary(e)
         self.on_done(e, cf.final, st)
+
+
+def _raise_first(done: set[Future[None]]) -> None:
+    for f in done:
+        exc = f.exception()
+        if exc is not None:
+            raise exc
 
 
 def decode_blob(data: bytes, blob: Blob, path: str) -> bytes:

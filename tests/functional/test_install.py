@@ -312,3 +312,52 @@ def test_push_failure_after_install_keeps_the_report(index, tmp_path):
     assert units(r)["beta"]["status"] == "installed"
     assert "Not a directory" in r["push_error"]
     assert "installed, but the push of packages failed" in p.stderr
+
+
+def _pyc_matches_source(pyc: Path, src: Path) -> bool:
+    """The .pyc is what the import system would use for ``src`` as it is on disk now: this
+    interpreter's magic number and, for a timestamp pyc, the source's mtime and size."""
+    import importlib.util
+    import struct
+
+    head = pyc.read_bytes()[:16]
+    if head[:4] != importlib.util.MAGIC_NUMBER:
+        return False
+    flags = struct.unpack("<I", head[4:8])[0]
+    if flags & 1:  # hash-based: checked against the source's hash at import
+        return True
+    mtime, size = struct.unpack("<II", head[8:16])
+    st = src.stat()
+    return mtime == int(st.st_mtime) & 0xFFFFFFFF and size == st.st_size & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_install_compiles_bytecode_that_stays_valid_on_the_next_worker(index, tmp_path,
+                                                                      installer):
+    """Workers import packages/ without compiling it: install leaves a current .pyc beside
+    every module it installed (uv does not compile by itself), push carries them, and on a
+    second worker, after a pull, each still matches its source (mtime and size restored)."""
+    with serve(index) as srv:
+        env = {**hermetic_env(tmp_path, srv.url + "/simple"),
+               "CACHE_SYNC_REMOTE": f"file://{tmp_path}/store", "CACHE_SYNC_PROGRESS": "off"}
+        p = cli(env, "install", "--installer", installer, "alpha==2.0")
+        assert p.returncode == 0, p.stderr
+        assert "bytecode: packages/ compiled" in p.stderr
+    second = tmp_path / "second"
+    assert cli({**env, "CACHE_SYNC_ROOT": str(second)}, "pull", "packages").returncode == 0
+    tag = sys.implementation.cache_tag
+    for src in ("alpha/__init__.py", "alpha/extra.py", "beta.py"):
+        path = second / "packages" / src
+        pyc = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
+        assert pyc.is_file(), f"no bytecode for {src}"
+        assert _pyc_matches_source(pyc, path), f"stale bytecode for {src} after the pull"
+
+
+def test_bytecode_can_be_turned_off(index, tmp_path):
+    if not HAVE_UV:
+        pytest.skip("uv not installed")
+    with serve(index) as srv:
+        env = {**hermetic_env(tmp_path, srv.url + "/simple"), "CACHE_SYNC_BYTECODE": "0"}
+        p = cli(env, "install", "--no-push", "--installer", "uv", "beta")
+        assert p.returncode == 0, p.stderr
+    assert not list((tmp_path / "cache" / "packages").rglob("*.pyc"))
