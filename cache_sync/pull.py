@@ -164,7 +164,7 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
           target: dict[str, Entry], remote: dict[str, Entry],
           deadline: float | None = None) -> None:
     """Stage every file, then run the final phase from a journal (``staging.py``, design
-    5.2): a failure before the journal leaves the area exactly as it was. The area becomes
+    5.3): a failure before the journal leaves the area exactly as it was. The area becomes
     ``target``; the state records ``remote`` (they differ by the local changes kept)."""
     from cache_sync import staging  # with the transfer engine: not needed when up to date
     from cache_sync.transfer import Fetcher

@@ -1,5 +1,5 @@
 """How a pull changes an area: stage everything, then a short journaled final phase
-(``docs/design.md`` section 5.2).
+(``docs/design.md`` section 5.3).
 
 1. *Stage.* Every file the pull writes is fetched (or copied from an unchanged local file)
    into ``<root>/.cache-sync/stage/<area>/<path>``, verified, and given its mode and mtime.

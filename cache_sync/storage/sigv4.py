@@ -43,19 +43,21 @@ class Signer:
         self._secret = secret
         self._token = session_token
         self.region = region
-        self._day = ""
-        self._day_key = b""
+        self._cached: tuple[str, bytes] = ("", b"")  # (day, key): one attribute, so a thread
+        # never pairs one day with another day's key
 
     def __repr__(self) -> str:
         return f"Signer(region={self.region!r}, credentials=<set>)"
 
     def _signing_key(self, day: str) -> bytes:
-        if day != self._day:
-            k = hmac.new(("AWS4" + self._secret).encode(), day.encode(), hashlib.sha256).digest()
+        cached_day, key = self._cached
+        if day != cached_day:
+            key = hmac.new(("AWS4" + self._secret).encode(), day.encode(),
+                           hashlib.sha256).digest()
             for part in (self.region, "s3", "aws4_request"):
-                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-            self._day, self._day_key = day, k
-        return self._day_key
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._cached = (day, key)
+        return key
 
     def sign(self, method: str, host: str, path: str, query: str,
              headers: dict[str, str], payload_sha256: str = EMPTY_SHA256,

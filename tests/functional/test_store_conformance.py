@@ -177,3 +177,17 @@ def test_errors_are_classified_permanent_or_transient(backend, tmp_path, request
     for st in transient:
         with pytest.raises(TransientStorageError):
             st.get("objects/aa/x")
+
+
+def test_keys_with_characters_urls_encode(backend):
+    """Keys survive a round trip through put, list (S3: ``encoding-type=url``, decoded as S3
+    encodes: '+' is a space) and get, whatever characters they hold."""
+    _, store = backend
+    keys = ["odd/a b+c", "odd/plus+plus", "odd/pct%20lit", "odd/ünï ★", "odd/q?x=1&y",
+            "odd/tilde~semi;colon:"]
+    for k in keys:
+        store.put(k, k.encode())
+    assert sorted(i.key for i in store.list("odd/")) == sorted(keys)
+    for k in keys:
+        assert store.get(k) == k.encode()
+        assert store.head(k) is not None
