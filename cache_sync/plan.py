@@ -7,6 +7,7 @@ whose contents must be read because the index cannot vouch for them.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import struct
@@ -21,29 +22,30 @@ _INDEX = struct.Struct("<QqQq32s")  # size, mtime_ns, ino, ctime_ns, sha256
 _STAT = struct.Struct("<HqQQq")  # mode, mtime_ns, size, ino, ctime_ns
 
 
-class IndexRecord:
+class IndexRecord(bytes):
     """The stat index's record of one file: its stat when its contents hashed to ``digest``.
-    Stored as a JSON array ``[size, mtime_ns, ino, ctime_ns, digest]``; held packed in one
-    ``bytes`` (an index has a record per file: ~140 bytes each, not ~340)."""
+    Stored as a JSON array ``[size, mtime_ns, ino, ctime_ns, digest]``; held as one packed
+    ``bytes`` (an index has a record per file: ~150 bytes each with its dict slot, not the
+    ~340 of a tuple of ints and a hex string). Reads like the tuple it was."""
 
-    __slots__ = ("_r",)
-    _r: bytes | tuple[int, int, int, int, str]
+    __slots__ = ()
 
-    def __init__(self, size: int, mtime_ns: int, ino: int, ctime_ns: int, digest: str
-                 ) -> None:
+    def __new__(cls, size: int, mtime_ns: int, ino: int, ctime_ns: int, digest: str
+                ) -> IndexRecord:
         try:
             if not is_oid(digest):
                 raise ValueError(digest)
-            self._r = _INDEX.pack(size, mtime_ns, ino, ctime_ns, bytes.fromhex(digest))
-        except (struct.error, ValueError, TypeError):
-            self._r = (size, mtime_ns, ino, ctime_ns, digest)
+            raw = b"\x01" + _INDEX.pack(size, mtime_ns, ino, ctime_ns, bytes.fromhex(digest))
+        except (struct.error, ValueError, TypeError):  # values that do not pack: kept as JSON
+            raw = b"\x00" + json.dumps([size, mtime_ns, ino, ctime_ns, digest]).encode()
+        return super().__new__(cls, raw)
 
     def _fields(self) -> tuple[int, int, int, int, str]:
-        r = self._r
-        if isinstance(r, bytes):
-            size, mtime, ino, ctime, digest = _INDEX.unpack(r)
+        if self[0] == 1:
+            size, mtime, ino, ctime, digest = _INDEX.unpack_from(self, 1)
             return size, mtime, ino, ctime, digest.hex()
-        return r
+        size, mtime, ino, ctime, hexdigest = json.loads(self[1:])
+        return size, mtime, ino, ctime, hexdigest
 
     @property
     def size(self) -> int:
@@ -69,7 +71,7 @@ class IndexRecord:
         size, mtime, ino, ctime, _ = self._fields()
         return size, mtime, ino, ctime
 
-    def __iter__(self) -> Iterator[int | str]:
+    def __iter__(self) -> Iterator[int | str]:  # type: ignore[override]
         return iter(self._fields())
 
     def __eq__(self, other: object) -> bool:
@@ -78,6 +80,10 @@ class IndexRecord:
         if isinstance(other, tuple):
             return self._fields() == other
         return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
 
     def __hash__(self) -> int:
         return hash(self._fields())

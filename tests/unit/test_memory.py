@@ -78,7 +78,7 @@ def test_an_entry_costs_a_few_hundred_bytes():
     index, held, _ = _measure(lambda: {
         f"pkg/sub/m{i}.py": IndexRecord(1234 + i, 1_700_000_000_000_000_000, 9_000_000 + i,
                                         1_700_000_000_000_000_001, digest) for i in range(N)})
-    assert held / len(index) < 300, f"{held / len(index):.0f} bytes an index record"
+    assert held / len(index) < 250, f"{held / len(index):.0f} bytes an index record"
     assert index["pkg/sub/m7.py"] == (1241, 1_700_000_000_000_000_000, 9_000_007,
                                       1_700_000_000_000_000_001, digest)
 
