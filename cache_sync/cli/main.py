@@ -115,9 +115,15 @@ def _global_options(g: argparse._ArgumentGroup, after_command: bool = False) -> 
 def _limit_malloc_arenas() -> None:
     """glibc gives each thread its own malloc arena and keeps freed memory in it; with 16
     transfer threads that alone cost ~30-60 MB of RSS on a cold pull. Two arenas are plenty
-    (the threads spend their time in syscalls, hashing and zstd, which release the GIL)."""
+    (the threads spend their time in syscalls, hashing and zstd, which release the GIL).
+    And big buffers go back to the system when freed (below)."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        # A fixed mmap threshold: buffers of 4 MiB and more (a push's 16 MiB packs) are
+        # mapped and unmapped, never left in the heap (glibc's sliding threshold would keep
+        # them there after the first is freed, as RSS the heap rarely gives back).
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 
