@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from cache_sync.errors import FormatError
@@ -295,7 +295,12 @@ class LocalTree:
         return same_tree(self.entries, base)
 
 
-def local_entries(local: dict[str, LocalItem], index: Index) -> LocalTree:
+def local_entries(local: dict[str, LocalItem], index: Index,
+                  share: Mapping[str, Entry] | None = None) -> LocalTree:
+    """The scan as entries (files the index cannot vouch for get digest "" and are listed
+    to hash). An entry equal as a tree node to one of ``share`` (the state's entries) is
+    that entry, blobs and all: an unchanged tree costs no second copy."""
+    share = share or {}
     entries: dict[str, Entry] = {}
     to_hash: list[LocalItem] = []
     skipped: list[str] = []
@@ -319,6 +324,9 @@ def local_entries(local: dict[str, LocalItem], index: Index) -> LocalTree:
                 to_hash.append(item)
                 digest = ""
             entries[path] = Entry(path, "f", item.mode, item.mtime_ns, item.size, digest)
+        same = share.get(path)
+        if same is not None and same.same_content(entries[path]):
+            entries[path] = same
     # A link that climbs '..' out of another link passes check_link but would be refused on
     # pull (snapshot.check_link_walk): never push what no one can pull.
     for path, e in list(entries.items()):

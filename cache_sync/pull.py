@@ -103,7 +103,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
         tracked = {**state.entries, **local_entries(local, index).entries}
     elif state.entries is not None:
         # Local changes not yet pushed take part in the merge as the newest head (5.2).
-        head, rep.local_changes = local_head(state.entries, hashed_tree(area_dir, local, index))
+        head, rep.local_changes = local_head(state.entries,
+                                             hashed_tree(area_dir, local, index, state.entries))
         if rep.local_changes:
             from cache_sync.contents import SmallFiles
             from cache_sync.units import merger
@@ -128,11 +129,12 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     return rep
 
 
-def hashed_tree(area_dir: Path, local: dict[str, LocalItem], index: Index) -> dict[str, Entry]:
+def hashed_tree(area_dir: Path, local: dict[str, LocalItem], index: Index,
+                share: dict[str, Entry] | None = None) -> dict[str, Entry]:
     """The local tree as entries, hashing the files the stat index cannot vouch for (those a
     push would read too) and recording them in ``index`` so that push does not read them
     again. A file that vanishes meanwhile is left out."""
-    tree = local_entries(local, index)
+    tree = local_entries(local, index, share)
     for item in tree.to_hash:
         path = str(area_dir / item.path)
         try:

@@ -149,7 +149,7 @@ def collect(area_dir: Path, cache: CacheState, area: str, *, clean_tmp: bool = T
     index reuse (one string per path, not three)."""
     local = scan(area_dir, clean_tmp=clean_tmp, share=share)
     index = cache.load_index(area, share=share)
-    tree = local_entries(local, index)
+    tree = local_entries(local, index, share)
     del local
     for s in tree.skipped:
         log.warning("skipping symlink %s: it leads out of the area", s)
@@ -226,8 +226,12 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
     entries = tree.entries
     progress = Progress(f"push {area}", len(tree.to_hash), sum(i.size for i in tree.to_hash),
                         enabled=progress_enabled(settings.progress, settings.json))
+    files_read = len(tree.to_hash)
+    todo = tree.to_hash  # drained as it goes: a cold push does not keep its scan
+    todo.reverse()
     try:
-        for item in tree.to_hash:
+        while todo:
+            item = todo.pop()
             check_deadline(deadline, area)
             entry = _hash_and_pack(work.area_dir, item, index, known, packer, base)
             if entry is None:
@@ -243,9 +247,9 @@ def upload(settings: Settings, store: Store, cache: CacheState, area: str, state
         raise
     finally:
         progress.close()
-    sent = Upload(work, entries, known, packer, uploader, len(tree.to_hash))
+    sent = Upload(work, entries, known, packer, uploader, files_read)
     sent.attach_blobs()
-    cache.save_index(area, {p: r for p, r in index.items() if p in entries})
+    cache.save_index(area, ((p, r) for p, r in index.items() if p in entries))
     return sent
 
 

@@ -157,3 +157,24 @@ def test_the_fetcher_queues_a_bounded_number_of_jobs(tmp_path: Path, monkeypatch
             ).fetch(entries)
     assert sorted(placed) == [e.path for e in entries]
     assert most <= 2 * workers, f"{most} jobs queued at once for {workers} workers"
+
+
+def test_the_format_is_unchanged_both_ways(manifest):
+    """Streaming changed no byte of the JSON: the previous writer's manifests (one
+    ``json.dumps``, one zstd frame with its content size) decode as before, and what is
+    written now is, decompressed, exactly the previous writer's text, which the previous
+    reader (``stream_reader(...).read()`` then ``json.loads``) parses."""
+    import json
+
+    import zstandard
+
+    from cache_sync.snapshot import from_dict
+
+    data, _ = manifest
+    snap = decode(data)
+    old_text = json.dumps(snap.to_dict(), separators=(",", ":")).encode()
+    old_bytes = zstandard.ZstdCompressor(level=3).compress(old_text)
+    assert decode(old_bytes).entries == snap.entries
+    new_text = zstandard.ZstdDecompressor().stream_reader(encode(snap)).read()
+    assert new_text == old_text
+    assert from_dict(json.loads(new_text)).entries == snap.entries
