@@ -12,10 +12,18 @@ They stay valid after a pull: a ``.pyc`` records its source's mtime and size (th
 timestamp invalidation), and a pull restores every file's mtime exactly. compileall skips a
 file whose ``.pyc`` is current, so a later install compiles only what changed. A file that
 does not compile (a test written for another Python) is left to compile at import, as before.
+
+Each new ``.pyc`` is added to the ``RECORD`` of the distribution that owns its source, as pip
+does when it compiles: the bytecode is then part of its distribution (an uninstall or upgrade
+removes it, a merge of ``packages/`` moves it with its unit, ``docs/design.md`` 5.1), never a
+file that belongs to nobody.
 """
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -47,11 +55,44 @@ def compile_tree(target: Path, env: Mapping[str, str], timeout: float) -> Compil
         proc = subprocess.run(cmd, env=child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=timeout, check=False, cwd=os.fspath(target))
     except subprocess.TimeoutExpired:
+        record_bytecode(target)
         return Compiled(time.monotonic() - t0, False,
                         f"bytecode: compiling {target} took over {timeout:.0f}s; the rest "
                         "compiles at import")
+    record_bytecode(target)
     took = time.monotonic() - t0
     if proc.returncode:
         return Compiled(took, False, "bytecode: some files did not compile (written for "
                         "another Python?); they compile at import")
     return Compiled(took, True)
+
+
+def record_bytecode(target: Path) -> int:
+    """List in each top-level ``*.dist-info/RECORD`` the ``.pyc`` of every source file it
+    lists that exists and is not listed yet (no hash, as pip writes them). Returns how many
+    rows were added."""
+    from cache_sync.fsutil import write_atomic
+
+    added = 0
+    for info in sorted(target.glob("*.dist-info")):
+        record = info / "RECORD"
+        try:
+            text = record.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        listed = {row[0] for row in csv.reader(io.StringIO(text)) if row}
+        new: list[str] = []
+        for path in sorted(listed):
+            if not path.endswith(".py") or path.startswith(("..", "/")):
+                continue
+            pyc = importlib.util.cache_from_source(path)
+            if pyc not in listed and (target / pyc).is_file():
+                new.append(pyc)
+        if new:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows([p, "", ""] for p in new)
+            sep = "" if not text or text.endswith("\n") else "\n"
+            write_atomic(record, (text + sep + out.getvalue()).encode("utf-8"),
+                         mode=record.stat().st_mode & 0o7777)
+            added += len(new)
+    return added

@@ -153,12 +153,14 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview, *,
         return st
 
 
-def copy_atomic(src: str, path: str, *, mode: int, mtime_ns: int, digest: str) -> None:
+def copy_atomic(src: str, path: str, *, mode: int, mtime_ns: int, digest: str | None) -> None:
     """Copy the local file ``src`` to ``path`` atomically, refusing (before the rename) a copy
-    whose SHA-256 is not ``digest`` (the source changed under us)."""
+    whose SHA-256 is not ``digest`` (the source changed under us). ``digest=None``: the source
+    is a file this process wrote and verified where nothing else writes (a pull's stage), so
+    the copy is not hashed again."""
     with writing(path), AtomicFile(path, mode, read=True) as f, open(src, "rb") as s:
         _copy_fd(s.fileno(), f.fd)
-        if _hash_fd(f.fd) != digest:
+        if digest is not None and _hash_fd(f.fd) != digest:
             raise CacheSyncError(f"local copy source {src!r} changed during the pull")
         f.commit(mtime_ns)
 

@@ -93,7 +93,7 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
         placed = os.path.join(sroot, fetcher.placed_path(digest))
         for e in extra:
             if not os.path.lexists(os.path.join(sroot, e.path)):
-                _copy(placed, os.path.join(sroot, e.path), e)
+                _copy(placed, os.path.join(sroot, e.path), e, staged=True)
                 out.paths.append(e.path)
     for e, src in plan.copies:
         _copy(os.path.join(root, src) if src else "", os.path.join(sroot, e.path), e)
@@ -103,10 +103,13 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
     return out
 
 
-def _copy(src: str, final: str, e: Entry) -> None:
-    """A verified copy of ``src`` (or an empty file) at ``final``, with mode and mtime."""
+def _copy(src: str, final: str, e: Entry, *, staged: bool = False) -> None:
+    """A verified copy of ``src`` (or an empty file) at ``final``, with mode and mtime. A
+    ``staged`` source was fetched and verified into the stage by this pull (nothing else
+    writes there): copied without hashing it again."""
     if src:
-        copy_atomic(src, final, mode=e.mode, mtime_ns=e.mtime_ns, digest=e.digest)
+        copy_atomic(src, final, mode=e.mode, mtime_ns=e.mtime_ns,
+                    digest=None if staged else e.digest)
     else:
         write_atomic(final, b"", mode=e.mode, mtime_ns=e.mtime_ns)
 

@@ -20,6 +20,9 @@ class ObjectInfo:
 
 
 class Readable(Protocol):
+    """A body being read. A backend's body may also offer ``readinto(buffer) -> int`` (the
+    S3 read client's does): the transfer engine then reads into one reusable buffer."""
+
     def read(self, n: int = -1) -> bytes: ...
     def close(self) -> None: ...
 

@@ -51,7 +51,7 @@ def _network_error(exc: BaseException, what: str) -> StorageError:
     """A failure below HTTP: transient (reset, refused, timeout, a broken reply), except a TLS
     failure, which boto3 reports as a permanent SSLError too."""
     if type(exc).__module__ == "ssl" and not isinstance(exc, TimeoutError):
-        return StorageError(f"SSLError on {what}: {exc}")
+        return StorageError(f"SSLError on {what}")  # as botocore's SSLError reads in s3.py
     return TransientStorageError(f"network error on {what}: {type(exc).__name__}")
 
 

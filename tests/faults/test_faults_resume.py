@@ -6,6 +6,7 @@ must not name objects that no longer exist."""
 from __future__ import annotations
 
 import os
+import time
 
 from tests.support import crash
 from tests.support import faultkit as fk
@@ -86,6 +87,11 @@ def test_deleted_file_stays_deleted_after_a_push_killed_past_its_commit(tmp_path
         r = crash.kill_at_request(ws.argv("push"), ws.env, proxy, 1, drop=False,
                                   match=lambda m, p: m == "PUT" and "/snapshots/" in p)
         assert r.killed
+        # The proxy forwards the held PUT after the client died: wait until it has landed
+        # (listing at once raced it once the store opened without importing boto3).
+        deadline = time.monotonic() + 20
+        while len(fk.snapshot_ids(ws)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(fk.snapshot_ids(ws)) == 2, "the snapshot PUT should have landed"
         ws.run("push")  # S1'
         (ws.area() / "f.txt").unlink()

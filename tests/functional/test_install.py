@@ -351,6 +351,9 @@ def test_install_compiles_bytecode_that_stays_valid_on_the_next_worker(index, tm
         pyc = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
         assert pyc.is_file(), f"no bytecode for {src}"
         assert _pyc_matches_source(pyc, path), f"stale bytecode for {src} after the pull"
+    # ... and each .pyc belongs to its distribution (an upgrade or uninstall removes it)
+    record = next((second / "packages").glob("alpha-2.0.dist-info")) / "RECORD"
+    assert f"alpha/__pycache__/extra.{tag}.pyc" in record.read_text()
 
 
 def test_bytecode_can_be_turned_off(index, tmp_path):

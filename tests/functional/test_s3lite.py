@@ -4,9 +4,14 @@ cannot serve faithfully go to boto3 and still work."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -167,3 +172,71 @@ def test_profile_only_credentials_take_boto3_and_work(moto, tmp_path):
     run_cli(["--root", str(src), "push", "packages"], cli)
     run_cli(["--root", str(dst), "pull", "packages"], cli)
     assert describe(dst / "packages") == describe(src / "packages")
+
+
+@contextlib.contextmanager
+def _tls_front(upstream: str, tmp_path):
+    """A TLS endpoint on 127.0.0.1 (a self-signed certificate) forwarding to ``upstream``."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    host, port = upstream.split("://")[1].split(":")
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pump(src, dst):
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                continue
+            try:
+                client = ctx.wrap_socket(raw, server_side=True)
+            except OSError:  # a client that refused our certificate
+                raw.close()
+                continue
+            server = socket.create_connection((host, int(port)))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}", str(cert)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_https_endpoints_are_verified_like_boto3(moto, tmp_path):
+    """An https endpoint: verified against AWS_CA_BUNDLE (as boto3 does); a certificate no
+    bundle vouches for is a permanent error that reads as boto3's."""
+    bucket = moto.make_bucket()
+    moto.client().put_object(Bucket=bucket, Key="cs/objects/aa/blob", Body=DATA)
+    with _tls_front(moto.endpoint, tmp_path) as (endpoint, cert):
+        good = S3LiteStore(_settings(moto, tmp_path, bucket, "lite", AWS_CA_BUNDLE=cert,
+                                     CACHE_SYNC_ENDPOINT_URL=endpoint))
+        assert good.get("objects/aa/blob") == DATA
+        assert [i.key for i in good.list("objects/")] == ["objects/aa/blob"]
+        errors = []
+        for client, cls in (("boto3", S3Store), ("lite", S3LiteStore)):
+            store = cls(_settings(moto, tmp_path, bucket, client,
+                                  CACHE_SYNC_ENDPOINT_URL=endpoint))
+            with pytest.raises(StorageError) as e:
+                store.get("objects/aa/blob")
+            assert not isinstance(e.value, TransientStorageError)
+            errors.append(str(e.value))
+        assert errors[0] == errors[1] and "SSLError" in errors[0], errors
