@@ -215,6 +215,25 @@ def move_tree(stage: Path, area_dir: Path) -> None:
             os.replace(os.path.join(dirpath, name), os.path.join(dest_dir, name))
 
 
+def clean_link_tmps(area_dir: Path, ops: list[Op]) -> None:
+    """Remove the temporary names a killed final phase can leave in the area: ``ln`` makes
+    each symlink under a temporary name in the link's directory and renames it into place, so
+    a kill between the two leaves one behind. (An up-to-date pull does not scan the area, so
+    nothing else would ever remove it.) Only non-directories are removed: an area that is a
+    mount point of its own stages in a temporary-named directory inside itself."""
+    for d in {os.path.dirname(op[1]) for op in ops if op[0] == "ln"}:
+        where = os.path.join(str(area_dir), d)
+        try:
+            names = [n for n in os.listdir(where) if n.startswith(TMP_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            p = os.path.join(where, name)
+            if _kind(p) != "d":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+
+
 def journal_path(cache: CacheState, area: str) -> Path:
     return cache.dir / f"{area}{JOURNAL}"
 
@@ -279,6 +298,7 @@ def roll_forward(root: Path) -> list[str]:
             continue
         log.warning("finishing the pull of %s that was cut off in its final phase", area)
         run_ops(Path(area_dir), Path(stage), ops)
+        clean_link_tmps(Path(area_dir), ops)
         finish(cache, area, Path(area_dir), Path(stage), None, doc.get("local_only") or ())
         done.append(area)
     return done

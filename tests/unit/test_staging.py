@@ -51,3 +51,27 @@ def test_into_a_non_empty_area_files_move_one_by_one_and_nothing_there_is_lost(t
     assert _tree(stage) == {}
     move_tree(stage, area)
     assert _tree(area)["a/d.txt"] == b"d"
+
+
+def test_roll_forward_removes_a_link_tmp_left_by_a_kill_between_symlink_and_rename(tmp_path):
+    """``ln`` creates the link under a temporary name, then renames it; a kill in between
+    leaves that name in the area, and an up-to-date pull never scans the area to clean it."""
+    import json
+
+    from cache_sync.fsutil import TMP_PREFIX
+    from cache_sync.local_cache import CacheState
+    from cache_sync.staging import journal_path, roll_forward
+
+    root, area = tmp_path / "root", tmp_path / "root" / "packages"
+    (area / "pkg").mkdir(parents=True)
+    cache = CacheState(root)
+    cache.dir.mkdir(parents=True, exist_ok=True)
+    os.symlink("target.py", area / "pkg" / f"{TMP_PREFIX}deadbeef")  # the kill's leftover
+    (area / "pkg" / f"{TMP_PREFIX}stage-like").mkdir()  # a directory is never removed
+    ops = [["ln", "pkg/link.py", "target.py", 1_700_000_000_000_000_000]]
+    journal_path(cache, "packages").write_text(json.dumps(
+        {"area": "packages", "area_dir": str(area), "stage": str(tmp_path / "stage"),
+         "ops": ops, "local_only": []}))
+    assert roll_forward(root) == ["packages"]
+    assert os.readlink(area / "pkg" / "link.py") == "target.py"
+    assert sorted(os.listdir(area / "pkg")) == sorted(["link.py", f"{TMP_PREFIX}stage-like"])
