@@ -309,6 +309,8 @@ class _FakeHolder:
 
         self.store = LocalStore(str(store_dir))
         self.store.put("leases/bootstrap/elsewhere-00000001.claim", b"{}")
+        # alive from the start: a command can now finish before the first renewal is due
+        self.store.put("leases/bootstrap/elsewhere-00000001.alive", b"{}")
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._renew, daemon=True)
         self.thread.start()
