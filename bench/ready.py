@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import latency_proxy, limit
+from bench.datasets import tree_bytes
 from bench.ready_stack import REPO, STACKS, Stack, build, plain_requirements
 
 MODES = ("cache-sync", "pip", "uv", "s5cmd", "floor")
@@ -221,7 +222,7 @@ class Bench:
                                 f"s3://{self.copy_bucket}/{area}/"],
                                env={**self.base_env, **self.server.env()}, check=True)
             done("s5cmd")
-        self.bytes = _tree_bytes(self.stack.root, self.stack.areas)
+        self.bytes = sum(tree_bytes(self.stack.root / a) for a in self.stack.areas)
         if state.get("limit_bytes") != self.bytes:
             limit.upload(client, self.limit_bucket, self.bytes)
             state["limit_bytes"] = self.bytes
@@ -320,17 +321,6 @@ class Bench:
 
 def _link_tree(src: Path, dest: Path) -> None:
     subprocess.run(["cp", "-al", str(src), str(dest)], check=True)
-
-
-def _tree_bytes(root: Path, areas: tuple[str, ...]) -> int:
-    total = 0
-    for area in areas:
-        for dirpath, _dirs, files in os.walk(root / area):
-            for name in files:
-                p = os.path.join(dirpath, name)
-                if not os.path.islink(p):
-                    total += os.path.getsize(p)
-    return total
 
 
 @contextlib.contextmanager

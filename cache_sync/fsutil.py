@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from cache_sync.errors import CacheSyncError, DiskSpaceError
 
@@ -178,13 +179,22 @@ def _copy_fd(src: int, dst: int) -> None:
                 view = view[os.write(dst, view):]
 
 
-def _hash_fd(fd: int) -> str:
-    h = hashlib.sha256()
-    pos = 0
-    while chunk := os.pread(fd, HASH_READ, pos):
-        h.update(chunk)
+def hash_range(fd: int, start: int, end: int | None, hasher: Any) -> Any:
+    """Feed bytes [start, end) of ``fd`` (to its end when None) to ``hasher`` and return it.
+    Reads of 4 MiB: hashlib releases the GIL for them."""
+    pos = start
+    while end is None or pos < end:
+        chunk = os.pread(fd, 4 * HASH_READ if end is None else min(4 * HASH_READ, end - pos),
+                         pos)
+        if not chunk:
+            break
+        hasher.update(chunk)
         pos += len(chunk)
-    return h.hexdigest()
+    return hasher
+
+
+def _hash_fd(fd: int) -> str:
+    return str(hash_range(fd, 0, None, hashlib.sha256()).hexdigest())
 
 
 def symlink_atomic(target: str, path: str, mtime_ns: int) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 import zstandard
 
 from cache_sync.errors import FormatError, IntegrityError, TransientStorageError
-from cache_sync.fsutil import AtomicFile, write_atomic, writing
+from cache_sync.fsutil import AtomicFile, hash_range, write_atomic, writing
 from cache_sync.layout import object_key
 from cache_sync.snapshot import CODEC_ZSTD, Blob, Entry
 from cache_sync.storage.base import Store
@@ -113,19 +113,6 @@ class _Chunked:
         while self.hashed in self.landed:
             hash_range(self.file.fd, *self.span(self.hashed), self.hasher)
             self.hashed += 1
-
-
-def hash_range(fd: int, start: int, end: int, hasher: Any) -> Any:
-    """Feed bytes [start, end) of ``fd`` to ``hasher`` (4 MiB reads; hashlib releases the
-    GIL for them) and return it."""
-    pos = start
-    while pos < end:
-        data = os.pread(fd, min(READ * 4, end - pos), pos)
-        if not data:
-            break
-        hasher.update(data)
-        pos += len(data)
-    return hasher
 
 
 def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
