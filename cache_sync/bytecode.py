@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache_sync.fsutil import write_atomic
+
 
 @dataclass(frozen=True)
 class Compiled:
@@ -71,8 +73,6 @@ def record_bytecode(target: Path) -> int:
     """List in each top-level ``*.dist-info/RECORD`` the ``.pyc`` of every source file it
     lists that exists and is not listed yet (no hash, as pip writes them). Returns how many
     rows were added."""
-    from cache_sync.fsutil import write_atomic
-
     added = 0
     for info in sorted(target.glob("*.dist-info")):
         record = info / "RECORD"
