@@ -127,7 +127,10 @@ def test_worker_arriving_while_a_push_holds_the_lock_waits_then_serves(tmp_path,
             assert wait_until(lambda: (tmp_path / "ready-c").exists() or third.poll()
                               is not None, 120)
             waited = time.monotonic() - t0
-            assert pusher.poll() is not None  # it started serving only after the push
+            # it started serving only after the push: the push's snapshot was committed (the
+            # pusher process itself may still be exiting once it released the lock)
+            listed = moto.client().list_objects_v2(Bucket=bucket, Prefix="cache/snapshots/")
+            assert [o["Key"] for o in listed.get("Contents", [])]
             code, err = stop(third, "c", tmp_path)
         finally:
             reap(tmp_path, {"c": locals().get("third")})
