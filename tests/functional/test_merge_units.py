@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.helpers import cli_env, run_cli
 from tests.support.pkgindex import make_wheel
+from tests.support.uninstall import uninstall
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ class Worker:
                  "--no-index", "--find-links", str(self.wheels), "--no-compile", spec)
 
     def uninstall(self, name: str) -> None:
-        self.pip("uninstall", "-y", name)  # finds it through PYTHONPATH=packages
+        uninstall(self.packages, name)  # what `pip uninstall` removes, in a venv or not
 
     def probe(self) -> dict[str, str]:
         """What a worker's Python sees: the metadata's version, the code's version, and the
@@ -180,9 +181,11 @@ def test_run_after_a_cut_off_push_keeps_the_local_upgrade_whole(tmp_path, wheels
     _base(tmp_path, remote, wheels, "mypkg==1.0", "other==1.0")
     w = Worker(tmp_path, "w", remote, wheels)
     # `pip install --target --upgrade` leaves the old dist-info behind (pip's own
-    # behaviour), so the worker upgrades the way a consistent tree needs: uninstall, install.
+    # behaviour), so the worker upgrades the way a consistent tree needs: uninstall (what
+    # `pip uninstall` removes; pip itself refuses inside a venv), install.
     py = sys.executable
-    upgrade = (f"{py} -m pip uninstall -y mypkg && {py} -m pip install --no-deps --no-index "
+    upgrade = (f'{py} -m tests.support.uninstall "$PIP_TARGET" mypkg && '
+               f"{py} -m pip install --no-deps --no-index "
                f"--find-links {wheels} --no-compile mypkg==2.0")  # PIP_TARGET comes from run
     env = {**w.env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     p = run_cli(["run", "--push-timeout", "0.001", "--", "sh", "-c", upgrade], env, check=False)
