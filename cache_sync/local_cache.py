@@ -295,7 +295,8 @@ def cache_lock(root: Path, timeout: float = 0.0) -> Iterator[None]:
     """One pull, push or gc at a time per cache root (workers sharing a network volume share
     the root). A second one waits up to ``timeout`` seconds, says so once after a couple of
     seconds, and then refuses with the holder's pid and host; the lock dies with its process
-    (flock). Only pull, push and gc take it: a serving worker holds it for none of its life."""
+    (flock). Only pull, push and verify take it, through ``staging.open_root`` (which then
+    finishes a killed pull's final phase): a serving worker holds it for none of its life."""
     state_dir = root / ".cache-sync"
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "lock"
@@ -323,9 +324,6 @@ def cache_lock(root: Path, timeout: float = 0.0) -> Iterator[None]:
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}".encode(), 0)
-        from cache_sync.staging import roll_forward  # staging builds on this module
-
-        roll_forward(root)  # a pull killed in its final phase is finished before anything else
         yield
     finally:
         os.close(fd)  # releases the flock

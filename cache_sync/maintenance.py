@@ -10,7 +10,7 @@ from cache_sync.config import Settings
 from cache_sync.errors import IntegrityError
 from cache_sync.fsutil import free_bytes, hash_file
 from cache_sync.history import History
-from cache_sync.local_cache import CacheState, cache_lock, scan
+from cache_sync.local_cache import CacheState, scan
 from cache_sync.plan import PullSummary, local_entries, plan_pull
 from cache_sync.repo import Manifests, current_state, list_refs, open_checked, resolve_areas
 from cache_sync.results import (
@@ -21,6 +21,7 @@ from cache_sync.results import (
     StatusResult,
     VerifyResult,
 )
+from cache_sync.staging import open_root
 from cache_sync.storage import store_url
 
 
@@ -78,7 +79,7 @@ def verify(settings: Settings, areas: Sequence[str] | None = None) -> VerifyResu
     cache = CacheState(settings.root)
     remote = store_url(settings.remote)
     result = VerifyResult()
-    with cache_lock(settings.root, settings.lock_timeout):
+    with open_root(settings.root, settings.lock_timeout):
         for area in chosen:
             state = cache.load_state(area, remote)
             row = AreaVerify(area, list(state.based_on))

@@ -20,7 +20,7 @@ from cache_sync.errors import DeadlineExceeded, DiskSpaceError
 from cache_sync.fsutil import free_bytes, hash_file
 from cache_sync.history import History
 from cache_sync.layout import SnapshotRef
-from cache_sync.local_cache import AreaState, CacheState, cache_lock, scan
+from cache_sync.local_cache import AreaState, CacheState, scan
 from cache_sync.plan import (
     Index,
     LocalItem,
@@ -35,6 +35,7 @@ from cache_sync.progress import enabled as progress_enabled
 from cache_sync.repo import Manifests, current_state, open_listed, resolve_areas
 from cache_sync.results import AreaReport
 from cache_sync.snapshot import Entry
+from cache_sync.staging import open_root
 from cache_sync.storage import Store
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: boo
     changes not yet pushed are merged in as the newest head unless ``discard_local``."""
     chosen = resolve_areas(settings, areas)
     settings.root.mkdir(parents=True, exist_ok=True)
-    with cache_lock(settings.root, settings.lock_timeout):
+    with open_root(settings.root, settings.lock_timeout):
         store, listed = open_listed(settings, chosen)
         cache = CacheState(settings.root)
         manifests = Manifests(store, cache)

@@ -28,7 +28,7 @@ from cache_sync.errors import DeadlineExceeded
 from cache_sync.fsutil import HASH_READ
 from cache_sync.gcmarks import PushClaim
 from cache_sync.layout import new_snapshot_id, object_key, snapshot_key
-from cache_sync.local_cache import AreaState, CacheState, cache_lock, item_from_stat, scan
+from cache_sync.local_cache import AreaState, CacheState, item_from_stat, scan
 from cache_sync.packer import FileChangedError, Packer, Uploader
 from cache_sync.plan import Index, LocalItem, LocalTree, index_record, local_entries, same_tree
 from cache_sync.progress import Progress
@@ -36,6 +36,7 @@ from cache_sync.progress import enabled as progress_enabled
 from cache_sync.repo import Manifests, ensure_store, list_refs, resolve_areas
 from cache_sync.results import AreaReport
 from cache_sync.snapshot import Blob, BlobMap, Entry, Snapshot, encode
+from cache_sync.staging import open_root
 from cache_sync.storage import Store, open_store, store_url
 
 log = logging.getLogger("cache_sync.push")
@@ -71,7 +72,7 @@ def push(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: boo
          deadline: float | None = None) -> list[AreaReport]:
     chosen = resolve_areas(settings, areas)
     settings.root.mkdir(parents=True, exist_ok=True)
-    with cache_lock(settings.root, settings.lock_timeout):
+    with open_root(settings.root, settings.lock_timeout):
         cache = CacheState(settings.root)
         stores = _StoreOnDemand(settings)
         return [_push_area(settings, stores, cache, area, dry_run, deadline)

@@ -12,8 +12,9 @@
    stat index is rebuilt from ``lstat`` and the journal is deleted.
 
 Every operation is idempotent and a removal names the kind of what it removes, so a kill
-anywhere in phase 2 is rolled forward by the next command that takes the root's lock
-(``roll_forward``): the area ends exactly at the new snapshot.
+anywhere in phase 2 is rolled forward by the next command that opens the root
+(``open_root``: the root's lock, then ``roll_forward``): the area ends exactly at the new
+snapshot.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cache_sync import checkpoints
 from cache_sync.fsutil import TMP_PREFIX, copy_atomic, hash_file, symlink_atomic, write_atomic
-from cache_sync.local_cache import CacheState
+from cache_sync.local_cache import CacheState, cache_lock
 from cache_sync.plan import IndexRecord, LocalItem, PullPlan, index_record
 from cache_sync.snapshot import Entry
-from cache_sync.transfer import Fetcher
+
+if TYPE_CHECKING:  # the transfer engine is imported by the pull that fetches, not by a lock
+    from cache_sync.transfer import Fetcher
 
 log = logging.getLogger("cache_sync.staging")
 JOURNAL = ".apply.json"
@@ -283,6 +286,15 @@ def index_of(area_dir: Path, entries: dict[str, Entry], skip: frozenset[str] = f
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size == e.size:
             yield e.path, index_record(st, e.digest)
+
+
+@contextlib.contextmanager
+def open_root(root: Path, timeout: float = 0.0) -> Iterator[list[str]]:
+    """The root, ready for a pull, push or verify: its lock taken (``local_cache.cache_lock``)
+    and every final phase a killed pull left finished before anything else reads the areas.
+    Yields the areas rolled forward."""
+    with cache_lock(root, timeout):
+        yield roll_forward(root)
 
 
 def roll_forward(root: Path) -> list[str]:

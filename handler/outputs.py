@@ -27,9 +27,10 @@ def split_s3_url(url: str) -> tuple[str, str]:
 
 def make_s3_client() -> Any:
     from cache_sync.config import Settings
+    from cache_sync.storage import s3_options
     from cache_sync.storage.s3 import make_client  # one place configures boto3
 
-    return make_client(Settings.from_env())
+    return make_client(s3_options(Settings.from_env()))
 
 
 def _transient(err: BaseException) -> bool:

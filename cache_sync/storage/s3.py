@@ -17,11 +17,11 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from cache_sync.config import Settings
+import cache_sync.storage.dialect as s3_dialect
 from cache_sync.errors import ConfigError, ObjectNotFound, StorageError, TransientStorageError
-from cache_sync.storage import dialect as s3_dialect
 from cache_sync.storage.base import ObjectInfo, Readable, Store
-from cache_sync.storage.s3common import dialect_of, error_from_reply, parse_remote
+from cache_sync.storage.options import S3Options
+from cache_sync.storage.s3common import error_from_reply, parse_remote
 
 _NETWORK = (
     bex.EndpointConnectionError,
@@ -39,13 +39,13 @@ _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def make_client(settings: Settings) -> Any:
+def make_client(settings: S3Options) -> Any:
     """One client per process and connection settings: building a botocore client parses
     the S3 service model (~0.3-0.5 s of CPU, a quarter of a 512 MiB pull's CPU when every
     pull and push built its own); clients are thread-safe, their creation is not."""
     key = (settings.endpoint_url, settings.region, settings.profile, settings.access_key_id,
            settings.secret_access_key, settings.session_token, settings.transfers,
-           settings.connect_timeout, settings.read_timeout, dialect_of(settings))
+           settings.connect_timeout, settings.read_timeout, settings.dialect)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
@@ -53,7 +53,7 @@ def make_client(settings: Settings) -> Any:
         return client
 
 
-def _new_client(settings: Settings) -> Any:
+def _new_client(settings: S3Options) -> Any:
     config = Config(
         max_pool_connections=max(10, settings.transfers * 2),
         connect_timeout=settings.connect_timeout,
@@ -74,7 +74,7 @@ def _new_client(settings: Settings) -> Any:
         aws_session_token=settings.session_token,
         config=config,
     )
-    s3_dialect.install(client, dialect_of(settings))
+    s3_dialect.install(client, settings.dialect)
     return client
 
 
@@ -138,7 +138,7 @@ class _Body:
 
 
 class S3Store(Store):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: S3Options) -> None:
         self.bucket, self.prefix = parse_remote(settings.remote)
         self.url = settings.remote
         self.page_size = 1000  # keys per LIST request (S3's maximum)

@@ -10,7 +10,6 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cache_sync.errors import (
@@ -20,10 +19,6 @@ from cache_sync.errors import (
     StorageError,
     TransientStorageError,
 )
-from cache_sync.storage.dialect import DIALECTS, derive
-
-if TYPE_CHECKING:
-    from cache_sync.config import Settings
 
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden",
           "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
@@ -42,14 +37,6 @@ def parse_remote(url: str) -> tuple[str, str]:
         raise ConfigError(f"remote {url!r} names no bucket", hint="use s3://bucket/prefix")
     prefix = prefix.strip("/")
     return bucket, (prefix + "/" if prefix else "")
-
-
-def dialect_of(settings: Settings) -> str:
-    """The concrete dialect (``Settings.from_env`` resolves ``auto``; a hand-made Settings may
-    not have)."""
-    if settings.s3_dialect in DIALECTS:
-        return settings.s3_dialect
-    return derive(settings.endpoint_url, False)[0]
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -26,9 +26,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import unquote_plus, urlsplit
 
-from cache_sync.config import Settings
 from cache_sync.errors import ObjectNotFound, StorageError, TransientStorageError
 from cache_sync.storage.base import ObjectInfo, Readable, Store
+from cache_sync.storage.options import S3Options
 from cache_sync.storage.s3common import error_from_reply, parse_remote
 from cache_sync.storage.sigv4 import Signer, canonical_query, uri_encode
 
@@ -200,7 +200,7 @@ class Client:
     """Signed requests to one bucket: path-style under a custom endpoint, virtual-hosted
     (``<bucket>.s3.<region>.amazonaws.com``) on AWS, as ``s3.py`` configures boto3."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: S3Options) -> None:
         self.bucket, _ = parse_remote(settings.remote)
         if not (settings.access_key_id and settings.secret_access_key):
             raise StorageError("the boto3-free S3 client needs a key id and secret")
@@ -372,7 +372,7 @@ class _Empty:
 class S3LiteStore(Store):
     """The S3 store with the boto3-free client for reads and the boto3 store for writes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: S3Options) -> None:
         self.settings = settings
         self.bucket, self.prefix = parse_remote(settings.remote)
         self.url = settings.remote

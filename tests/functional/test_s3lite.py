@@ -18,7 +18,7 @@ import pytest
 
 from cache_sync.config import Settings
 from cache_sync.errors import StorageError, TransientStorageError
-from cache_sync.storage import open_store
+from cache_sync.storage import S3Options, open_store, s3_options
 from cache_sync.storage.s3 import S3Store
 from cache_sync.storage.s3lite import S3LiteStore
 from tests.support.faultproxy import B2Mode, fault_proxy
@@ -30,6 +30,10 @@ DATA = os.urandom(300_000)
 def _settings(server, tmp_path, bucket: str, client: str = "auto", **over: str) -> Settings:
     env = {**server.env(), "HOME": str(tmp_path), "CACHE_SYNC_S3_CLIENT": client, **over}
     return Settings.from_env(env, root=str(tmp_path / "root"), remote=f"s3://{bucket}/cs")
+
+
+def _opts(server, tmp_path, bucket: str, client: str = "auto", **over: str) -> S3Options:
+    return s3_options(_settings(server, tmp_path, bucket, client, **over))
 
 
 def _imported(stderr: str) -> set[str]:
@@ -68,8 +72,8 @@ def test_errors_read_the_same_on_both_clients(seaweed, tmp_path):
              (bucket, {"AWS_SECRET_ACCESS_KEY": "wrong" * 8}, "objects/aa/x")]
     for name, over, key in cases:
         errors = []
-        for store in (S3Store(_settings(seaweed, tmp_path, name, "boto3", **over)),
-                      S3LiteStore(_settings(seaweed, tmp_path, name, "lite", **over))):
+        for store in (S3Store(_opts(seaweed, tmp_path, name, "boto3", **over)),
+                      S3LiteStore(_opts(seaweed, tmp_path, name, "lite", **over))):
             with pytest.raises(StorageError) as e:
                 store.get(key)
             errors.append((type(e.value), str(e.value), e.value.code))
@@ -82,8 +86,8 @@ def test_a_region_redirect_hands_reads_to_boto3(moto, tmp_path):
     moto.client().put_object(Bucket=bucket, Key="cs/objects/aa/blob", Body=DATA)
     with fault_proxy(moto.endpoint) as p:
         p.add("status", status=301, method="GET", times=1)
-        store = S3LiteStore(_settings(moto, tmp_path, bucket, "lite",
-                                      CACHE_SYNC_ENDPOINT_URL=p.endpoint))
+        store = S3LiteStore(_opts(moto, tmp_path, bucket, "lite",
+                                  CACHE_SYNC_ENDPOINT_URL=p.endpoint))
         assert store.get("objects/aa/blob") == DATA
         assert store.reads_with_boto3 and p.injected["status"] == 1
         assert [i.key for i in store.list("objects/")] == ["objects/aa/blob"]  # boto3 now
@@ -134,7 +138,7 @@ def test_retry_after_is_waited_for_on_the_lite_path(moto, tmp_path):
 def test_connections_are_kept_alive_and_a_closed_one_is_replaced(seaweed, tmp_path):
     bucket = seaweed.make_bucket()
     seaweed.client().put_object(Bucket=bucket, Key="cs/objects/aa/blob", Body=DATA)
-    store = S3LiteStore(_settings(seaweed, tmp_path, bucket, "lite"))
+    store = S3LiteStore(_opts(seaweed, tmp_path, bucket, "lite"))
     pool = store.client.pool
     assert store.get("objects/aa/blob") == DATA
     (conn,) = pool._idle
@@ -227,14 +231,14 @@ def test_https_endpoints_are_verified_like_boto3(moto, tmp_path):
     bucket = moto.make_bucket()
     moto.client().put_object(Bucket=bucket, Key="cs/objects/aa/blob", Body=DATA)
     with _tls_front(moto.endpoint, tmp_path) as (endpoint, cert):
-        good = S3LiteStore(_settings(moto, tmp_path, bucket, "lite", AWS_CA_BUNDLE=cert,
-                                     CACHE_SYNC_ENDPOINT_URL=endpoint))
+        good = S3LiteStore(_opts(moto, tmp_path, bucket, "lite", AWS_CA_BUNDLE=cert,
+                                 CACHE_SYNC_ENDPOINT_URL=endpoint))
         assert good.get("objects/aa/blob") == DATA
         assert [i.key for i in good.list("objects/")] == ["objects/aa/blob"]
         errors = []
         for client, cls in (("boto3", S3Store), ("lite", S3LiteStore)):
-            store = cls(_settings(moto, tmp_path, bucket, client,
-                                  CACHE_SYNC_ENDPOINT_URL=endpoint))
+            store = cls(_opts(moto, tmp_path, bucket, client,
+                              CACHE_SYNC_ENDPOINT_URL=endpoint))
             with pytest.raises(StorageError) as e:
                 store.get("objects/aa/blob")
             assert not isinstance(e.value, TransientStorageError)

@@ -19,6 +19,7 @@ from cache_sync.errors import (
     StorageError,
     TransientStorageError,
 )
+from cache_sync.storage import s3_options
 from cache_sync.storage.base import Store
 from cache_sync.storage.local import LocalStore
 from cache_sync.storage.memory import MemoryStore
@@ -34,7 +35,8 @@ def _s3(server, tmp_path, bucket: str | None = None, lite: bool = False,
     bucket = bucket or server.make_bucket()
     env = {**server.env(), "CACHE_SYNC_S3_CLIENT": "lite" if lite else "boto3", **env_over}
     settings = Settings.from_env(env, root=str(tmp_path / "root"), remote=f"s3://{bucket}/cs")
-    return S3LiteStore(settings) if lite else S3Store(settings)
+    options = s3_options(settings)
+    return S3LiteStore(options) if lite else S3Store(options)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -166,12 +166,12 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_second_process_on_same_root_refuses_clearly(tmp_path):
-    from cache_sync.local_cache import cache_lock
+    from cache_sync.staging import open_root
 
     env = cli_env(f"file://{tmp_path}/store", {"CACHE_SYNC_LOCK_TIMEOUT": "0"})
     root = tmp_path / "root"
     make_tree(root)
-    with cache_lock(root):
+    with open_root(root):
         proc = run_cli(["--root", str(root), "push"], env, check=False)
     assert proc.returncode == 75
     assert "another cache-sync process" in proc.stderr and str(os.getpid()) in proc.stderr

@@ -8,6 +8,7 @@ from botocore.awsrequest import AWSResponse
 
 from cache_sync.config import Settings
 from cache_sync.errors import ConfigError
+from cache_sync.storage import s3_options
 from cache_sync.storage.dialect import content_md5, derive
 from cache_sync.storage.s3 import make_client
 
@@ -27,7 +28,7 @@ def sent_headers(dialect: str, call) -> dict[str, str]:
     env = {"AWS_ACCESS_KEY_ID": "AKIAUNIT", "AWS_SECRET_ACCESS_KEY": "unit-secret",
            "CACHE_SYNC_REMOTE": "s3://bkt/p", "CACHE_SYNC_ENDPOINT_URL": "http://127.0.0.1:9",
            "CACHE_SYNC_S3_DIALECT": dialect}
-    client = make_client(Settings.from_env(env))
+    client = make_client(s3_options(Settings.from_env(env)))
     seen: dict[str, str] = {}
 
     def capture(request, **_):
