@@ -134,3 +134,34 @@ def test_pull_onto_a_full_disk_keeps_the_previous_state(tmp_path):
         _one_clear_line(r.stderr)
         assert crash.diff_trees(first, reader.tree(), mtime=True) == []
         assert reader.run("verify").returncode == 0
+
+
+@needs_mount
+def test_refusal_counts_the_bytes_to_write_not_the_bytes_to_fetch(tmp_path):
+    """docs/design.md §5 step 4: the preflight counts the files the pull writes, not what it
+    downloads. A tree of compressible files, each content four times over: the store holds
+    a few hundred KiB, the tree is 100 MiB, the disk 80 MiB. The pull must refuse up front
+    naming exactly the 100 MiB it would write (fetching compressed bytes, or one copy per
+    digest, would start it and run out of disk half-way, with no numbers)."""
+    writer = fk.workspace(tmp_path, name="writer")
+    spec = {}
+    for k in range(5):
+        text = b"".join(b"line %d of compressible file %d\n" % (n, k) for n in range(200_000))
+        for copy in range(4):
+            spec[f"pkg{k}/copy{copy}.txt"] = text[:5 * MiB]
+    crash.write_tree(writer.area(), spec)
+    writer.run("push")
+    raw = sum(len(v) for v in spec.values())
+    stored = sum(f.stat().st_size for f in (tmp_path / "store" / "objects").rglob("*")
+                 if f.is_file())
+    assert raw == 100 * MiB and stored < 5 * MiB, stored  # the store holds far less
+    with small_fs(80 * MiB) as fs:
+        reader = fk.Workspace(fs.path / "cache", writer.remote, writer.env)
+        r = reader.run("pull", ok=False)
+        assert r.returncode == 4, r.stderr
+        line = _one_clear_line(r.stderr)
+        need = re.search(r"needs ([\d,]+) bytes", line)
+        assert need and int(need.group(1).replace(",", "")) == raw, line
+        total, free = _need_and_free(line)
+        assert total > free, line
+        assert [p for p, e in reader.tree().items() if e.kind == "file"] == []
