@@ -2,9 +2,9 @@
 (``docs/design.md`` section 6).
 
 ```
-gc/marks/<run-id>.json.zst    gc: objects found unreferenced, deleted by a later run
-gc/claims/<snap-id>.json.zst  push: the objects the snapshot it is about to commit names
-gc/clock/<run-id>             gc: a probe whose LastModified is the store's "now"
+gc/marks/<run-id>.json.zst            gc: objects found unreferenced, deleted by a later run
+gc/claims/<area>-<snap-id>.json.zst   push: the objects the snapshot it is about to commit names
+gc/clock/<run-id>                     gc: a probe whose LastModified is the store's "now"
 ```
 Each side writes its record first and reads the other's second, so of a push and a gc delete
 phase running at once at least one sees the other. Times are the store's own (LastModified);
@@ -189,8 +189,11 @@ class PushClaim:
         missing = objects - stored_objects(self.store)
         if marks:
             info = self.store.head(self.key)
-            claimed_at = info.mtime if info else time.time()
-            late = [m for m in marks if claimed_at + VISIBLE >= m.time + m.delay]
+            # The store's time of the claim, never this worker's clock (design 6.1). A store
+            # that cannot show the claim just written gives no time: every mark counts as
+            # late, so the push waits out their window and looks again (the safe side).
+            late = [m for m in marks
+                    if info is None or info.mtime + VISIBLE >= m.time + m.delay]
             if late:
                 # A delete phase may have listed claims before ours existed: wait until it
                 # has run out of its budget, then look again at what it could delete.

@@ -123,8 +123,8 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
         return rep
     check_space(area, area_dir, plan.write_bytes)
     check_deadline(deadline, area)
-    cache.save_next_state(area, AreaState(store.url, tuple(heads), remote))
-    apply(settings, store, cache, plan, area, area_dir, local, rep, target, remote, deadline)
+    apply(settings, store, cache, plan, area, area_dir, local, rep, target,
+          AreaState(store.url, tuple(heads), remote), deadline)
     rep.up_to_date = plan.changes == 0
     rep.seconds = time.monotonic() - t0
     return rep
@@ -162,13 +162,14 @@ def check_space(area: str, area_dir: Path, need: int) -> None:
 
 def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, area: str,
           area_dir: Path, local: dict[str, LocalItem], rep: AreaReport,
-          target: dict[str, Entry], remote: dict[str, Entry],
+          target: dict[str, Entry], next_state: AreaState,
           deadline: float | None = None) -> None:
-    """Stage every file, then run the final phase from a journal (``staging.py``, design
-    5.3): a failure before the journal leaves the area exactly as it was. The area becomes
-    ``target``; the state records ``remote`` (they differ by the local changes kept)."""
-    from cache_sync import staging  # with the transfer engine: not needed when up to date
-    from cache_sync.transfer import Fetcher
+    """Stage every file, then write ``next_state`` and run the final phase from a journal
+    (``staging.py``, design 5.3): a failure before the journal leaves the area exactly as it
+    was. The area becomes ``target``; the state records ``next_state.entries``, the store's
+    merge (they differ by the local changes kept)."""
+    from cache_sync import staging
+    from cache_sync.transfer import Fetcher  # the transfer engine: not needed when up to date
 
     stage = staging.stage_dir(cache, area, area_dir)
     progress = Progress(f"pull {area}", len(plan.fetch) + len(plan.check) + len(plan.copies),
@@ -195,6 +196,9 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
     rep.requests = staged.requests
     rep.files = len(staged.paths)
     rep.bytes = plan.fetch_bytes
+    remote = next_state.entries or {}
+    # Step 2 of design 5.3: after every file is staged, before the journal (its commit point)
+    cache.save_next_state(area, next_state)
     ops = staging.build_ops(plan, area_dir, staged.paths, local, stage)
     local_only = [p for p, e in target.items() if e.kind == "f" and remote.get(p) != e]
     rep.removed = staging.final_phase(cache, area, area_dir, stage, ops, target, local_only)

@@ -99,6 +99,9 @@ def test_failed_pull_leaves_the_area_exactly_as_it_was(world, damage):
     after = tree_digest(b.area())
     assert after == before, crash.diff_trees(before[2], after[2], mtime=True) or "area dir"
     assert not list((b.root / ".cache-sync").glob("*.apply.json"))
+    # design 5.3 step 2 comes after staging: a pull that failed while staging leaves no
+    # state.next behind (one would describe a tree the area never became)
+    assert not list((b.root / ".cache-sync").glob("*.state.next.zst"))
     # Repaired, the next pull converges to v2 exactly and leaves no stage behind.
     path.write_bytes(good)
     b.run("pull")
