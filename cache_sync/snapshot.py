@@ -387,6 +387,14 @@ class _Rows:
 
 
 MAX_INT = (1 << 62) - 1  # sizes, offsets, mtimes: beyond this os.utime/seek overflow
+# A file with more than one blob, or one blob stored in more than this, is *chunked*: each blob
+# is a whole object (offset 0) fetched on its own (design 3.2); smaller single blobs are
+# ranges of packs.
+SMALL_BLOB = 8 << 20
+
+
+def is_chunked(blobs: tuple[Blob, ...]) -> bool:
+    return len(blobs) > 1 or (len(blobs) == 1 and blobs[0].stored > SMALL_BLOB)
 
 
 def _int(v: Any) -> bool:
@@ -435,7 +443,13 @@ def _parse_row(row: Any, what: str) -> Entry:
             total += b[3]
         if total != size:
             raise FormatError(f"{what}: {path!r} says {size} bytes but its blobs hold {total}")
-        return Entry(path, "f", mode, mtime, size, digest, blobs=tuple(blobs))
+        chunks = tuple(blobs)
+        if is_chunked(chunks) and any(b.offset for b in chunks):
+            # A lie no retry can fix: refused here, before a byte is fetched (not a corrupt
+            # object the transfer would fetch again until its budget runs out).
+            raise FormatError(f"{what}: {path!r} is chunked but a chunk has an offset: each "
+                              "chunk must be a whole object (offset 0)")
+        return Entry(path, "f", mode, mtime, size, digest, blobs=chunks)
     raise bad
 
 

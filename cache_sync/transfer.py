@@ -36,13 +36,12 @@ import zstandard
 from cache_sync.errors import FormatError, IntegrityError, TransientStorageError
 from cache_sync.fsutil import AtomicFile, hash_range, write_atomic, writing
 from cache_sync.layout import object_key
-from cache_sync.snapshot import CODEC_ZSTD, Blob, Entry
+from cache_sync.snapshot import CODEC_ZSTD, Blob, Entry, is_chunked
 from cache_sync.storage.base import Store
 
 READ = 1 << 20
 MAX_GAP = 256 * 1024  # fetch through a gap this small rather than make another request
 MAX_RANGE = 2 << 20
-SMALL_BLOB = 8 << 20  # single-blob files up to this are fetched by range and checked whole
 STREAM_OVER = 1 << 20  # a ranged file bigger than this is decoded piece by piece, not in memory
 RETRY_ON = (TransientStorageError, IntegrityError)  # a broken or corrupt stream: fetch again
 
@@ -122,7 +121,7 @@ def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
     chunked: list[Entry] = []
     for e in entries:
         blobs = e.blobs
-        if len(blobs) == 1 and blobs[0].stored <= SMALL_BLOB:
+        if not is_chunked(blobs):
             by_oid[blobs[0].oid].append((blobs[0].offset, blobs[0].stored, e))
         else:
             chunked.append(e)
@@ -377,8 +376,8 @@ class Fetcher:
         """Fetch one chunk and write it at its offset; True once all of it is written. With
         ``verify``, its stored bytes are checked against the object id as they stream."""
         e = cf.entry
-        if blob.offset != 0:
-            raise IntegrityError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
+        if blob.offset != 0:  # refused by snapshot validation: an Entry built by hand
+            raise FormatError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
         self.before_request()
         body = self.raw.open_range(object_key(blob.oid), 0, blob.stored)
         with self._lock:

@@ -112,7 +112,7 @@ CASES = hostile.cases("/OUTSIDE")  # names only; the real outside path is bound 
 
 # Cases refused by the parser behave the same from both starting states; the default run
 # tries the fresh root only where content is fetched (long mode: every case both ways).
-FETCHING = ("size_", "raw_", "wrong_hash_", "chunks_", "missing_", "offset_", "bad_oid",
+FETCHING = ("size_", "raw_", "wrong_hash_", "chunk", "missing_", "offset_", "bad_oid",
             "unknown_codec", "mtime_", "link_chain", "negative_size")
 
 
@@ -145,6 +145,31 @@ def test_hostile_snapshot_is_refused(template, tmp_path, capsys, name, start):
         line = case.assert_refused_cleanly(rc, out, err)
         assert "snapshot" in line or "object" in line, line
     fk.record(f"hostile_{name}_{start}", hostile_inputs=1)
+
+
+def test_a_lying_chunk_offset_is_refused_before_any_object_is_read(template, tmp_path, capsys):
+    """A chunk must be a whole object (design 3.2). A snapshot saying otherwise is a lie no
+    retry can fix: refused as a format error while the snapshot is read, before one object
+    request, not fetched again and again as a corrupt object until the budget runs out."""
+    from cache_sync.storage.local import LocalStore
+
+    case = Case(template, tmp_path / "case")
+    shutil.rmtree(case.ws.root)
+    case.before, case.area_before = case.outside_view(), {}
+    hostile.plant(case.store, fk.AREA, [case.head.id], hostile.cases("/x")["chunk_offset"](
+        case.doc))
+    real = LocalStore.open_range
+    reads: list[str] = []
+
+    def counting(self, key, *a, **kw):
+        reads.append(key)
+        return real(self, key, *a, **kw)
+
+    with mock.patch.object(LocalStore, "open_range", counting):
+        rc, out, err = case.pull(capsys, "--transfers", "1")
+    line = case.assert_refused_cleanly(rc, out, err)
+    assert "chunk" in line and "offset" in line, line
+    assert [k for k in reads if k.startswith("objects/")] == [], reads
 
 
 @pytest.mark.parametrize("name", sorted(hostile.bad_store_markers()))

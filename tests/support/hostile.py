@@ -156,6 +156,10 @@ def cases(outside: str) -> dict[str, Mutation]:
             x, _chunked, lambda r: r.__setitem__(5, "0" * 64))),
         "chunks_swapped": lambda d: edit(d, lambda x: _set_row(
             x, _chunked, lambda r: r.__setitem__(6, r[6][::-1]))),
+        # a chunk at an offset inside its object: the transfer would read the wrong bytes,
+        # see a hash mismatch and retry it until the budget runs out; validation refuses it
+        "chunk_offset": lambda d: edit(d, lambda x: _set_row(
+            x, _chunked, lambda r: r[6][1].__setitem__(1, 4096))),
         "missing_object": lambda d: edit(d, lambda x: _set_row(
             x, _packed, lambda r: r[6][0].__setitem__(0, "ab" * 32))),
         "offset_beyond_object": lambda d: edit(d, lambda x: _set_row(
