@@ -14,10 +14,12 @@ import time
 import pytest
 
 from cache_sync.history import History
+from cache_sync.local_cache import CacheState
 from cache_sync.repo import list_refs
 from tests.support import crash
 from tests.support import faultkit as fk
 from tests.support.faultproxy import FaultProxy
+from tests.support.interleave import Scheduler, Script, stepped
 
 WORKERS = 8
 
@@ -106,6 +108,41 @@ def test_eight_workers_with_faults_and_no_conditional_writes(tmp_path, moto):
     fk.record("eight_workers_faults_no_conditional", workers=WORKERS, heads_merged=heads,
               requests=proxy.request_count, conditional_requests=0,
               **{f"fault_{k}": v for k, v in proxy.injected.items()})
+
+
+def test_a_head_that_sorts_first_but_lands_last_is_pulled(tmp_path, monkeypatch):
+    """docs/design.md §5 step 1: a pull is up to date only when the heads are exactly the ones
+    it synced to. Three workers push from one base; B takes its snapshot id first but is held
+    at its commit (``interleave.py``) while A and C commit, and R pulls (heads A, C). Then B's
+    snapshot lands: the newest head is still C's, but B's file must reach R's next pull (a
+    fast path comparing only the newest head would call R up to date and drop it)."""
+    for k, v in {**fk.SMALL_OBJECTS, "CACHE_SYNC_AREAS": fk.AREA,
+                 "CACHE_SYNC_PROGRESS": "off"}.items():
+        monkeypatch.setenv(k, v)
+    base = fk.workspace(tmp_path, name="base")
+    crash.write_tree(base.area(), {"base.txt": b"base\n"})
+    base.cli("push")
+    ws = {n: base.sibling(n) for n in "ABCR"}
+    for w in ws.values():
+        w.cli("pull")
+    for n in "ABC":
+        crash.write_tree(ws[n].area(), {f"from-{n}.txt": f"worker {n}\n".encode()})
+
+    s = Scheduler(script=[Script("B", "push:commit"), Script("A"), Script("C"), Script("R"),
+                          Script("B"), Script("R2")])
+    for n in "ABC":
+        s.add(n, lambda w=ws[n]: w.cli("push"))
+    s.add("R", lambda: ws["R"].cli("pull"))
+    s.add("R2", lambda: ws["R"].cli("pull"))
+    with stepped(s):
+        errors = s.run()
+    assert not any(errors.values()), s.errors()
+    store = fk.open_raw_store(base)
+    pushed = {CacheState(ws[n].root).synced_heads(fk.AREA, store.url)[0]: n for n in "ABC"}
+    heads = [h.id for h in History(list_refs(store, fk.AREA)).heads]
+    assert [pushed[h] for h in heads] == ["B", "A", "C"], s.log  # B sorts first, lands last
+    got = sorted(p for p, e in ws["R"].tree().items() if e.kind == "file")
+    assert got == ["base.txt", "from-A.txt", "from-B.txt", "from-C.txt"]
 
 
 @pytest.mark.timeout(300)

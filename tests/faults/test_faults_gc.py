@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from cache_sync.cli.main import main
 from tests.support import crash
 from tests.support import faultkit as fk
 from tests.support.interleave import Scheduler, Script, stepped
@@ -25,10 +24,7 @@ WINDOW = 2.0  # CACHE_SYNC_GC_WINDOW here: a push that meets a ripe mark waits t
 DAY = 86400.0
 
 
-def cli(ws: fk.Workspace, *args: str) -> None:
-    rc = main(["--root", str(ws.root), "--remote", ws.remote, *args])
-    if rc != 0:
-        raise AssertionError(f"{args} on {ws.root.name} exited {rc}")
+cli = fk.Workspace.cli
 
 
 age = fk.age_store

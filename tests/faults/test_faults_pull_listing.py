@@ -6,15 +6,11 @@ not the new head half-applied), and the next pull brings the new head."""
 
 from __future__ import annotations
 
-from cache_sync.cli.main import main
 from tests.support import crash
 from tests.support import faultkit as fk
 from tests.support.interleave import Scheduler, Script, stepped
 
-
-def cli(ws: fk.Workspace, *args: str) -> None:
-    rc = main(["--root", str(ws.root), "--remote", ws.remote, *args])
-    assert rc == 0, f"{args} on {ws.root.name} exited {rc}"
+cli = fk.Workspace.cli
 
 
 def test_a_push_between_the_listing_and_an_areas_pull(tmp_path, monkeypatch):

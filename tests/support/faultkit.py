@@ -66,6 +66,15 @@ class Workspace:
     def settings(self, **kw) -> Settings:
         return Settings.from_env(self.env, root=str(self.root), remote=self.remote, **kw)
 
+    def cli(self, *args: str) -> None:
+        """The real CLI entry point in this process (for actors that ``interleave.py``
+        steps through their store requests); the settings come from ``os.environ``."""
+        from cache_sync.cli.main import main
+
+        rc = main(["--root", str(self.root), "--remote", self.remote, *args])
+        if rc != 0:
+            raise AssertionError(f"{args} on {self.root.name} exited {rc}")
+
     def sibling(self, name: str) -> Workspace:
         """Another cache root on the same store (another worker)."""
         return Workspace(self.root.parent / name, self.remote, dict(self.env))
