@@ -4,9 +4,12 @@ decode-and-write, verification before a file is put in place.
 - Files held in packs are fetched by coalesced ranged GETs (neighbouring files in one
   request), each decoded, checked against its SHA-256, written to a temporary name in its
   directory and renamed.
-- Chunked files are preallocated under a temporary name; their chunks stream in parallel and
-  are written at their offsets (``os.pwrite``). Each byte is hashed once: the whole-file
-  SHA-256, folded in file order as chunks land. Only when it does not match are the chunks
+- Chunked files are preallocated under a temporary name; their chunks stream in file order,
+  ``STREAMS`` at a time (one GET per chunk object, read in pieces of ``PIECE`` bytes into
+  reused buffers), and are written at their offsets (``os.pwrite``). Each byte is hashed
+  once: the whole-file SHA-256, folded in file order as pieces land, from the buffer a piece
+  was read into (on another core: hashlib releases the GIL) or, when it got too far ahead of
+  the hash, read back from the page cache. Only when it does not match are the chunks
   checked one by one against their object ids (the SHA-256 of their stored bytes), the bad ones
   fetched again and checked as they stream, and the file hashed again: a corrupt object costs
   a second pass, an honest one none. The file is renamed into place only once its SHA-256
@@ -23,6 +26,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import mmap
 import os
 import threading
 from collections import defaultdict
@@ -44,6 +48,9 @@ MAX_GAP = 256 * 1024  # fetch through a gap this small rather than make another 
 MAX_RANGE = 2 << 20
 STREAM_OVER = 1 << 20  # a ranged file bigger than this is decoded piece by piece, not in memory
 RETRY_ON = (TransientStorageError, IntegrityError)  # a broken or corrupt stream: fetch again
+PIECE = 4 << 20  # a raw chunk is fetched as ranges of this size, in file order
+HELD = 8  # landed pieces a file keeps in memory for its in-order hash (more: read back)
+STREAMS = 4  # chunk GETs at once, in file order: the whole-file hash follows them closely
 
 _local = threading.local()
 
@@ -81,37 +88,50 @@ class _Range:
 
 
 @dataclass
+class _Chunk:
+    """One chunk of a chunked file: one GET of its whole object (the fewest requests, which
+    is what a server's CPU pays for), read in pieces of ``PIECE`` bytes that land (are
+    written and handed to the file's hash) one by one. ``seq`` is its first piece's place in
+    the file; a compressed chunk is one piece, decoded as it streams. A retry resumes at the
+    first piece not yet landed."""
+
+    cf: _Chunked
+    index: int
+    blob: Blob
+    file_off: int
+    seq: int
+    pieces: int
+    landed: int = 0  # pieces of this chunk landed (a retry starts after them)
+
+
+@dataclass
 class _Chunked:
-    """A chunked file being assembled. Its chunks land in any order; the whole-file SHA-256
-    is computed in file order as soon as the next chunk is in (reading it back from the page
-    cache while later chunks still download), and checked before the rename. Chunks are not
-    hashed as they stream (that would hash every byte twice) unless the file is being
-    repaired (``strict``)."""
+    """A chunked file being assembled. Its pieces (a raw chunk is fetched as ranges of
+    ``PIECE`` bytes, a compressed one whole) land in any order; the whole-file SHA-256 is
+    computed in file order as soon as the next piece is in, from the buffer it was read into
+    (up to ``HELD`` landed pieces wait in memory for their turn; beyond that a piece is read
+    back from the page cache), by one thread at a time while the others keep fetching.
+    hashlib releases the GIL, so the hash runs on another core than the network reads. The
+    thread that hashes the last piece checks and commits the file. Chunks are not hashed
+    against their ids as they stream (that would hash every byte twice) unless the file is
+    being repaired."""
 
     entry: Entry
     final: str
     file: AtomicFile | None = None
-    left: int = 0
     offsets: list[int] = field(default_factory=list)  # file offset of each chunk, in order
-    landed: set[int] = field(default_factory=set)
-    hashed: int = 0  # chunks folded into the hasher so far
+    spans: list[tuple[int, int]] = field(default_factory=list)  # each piece's file span
+    ready: dict[int, memoryview | None] = field(default_factory=dict)  # landed, not hashed
+    held: int = 0  # buffers in ``ready``
+    hashed: int = 0  # pieces folded into the hasher so far
+    folding: bool = False  # a thread is folding (hashing) right now
     hasher: Any = field(default_factory=lambda: hashlib.sha256())
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    strict: bool = False
-    finishing: bool = False  # claimed by the job that checks and commits the file
 
     def span(self, index: int) -> tuple[int, int]:
         """(start, end) of chunk ``index`` in the file."""
         end = (self.offsets[index + 1] if index + 1 < len(self.offsets) else self.entry.size)
         return self.offsets[index], end
-
-    def fold(self) -> None:
-        """Hash every chunk that is next in file order and already on disk (lock held)."""
-        assert self.file is not None
-        while self.hashed in self.landed:
-            hash_range(self.file.fd, *self.span(self.hashed), self.hasher)
-            self.hashed += 1
 
 
 def plan_ranges(entries: list[Entry]) -> tuple[list[_Range], list[Entry]]:
@@ -164,6 +184,7 @@ class Fetcher:
         self.requests = 0
         self.fetched = 0
         self._lock = threading.Lock()
+        self._buffers: list[bytearray] = []  # free piece buffers (at most workers + HELD)
 
     # --- driver ------------------------------------------------------------------------
     def fetch(self, entries: list[Entry]) -> None:
@@ -171,35 +192,44 @@ class Fetcher:
         the pool as workers free up (at most ``2 * workers`` queued: memory does not grow
         with the number of jobs); the first failure stops the rest."""
         ranges, chunked = plan_ranges(entries)
-        jobs: list[tuple[int, _Range | tuple[_Chunked, Blob, int, int]]] = [
-            (r.size, r) for r in ranges]
+        ranges.sort(key=lambda r: -r.size)  # big first: the long poles start early
+        chunks: list[_Chunk] = []  # in file order: the whole-file hash follows them closely
         files: list[_Chunked] = []
         for e in chunked:
             cf = _Chunked(e, self._final(e))
             files.append(cf)
             offset = 0
-            blobs = e.blobs
-            for i, blob in enumerate(blobs):
+            for i, blob in enumerate(e.blobs):
                 cf.offsets.append(offset)
-                jobs.append((blob.stored, (cf, blob, offset, i)))
+                step = blob.stored if blob.codec == CODEC_ZSTD else PIECE
+                first = len(cf.spans)
+                for start in range(0, max(blob.stored, 1), step):
+                    cf.spans.append((offset + start, offset + (
+                        blob.raw if blob.codec == CODEC_ZSTD
+                        else min(start + step, blob.stored))))
+                chunks.append(_Chunk(cf, i, blob, offset, first, len(cf.spans) - first))
                 offset += blob.raw
-            cf.left = len(blobs)
-        del ranges, chunked
-        jobs.sort(key=lambda j: -j[0])  # big first: the long poles start early
+        del chunked
+        chunks.reverse()  # popped from the end
+        ranges.reverse()
+        streams = max(1, min(self.workers, STREAMS))
         try:
             for cf in files:
                 self._open_chunked(cf)
             with ThreadPoolExecutor(self.workers, thread_name_prefix="get") as pool:
                 pending: set[Future[None]] = set()
+                streaming: set[Future[None]] = set()  # chunk jobs among them
                 try:
-                    for _size, job in jobs:
-                        if len(pending) >= 2 * self.workers:
-                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                            _raise_first(done)
-                        if isinstance(job, _Range):
-                            pending.add(pool.submit(self._retry, self._range, job))
-                        else:
-                            pending.add(pool.submit(self._chunk_job, *job))
+                    while chunks or ranges:
+                        while chunks and len(streaming) < streams:
+                            fut = pool.submit(self._chunk_job, chunks.pop())
+                            streaming.add(fut)
+                            pending.add(fut)
+                        while ranges and len(pending) - len(streaming) < 2 * self.workers - streams:
+                            pending.add(pool.submit(self._retry, self._range, ranges.pop()))
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        streaming -= done
+                        _raise_first(done)
                     while pending:
                         done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                         _raise_first(done)
@@ -348,29 +378,118 @@ class Fetcher:
                         raise
                     os.ftruncate(cf.file.fd, cf.entry.size)
 
-    def _chunk_job(self, cf: _Chunked, blob: Blob, file_off: int, index: int) -> None:
-        """One chunk under the retry budget; the job that lands the last chunk checks the
-        file (repairing it if need be: outside that budget, so a failed repair is final)
-        and puts it in place."""
-        self._retry(self._chunk, cf, blob, file_off, index)
-        with cf.lock:
-            last = cf.left == 0 and not cf.finishing and not self.abort.is_set()
-            cf.finishing = cf.finishing or last
-        if last:
+    def _chunk_job(self, c: _Chunk) -> None:
+        """One chunk under the retry budget; the job whose piece completes the file's hash
+        checks the file (repairing it if need be: outside that budget, so a failed repair is
+        final) and puts it in place."""
+        complete: list[_Chunked] = []
+        self._retry(self._chunk, c, complete)
+        for cf in complete:
             if cf.hasher.hexdigest() != cf.entry.digest:
                 self._repair(cf)
             if not self.abort.is_set():
                 self._finish_chunked(cf)
 
-    def _chunk(self, cf: _Chunked, blob: Blob, file_off: int, index: int) -> None:
-        if not self._stream_chunk(cf, blob, file_off, verify=cf.strict):
+    def _chunk(self, c: _Chunk, complete: list[_Chunked]) -> None:
+        """Fetch the chunk's pieces not yet landed, writing each at its offset and handing
+        it to the file's hash; ``complete`` receives the file if this thread hashed its last
+        piece."""
+        cf, blob = c.cf, c.blob
+        if blob.codec == CODEC_ZSTD:
+            if self._stream_chunk(cf, blob, c.file_off, verify=False):
+                c.landed = 1
+                self._land(cf, c.seq, None, complete)
             return
+        if blob.offset != 0:
+            raise IntegrityError(
+                f"snapshot entry {cf.entry.path!r}: a chunk must be a whole object")
+        start = c.landed * PIECE
+        self.before_request()
+        body = self.raw.open_range(object_key(blob.oid), start, blob.stored - start)
+        with self._lock:
+            self.requests += 1
+        splice = getattr(body, "splice_into", None)
+        assert cf.file is not None
+        try:
+            while c.landed < c.pieces and not self.abort.is_set():
+                seq = c.seq + c.landed
+                lo, hi = cf.spans[seq]
+                if splice is not None:
+                    with writing(cf.final):
+                        spliced = splice(cf.file.fd, lo, hi - lo)
+                    if spliced:  # socket to page cache in the kernel: hashed from there
+                        self.on_bytes(hi - lo)
+                        c.landed += 1
+                        self._land(cf, seq, None, complete)
+                        continue
+                    splice = None
+                buf = memoryview(self._buffer())[:hi - lo]
+                try:
+                    fill(body, buf, blob.oid, cf.entry)
+                    self.on_bytes(hi - lo)
+                    assert cf.file is not None
+                    with writing(cf.final):
+                        cf.file.pwrite(buf, lo)
+                except BaseException:
+                    self._give(buf)
+                    raise
+                c.landed += 1
+                self._land(cf, seq, buf, complete)
+        finally:
+            body.close()
+
+    def _buffer(self) -> bytearray:
+        with self._lock:
+            if self._buffers:
+                return self._buffers.pop()
+        return bytearray(PIECE)
+
+    def _give(self, buf: memoryview | None) -> None:
+        if buf is not None:
+            base = buf.obj
+            buf.release()
+            assert isinstance(base, bytearray)
+            with self._lock:
+                if len(self._buffers) < self.workers + HELD:
+                    self._buffers.append(base)
+
+    def _land(self, cf: _Chunked, seq: int, buf: memoryview | None,
+              complete: list[_Chunked]) -> None:
+        """Piece ``seq`` is on disk (and in ``buf``, unless None): hash it now if it is next
+        in file order and no other thread is hashing this file, else leave it for that
+        thread (in memory while fewer than ``HELD`` wait, else to be read back)."""
         with cf.lock:
-            if index in cf.landed:  # a retried chunk that had landed already
+            if buf is not None and cf.held >= HELD:
+                self._give(buf)
+                buf = None
+            cf.ready[seq] = buf
+            cf.held += buf is not None
+            if cf.folding:
                 return
-            cf.landed.add(index)
-            cf.fold()
-            cf.left -= 1
+            cf.folding = True
+        self._fold(cf, complete)
+
+    def _fold(self, cf: _Chunked, complete: list[_Chunked]) -> None:
+        """Hash every landed piece that is next in file order (this thread holds the
+        ``folding`` claim); the thread that hashes the last piece reports the file."""
+        assert cf.file is not None
+        while True:
+            with cf.lock:
+                seq = cf.hashed
+                if seq not in cf.ready or self.abort.is_set():
+                    cf.folding = False
+                    return
+                buf = cf.ready.pop(seq)
+                cf.held -= buf is not None
+            if buf is None:
+                self._hash_back(cf, *cf.spans[seq])
+            else:
+                cf.hasher.update(buf)  # releases the GIL: other threads keep fetching
+                self._give(buf)
+            cf.hashed = seq + 1  # only the folding thread writes it
+            if cf.hashed == len(cf.spans):
+                complete.append(cf)
+                return
 
     def _stream_chunk(self, cf: _Chunked, blob: Blob, file_off: int, verify: bool) -> bool:
         """Fetch one chunk and write it at its offset; True once all of it is written. With
@@ -405,14 +524,14 @@ class Fetcher:
         return True
 
     def _repair(self, cf: _Chunked) -> None:
-        """The assembled file does not match its SHA-256: find the chunks that do not match
-        their object ids (stored-raw ones are checked on disk; compressed ones, whose stored
-        bytes are gone, are fetched again), fetch those again with verification under the
-        retry budget, then hash the file again. If every chunk matches and the file still
-        does not, the snapshot itself is wrong: permanent, not retried."""
+        """The assembled file does not match its SHA-256 (every piece has landed): find the
+        chunks that do not match their object ids (stored-raw ones are checked on disk;
+        compressed ones, whose stored bytes are gone, are fetched again), fetch those again
+        with verification under the retry budget, then hash the file again. If every chunk
+        matches and the file still does not, the snapshot itself is wrong: permanent, not
+        retried."""
         e = cf.entry
         assert cf.file is not None
-        cf.strict = True  # a retried chunk job verifies from now on
         for i, blob in enumerate(e.blobs):
             start, end = cf.span(i)
             if (blob.codec != CODEC_ZSTD and blob.offset == 0 and blob.stored == end - start
@@ -430,6 +549,23 @@ class Fetcher:
             raise FormatError(
                 f"snapshot entry {e.path!r}: its chunks do not add up to its SHA-256 "
                 "(chunks swapped, or the entry's hash is wrong); nothing was put in place")
+
+    def _hash_back(self, cf: _Chunked, lo: int, hi: int) -> None:
+        """Hash bytes [lo, hi) of the file from the page cache: through a read-only map of
+        just that span (no copy; unmapped at once, so the process's RSS does not grow with
+        the file), else by ``pread``."""
+        assert cf.file is not None
+        base = lo - lo % mmap.ALLOCATIONGRANULARITY
+        try:
+            m = mmap.mmap(cf.file.fd, hi - base, offset=base, prot=mmap.PROT_READ)
+        except (OSError, ValueError):
+            hash_range(cf.file.fd, lo, hi, cf.hasher)
+            return
+        try:
+            with memoryview(m) as whole, whole[lo - base:] as view:
+                cf.hasher.update(view)  # releases the GIL (page faults happen without it)
+        finally:
+            m.close()
 
     def _finish_chunked(self, cf: _Chunked) -> None:
         e = cf.entry
@@ -466,6 +602,24 @@ def check_digest(raw: bytes, e: Entry, oid: str) -> bytes:
         raise IntegrityError(
             f"object {oid} is corrupt: {e.path!r} does not match its SHA-256 in the snapshot")
     return raw
+
+
+def fill(body: Any, view: memoryview, oid: str, e: Entry) -> None:
+    """Fill ``view`` from ``body`` (straight into it when the body has ``readinto``); a body
+    that ends early is a transient fault."""
+    into = getattr(body, "readinto", None)
+    pos, n = 0, len(view)
+    while pos < n:
+        if into is not None:
+            got = into(view[pos:])
+        else:
+            piece = body.read(min(n - pos, 4 * READ))
+            got = len(piece)
+            view[pos:pos + got] = piece
+        if not got:
+            raise TransientStorageError(
+                f"object {oid} ended early (truncated?) while fetching {e.path!r}")
+        pos += got
 
 
 def read_exact(body: Any, n: int, oid: str, e: Entry) -> bytes:

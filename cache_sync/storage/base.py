@@ -21,7 +21,9 @@ class ObjectInfo:
 
 class Readable(Protocol):
     """A body being read. A backend's body may also offer ``readinto(buffer) -> int`` (the
-    S3 read client's does): the transfer engine then reads into one reusable buffer."""
+    S3 read client's does): the transfer engine then reads into one reusable buffer; and
+    ``splice_into(fd, offset, n) -> bool`` (the S3 read client's, over plain HTTP): the next
+    ``n`` bytes moved into a file by the kernel, False when it cannot (nothing read)."""
 
     def read(self, n: int = -1) -> bytes: ...
     def close(self) -> None: ...

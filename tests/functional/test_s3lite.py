@@ -244,3 +244,48 @@ def test_https_endpoints_are_verified_like_boto3(moto, tmp_path):
             assert not isinstance(e.value, TransientStorageError)
             errors.append(str(e.value))
         assert errors[0] == errors[1] and "SSLError" in errors[0], errors
+
+
+def test_splice_moves_a_body_into_a_file_and_keeps_the_connection(seaweed, tmp_path):
+    """The chunk path's zero-copy read: the bytes http.client already buffered, then the
+    rest by splice(2), at the file offset asked; read to the end, the connection is reused."""
+    bucket = seaweed.make_bucket()
+    seaweed.client().put_object(Bucket=bucket, Key="cs/objects/aa/blob", Body=DATA)
+    store = S3LiteStore(_settings(seaweed, tmp_path, bucket, "lite"))
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        body = store.open_range("objects/aa/blob", 1000, 250_000)
+        assert body.splice_into(fd, 7, 100_000) and body.splice_into(fd, 100_007, 150_000)
+        body.close()
+        assert store.client.pool._idle  # read to its end: back in the pool
+        body = store.open_range("objects/aa/blob", 0, 10)
+        assert not body.splice_into(fd, 0, 11)  # more than the body holds: not attempted
+        assert body.read() == DATA[:10]
+        body.close()
+    finally:
+        os.close(fd)
+    assert out.read_bytes()[7:] == DATA[1000:251_000]
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+def test_a_broken_stream_on_the_splice_path_is_transient(moto, tmp_path, fault):
+    bucket = moto.make_bucket()
+    moto.client().put_object(Bucket=bucket, Key="cs/objects/aa/blob", Body=DATA)
+    with fault_proxy(moto.endpoint) as p:
+        p.add(fault, method="GET", key="/objects/", fraction=0.5, times=1)
+        store = S3LiteStore(_settings(moto, tmp_path, bucket, "lite",
+                                      CACHE_SYNC_ENDPOINT_URL=p.endpoint))
+        fd = os.open(tmp_path / "out.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            body = store.open_range("objects/aa/blob", 0, len(DATA))
+            with pytest.raises(TransientStorageError):
+                body.splice_into(fd, 0, len(DATA))
+            body.close()
+            assert not store.client.pool._idle  # a broken connection is never reused
+            body = store.open_range("objects/aa/blob", 0, len(DATA))  # the next attempt
+            assert body.splice_into(fd, 0, len(DATA))
+            body.close()
+        finally:
+            os.close(fd)
+    assert (tmp_path / "out.bin").read_bytes() == DATA

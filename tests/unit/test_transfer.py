@@ -265,3 +265,48 @@ def test_chunks_in_the_wrong_order_are_a_lying_snapshot_not_a_retry(tmp_path):
         _fetch(store, [swapped], tmp_path / "out")
     assert faulty.requests["open_range"] == len(entry.blobs)  # checked on disk, not refetched
     assert not (tmp_path / "out" / "big").exists()
+
+
+# --- chunks stream in pieces, in file order; the hash follows from memory or the page cache
+def test_a_chunk_broken_mid_stream_resumes_at_its_first_piece_not_landed(tmp_path, monkeypatch):
+    import cache_sync.transfer as transfer
+
+    monkeypatch.setattr(transfer, "PIECE", 1024)  # 8 pieces per 8 KiB chunk
+    _, faulty, store = _stores()
+    entry, data = _chunked_file(store, tmp_path)
+    faulty.break_streams(1, after=3000)  # the first chunk's stream breaks in its third piece
+    _fetch(store, [entry], tmp_path / "out")
+    assert (tmp_path / "out" / "big").read_bytes() == data
+    again = [(k, start) for k, start, _ in faulty.ranges if start]
+    assert again == [(object_key(entry.blobs[0].oid), 2048)]  # two pieces had landed
+    assert faulty.requests["open_range"] == len(entry.blobs) + 1
+
+
+@pytest.mark.parametrize("held", [0, 1, 8])
+def test_pieces_far_ahead_of_the_hash_are_read_back_and_each_byte_is_hashed_once(
+        tmp_path, monkeypatch, held):
+    import cache_sync.transfer as transfer
+
+    monkeypatch.setattr(transfer, "PIECE", 1024)
+    monkeypatch.setattr(transfer, "HELD", held)
+    _, _faulty, store = _stores()
+    entry, data = _chunked_file(store, tmp_path)
+    hashed = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self) -> None:
+            self.h = real()
+
+        def update(self, b: bytes) -> None:
+            hashed.append(len(b))
+            self.h.update(b)
+
+        def hexdigest(self) -> str:
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(transfer.hashlib, "sha256", Counting)
+    fetcher = _fetch(store, [entry], tmp_path / "out")
+    assert (tmp_path / "out" / "big").read_bytes() == data
+    assert sum(hashed) == len(data)
+    assert len(fetcher._buffers) <= fetcher.workers + held  # buffers are reused, bounded
