@@ -400,8 +400,8 @@ class Fetcher:
                 c.landed = 1
                 self._land(cf, c.seq, None, complete)
             return
-        if blob.offset != 0:
-            raise IntegrityError(
+        if blob.offset != 0:  # refused by snapshot validation: an Entry built by hand
+            raise FormatError(
                 f"snapshot entry {cf.entry.path!r}: a chunk must be a whole object")
         start = c.landed * PIECE
         self.before_request()
