@@ -70,6 +70,91 @@ def _parse_size(name: str, raw: str) -> int:
         raise ConfigError(f"{name}={raw!r} is not a size", hint="use bytes or a suffix: 64M, 1G")
 
 
+def _parse_choice(name: str, raw: str, *, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} is invalid", hint="use " + "|".join(choices))
+    return value
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How ``CACHE_SYNC_<NAME>`` (or the flag of that name) is read: the kind of value and
+    its bounds. Its default is the ``Settings`` field's, written once, in the dataclass."""
+
+    kind: str  # int | float | size | bool | choice | text
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def read(self, name: str, raw: str) -> Any:
+        if self.kind == "text":
+            return raw
+        if self.kind == "bool":
+            return _parse_bool(name, raw)
+        if self.kind == "choice":
+            return _parse_choice(name, raw, choices=self.choices)
+        value: int | float
+        if self.kind == "size":
+            value = _parse_size(name, raw)
+        elif self.kind == "int":
+            value = _parse_int(name, raw)
+        else:
+            value = _parse_float(name, raw)
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{name}={value} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{name}={raw} is above the maximum {self.maximum:g}",
+                              hint=f"set {name} to at most {self.maximum:g}")
+        return value
+
+
+# Packed members at most this big: a larger single blob is a chunk, a whole object at offset 0
+# (docs/design.md 3.2, ``snapshot.SMALL_BLOB``; a test keeps the two equal).
+MAX_SMALL_FILE = 8 * MiB
+# Every plain setting: ``Settings.<name>`` <- ``CACHE_SYNC_<NAME>`` or the ``<name>`` flag.
+# Settings read from several places (root, remote, endpoint, region, keys, areas, worker,
+# models, ...) are built by hand in ``from_env``.
+KNOBS: dict[str, Knob] = {
+    "transfers": Knob("int", minimum=1),
+    "retries": Knob("int", minimum=1),
+    "retry_base": Knob("float", minimum=0),
+    "retry_max": Knob("float", minimum=0),
+    "connect_timeout": Knob("float", minimum=0.1),
+    "read_timeout": Knob("float", minimum=0.1),
+    "pack_size": Knob("size", minimum=1),
+    "chunk_size": Knob("size", minimum=1),
+    "small_file": Knob("size", minimum=0, maximum=MAX_SMALL_FILE),
+    "keep": Knob("int", minimum=1),
+    "gc_grace": Knob("float", minimum=0),
+    "gc_window": Knob("float", minimum=1.0),
+    "progress": Knob("choice", choices=("auto", "on", "off")),
+    "json": Knob("bool"),
+    "verbose": Knob("int", minimum=0),
+    "lock_timeout": Knob("float", minimum=0),
+    "installer": Knob("choice", choices=("auto", "uv", "pip")),
+    "install_attempts": Knob("int", minimum=1),
+    "install_timeout": Knob("float", minimum=1.0),
+    "install_big_timeout": Knob("float", minimum=1.0),
+    "install_backoff": Knob("float", minimum=0),
+    "min_free": Knob("size", minimum=0),
+    "min_free_os": Knob("size", minimum=0),
+    "os_disk": Knob("text"),
+    "push_pip": Knob("bool"),
+    "bytecode": Knob("bool"),
+    "flash_attn_base_url": Knob("text"),
+    "worker_grace": Knob("float", minimum=1.0),
+    "allow_local": Knob("bool"),
+    "overlap": Knob("bool"),
+    "requirements": Knob("text"),
+    "hf_models_hook": Knob("text"),
+    "flash_attn": Knob("text"),
+    "lease_expiry": Knob("float", minimum=1.0),
+    "lease_settle": Knob("float", minimum=0),
+    "lease_wait": Knob("float", minimum=0),
+}
+
+
 def default_root(environ: Mapping[str, str]) -> str:
     """``/runpod-volume/cache`` where a RunPod network volume is mounted, else
     ``/tmp/runpod-cache``."""
@@ -267,18 +352,13 @@ class Settings:
             for area in areas:
                 validate_area_name(area)
 
-        def num(key: str, parser: Any, default: Any, **kw: Any) -> Any:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        plain: dict[str, Any] = {}
+        for key, knob in KNOBS.items():
             raw = pick(key, key)
-            return default if raw is None else parser(f"CACHE_SYNC_{key.upper()}", raw, **kw)
-
-        verbose_flag = flags.get("verbose")
-        verbose = verbose_flag if verbose_flag is not None else num("verbose", _parse_int, 0)
-        json_flag = flags.get("json")
-        json_out = bool(json_flag) if json_flag is not None else num("json", _parse_bool, False)
-        progress = pick("progress", "progress") or "auto"
-        if progress not in ("auto", "on", "off"):
-            raise ConfigError(f"CACHE_SYNC_PROGRESS={progress!r} is invalid",
-                              hint="use auto|on|off")
+            plain[key] = defaults[key] if raw is None else knob.read(
+                f"CACHE_SYNC_{key.upper()}", raw)
+        plain["flash_attn_base_url"] = plain["flash_attn_base_url"].rstrip("/")
 
         return cls(
             root=Path(os.path.abspath(os.path.expanduser(root))),
@@ -291,28 +371,13 @@ class Settings:
                                  sources),
             ca_bundle=env.get("AWS_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE") or None,
             areas=areas,
-            transfers=num("transfers", _parse_int, 16, minimum=1),
-            retries=num("retries", _parse_int, 5, minimum=1),
-            retry_base=num("retry_base", _parse_float, 0.2),
-            retry_max=num("retry_max", _parse_float, 20.0),
-            connect_timeout=num("connect_timeout", _parse_float, 10.0, minimum=0.1),
-            read_timeout=num("read_timeout", _parse_float, 60.0, minimum=0.1),
-            pack_size=num("pack_size", _parse_size, 16 * MiB),
-            chunk_size=num("chunk_size", _parse_size, 32 * MiB),
-            small_file=num("small_file", _parse_size, 4 * MiB),
-            keep=num("keep", _parse_int, 5, minimum=1),
-            gc_grace=num("gc_grace", _parse_float, 24 * 3600.0),
-            gc_window=num("gc_window", _parse_float, 300.0, minimum=1.0),
-            progress=progress,
-            json=json_out,
-            verbose=int(verbose),
-            lock_timeout=num("lock_timeout", _parse_float, 600.0),
             access_key_id=key_id,
             secret_access_key=secret,
             session_token=env.get("AWS_SESSION_TOKEN"),
-            **_install_settings(pick, num),
-            **_fleet_settings(pick, num, env),
-            **_bootstrap_settings(pick, num),
+            **plain,
+            **_fleet_settings(pick, env),
+            hf_models=tuple(m for m in (pick("hf_models", "hf_models") or "").replace(
+                ",", " ").split() if m),
             sources=sources,
         )
 
@@ -369,30 +434,6 @@ def _s3_client(pick: Any, env: Mapping[str, str], remote: str, endpoint: str | N
     return client
 
 
-def _install_settings(pick: Any, num: Any) -> dict[str, Any]:
-    """Settings of ``install`` and ``run`` (kept apart so the engine's settings merge cleanly)."""
-    installer = pick("installer", "installer") or "auto"
-    if installer not in ("auto", "uv", "pip"):
-        raise ConfigError(f"CACHE_SYNC_INSTALLER={installer!r} is invalid", hint="use auto|uv|pip")
-    return dict(
-        installer=installer,
-        install_attempts=num("install_attempts", _parse_int, 3, minimum=1),
-        install_timeout=num("install_timeout", _parse_float, 300.0, minimum=1.0),
-        install_big_timeout=num("install_big_timeout", _parse_float, 600.0, minimum=1.0),
-        install_backoff=num("install_backoff", _parse_float, 1.0),
-        min_free=num("min_free", _parse_size, 512 * MiB),
-        min_free_os=num("min_free_os", _parse_size, 256 * MiB),
-        os_disk=pick("os_disk", "os_disk") or "/",
-        push_pip=num("push_pip", _parse_bool, True),
-        bytecode=num("bytecode", _parse_bool, True),
-        overlap=num("overlap", _parse_bool, False),
-        # a mirror of flash-attn's GitHub release assets: <base>/v<version>/<wheel>
-        flash_attn_base_url=(pick("flash_attn_base_url", "flash_attn_base_url")
-                             or "https://github.com/Dao-AILab/flash-attention/releases/download"
-                             ).rstrip("/"),
-    )
-
-
 def sanitize_worker(worker: str) -> str:
     """A worker id usable as a directory name."""
     return (re.sub(r"[^A-Za-z0-9._-]", "_", worker).lstrip(".") or "worker")[:100]
@@ -435,31 +476,15 @@ def check_areas(chosen: Sequence[str], configured: Sequence[str]) -> None:
                 + "set CACHE_SYNC_AREAS to sync other directories")
 
 
-def _fleet_settings(pick: Any, num: Any, env: Mapping[str, str]) -> dict[str, Any]:
+def _fleet_settings(pick: Any, env: Mapping[str, str]) -> dict[str, Any]:
     """Who this worker is on a shared root, and whether it runs inside RunPod."""
     worker = pick("worker", "worker") or env.get("RUNPOD_POD_ID") or process_worker_id()
     runpod_var = next((v for v in ("RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID") if env.get(v)), "")
     return {
         "worker": sanitize_worker(worker),
-        "worker_grace": num("worker_grace", _parse_float, 900.0, minimum=1.0),
         "runpod_volume": env.get("CACHE_SYNC_RUNPOD_VOLUME") or RUNPOD_VOLUME,
         "runpod_var": runpod_var,
-        "allow_local": num("allow_local", _parse_bool, False),
     }
-
-
-def _bootstrap_settings(pick: Any, num: Any) -> dict[str, Any]:
-    """Settings of the self-bootstrapping worker (``run --requirements``, docs/design.md 8)."""
-    models = pick("hf_models", "hf_models") or ""
-    return dict(
-        requirements=pick("requirements", "requirements"),
-        hf_models=tuple(m for m in models.replace(",", " ").split() if m),
-        hf_models_hook=pick("hf_models_hook", "hf_models_hook"),
-        flash_attn=pick("flash_attn", "flash_attn"),
-        lease_expiry=num("lease_expiry", _parse_float, 60.0, minimum=1.0),
-        lease_settle=num("lease_settle", _parse_float, 2.0),
-        lease_wait=num("lease_wait", _parse_float, 1800.0, minimum=0.0),
-    )
 
 
 def validate_area_name(area: str) -> None:

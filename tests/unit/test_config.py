@@ -46,3 +46,50 @@ def test_backblaze_variables():
 def test_bad_values_name_the_variable(env, needle):
     with pytest.raises(ConfigError, match=needle):
         Settings.from_env(env)
+
+
+# --- one table (config.KNOBS) drives every plain setting ------------------------------------
+from cache_sync import snapshot  # noqa: E402
+from cache_sync.config import KNOBS, MAX_SMALL_FILE  # noqa: E402
+from tests.support import REPO  # noqa: E402
+
+BAD = {"int": "many", "float": "soon", "size": "huge", "bool": "maybe", "choice": "sideways"}
+GOOD = {"int": "7", "float": "7.5", "size": "7M", "bool": "yes", "text": "/x"}
+
+
+def test_every_knob_defaults_to_its_field_and_reads_its_variable(tmp_path):
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    base = {"HOME": str(tmp_path), "CACHE_SYNC_RUNPOD_VOLUME": str(tmp_path / "none")}
+    bare = Settings.from_env(base)
+    for name, knob in KNOBS.items():
+        assert name in fields, f"KNOBS names {name!r}, which Settings lacks"
+        assert getattr(bare, name) == fields[name].default, name
+        if knob.kind == "choice":
+            raw = want = knob.choices[-1]
+        else:
+            raw = GOOD[knob.kind]
+            want = {"int": 7, "float": 7.5, "size": 7 << 20, "bool": True, "text": "/x"}[
+                knob.kind]
+        got = getattr(Settings.from_env({**base, f"CACHE_SYNC_{name.upper()}": raw}), name)
+        assert got == want, (name, got)
+        assert getattr(Settings.from_env(base, **{name: raw}), name) == want, name  # a flag
+
+
+def test_every_knob_refuses_a_bad_value_naming_its_variable():
+    for name, knob in KNOBS.items():
+        if knob.kind == "text":
+            continue
+        var = f"CACHE_SYNC_{name.upper()}"
+        with pytest.raises(ConfigError, match=var):
+            Settings.from_env({var: BAD[knob.kind]})
+
+
+def test_knobs_bounds_and_docs():
+    with pytest.raises(ConfigError, match="above the maximum"):
+        Settings.from_env({"CACHE_SYNC_SMALL_FILE": "16M"})
+    # a packed member above the chunk threshold would be refused by every pull (design 3.2)
+    assert MAX_SMALL_FILE == snapshot.SMALL_BLOB
+    readme = (REPO / "README.md").read_text()
+    assert [k for k in KNOBS if f"CACHE_SYNC_{k.upper()}" not in readme] == []
