@@ -42,7 +42,49 @@ if TYPE_CHECKING:  # the transfer engine is imported by the pull that fetches, n
 
 log = logging.getLogger("cache_sync.staging")
 JOURNAL = ".apply.json"
-Op = list[Any]
+OP_KINDS = ("rm", "mkdir", "tree", "mv", "ln", "meta", "dir")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the final phase (design 5.3). In the journal it is a JSON list, as
+    ``to_row`` writes it: ``["rm", path, kind-removed]``, ``["mkdir", path]``, ``["tree", ""]``,
+    ``["mv", path]``, ``["ln", path, target, mtime_ns]``, ``["meta"|"dir", path, mode,
+    mtime_ns]``."""
+
+    kind: str
+    path: str
+    removes: str | None = None  # rm: the kind ("f", "d", "l") of what it removes, or None
+    target: str = ""  # ln
+    mode: int = 0  # meta, dir
+    mtime_ns: int = 0  # ln, meta, dir
+
+    def to_row(self) -> list[Any]:
+        if self.kind == "rm":
+            return ["rm", self.path, self.removes]
+        if self.kind == "ln":
+            return ["ln", self.path, self.target, self.mtime_ns]
+        if self.kind in ("meta", "dir"):
+            return [self.kind, self.path, self.mode, self.mtime_ns]
+        return [self.kind, self.path]
+
+    @classmethod
+    def from_row(cls, row: Any) -> Op:
+        """An operation read back from a journal; ValueError for anything else."""
+        if not (isinstance(row, list) and len(row) >= 2 and row[0] in OP_KINDS
+                and isinstance(row[1], str)):
+            raise ValueError(f"not a final-phase operation: {str(row)[:100]!r}")
+        kind, path = row[0], row[1]
+        try:
+            if kind == "rm":
+                return cls("rm", path, removes=row[2])
+            if kind == "ln":
+                return cls("ln", path, target=str(row[2]), mtime_ns=int(row[3]))
+            if kind in ("meta", "dir"):
+                return cls(kind, path, mode=int(row[2]), mtime_ns=int(row[3]))
+        except (IndexError, TypeError) as exc:
+            raise ValueError(f"malformed final-phase operation {str(row)[:100]!r}") from exc
+        return cls(kind, path)
 
 
 def stage_dir(cache: CacheState, area: str, area_dir: Path) -> Path:
@@ -135,23 +177,23 @@ def build_ops(plan: PullPlan, area_dir: Path, staged: list[str],
     root = str(area_dir)
     ops: list[Op] = []
     for rel in plan.remove:  # in the way of a new entry of another kind
-        ops.append(["rm", rel, _kind(os.path.join(root, rel))])
-    mkdirs = [["mkdir", d.path] for d in sorted(plan.mkdirs, key=lambda d: d.path)]
+        ops.append(Op("rm", rel, removes=_kind(os.path.join(root, rel))))
+    mkdirs = [Op("mkdir", d.path) for d in sorted(plan.mkdirs, key=lambda d: d.path)]
     if (not local and not plan.remove and staged and stage is not None
             and not _inside(stage, area_dir)):
-        ops += [["tree", ""], *mkdirs]  # the area must still be empty when the tree moves
+        ops += [Op("tree", ""), *mkdirs]  # the area must still be empty when the tree moves
     else:
-        ops += [*mkdirs, *(["mv", rel] for rel in sorted(staged))]
-    ops += [["ln", e.path, e.target, e.mtime_ns] for e in plan.links]
-    ops += [["meta", e.path, e.mode, e.mtime_ns] for e in plan.meta]
+        ops += [*mkdirs, *(Op("mv", rel) for rel in sorted(staged))]
+    ops += [Op("ln", e.path, target=e.target or "", mtime_ns=e.mtime_ns) for e in plan.links]
+    ops += [Op("meta", e.path, mode=e.mode, mtime_ns=e.mtime_ns) for e in plan.meta]
     for rel in plan.remove_late:  # deleted in the snapshot: only now that all is in place
-        ops.append(["rm", rel, _kind(os.path.join(root, rel))])
+        ops.append(Op("rm", rel, removes=_kind(os.path.join(root, rel))))
     # Directory modes and times last, deepest first (writing into a directory changes them);
     # when nothing else changes, only those that differ.
     for d in sorted(plan.dirs, key=lambda d: -d.path.count("/")):
         cur = local.get(d.path)
         if ops or cur is None or (cur.mode, cur.mtime_ns) != (d.mode, d.mtime_ns):
-            ops.append(["dir", d.path, d.mode, d.mtime_ns])
+            ops.append(Op("dir", d.path, mode=d.mode, mtime_ns=d.mtime_ns))
     return ops
 
 
@@ -162,13 +204,13 @@ def run_ops(area_dir: Path, stage: Path, ops: list[Op]) -> int:
     area_dir.mkdir(parents=True, exist_ok=True)
     for op in ops:
         checkpoints.reached("pull:final-op")
-        kind, rel = op[0], op[1]
+        kind, rel = op.kind, op.path
         p = os.path.join(root, rel)
         if kind == "rm":
             # Only what was there when the journal was written: on a second run the path may
             # already hold the new entry (a directory where a file was), which must stay.
-            if op[2] is not None and _kind(p) == op[2]:
-                if op[2] == "d":
+            if op.removes is not None and _kind(p) == op.removes:
+                if op.removes == "d":
                     shutil.rmtree(p)
                 else:
                     os.unlink(p)
@@ -182,10 +224,10 @@ def run_ops(area_dir: Path, stage: Path, ops: list[Op]) -> int:
             if os.path.lexists(src):  # else moved by the run that was killed
                 os.replace(src, p)
         elif kind == "ln":
-            symlink_atomic(op[2], p, op[3])
+            symlink_atomic(op.target, p, op.mtime_ns)
         elif kind in ("meta", "dir"):
-            os.chmod(p, op[2])
-            os.utime(p, ns=(op[3], op[3]))
+            os.chmod(p, op.mode)
+            os.utime(p, ns=(op.mtime_ns, op.mtime_ns))
         else:
             raise ValueError(f"unknown operation {kind!r} in the pull journal")
     return removed
@@ -224,7 +266,7 @@ def clean_link_tmps(area_dir: Path, ops: list[Op]) -> None:
     a kill between the two leaves one behind. (An up-to-date pull does not scan the area, so
     nothing else would ever remove it.) Only non-directories are removed: an area that is a
     mount point of its own stages in a temporary-named directory inside itself."""
-    for d in {os.path.dirname(op[1]) for op in ops if op[0] == "ln"}:
+    for d in {os.path.dirname(op.path) for op in ops if op.kind == "ln"}:
         where = os.path.join(str(area_dir), d)
         try:
             names = [n for n in os.listdir(where) if n.startswith(TMP_PREFIX)]
@@ -249,8 +291,8 @@ def final_phase(cache: CacheState, area: str, area_dir: Path, stage: Path, ops: 
     rebuilds from the state."""
     removed = 0
     if ops:
-        doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage), "ops": ops,
-               "local_only": local_only}
+        doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage),
+               "ops": [op.to_row() for op in ops], "local_only": local_only}
         write_atomic(journal_path(cache, area), json.dumps(doc).encode(), fsync=True)
         removed = run_ops(area_dir, stage, ops)
         checkpoints.reached("pull:final-done")
@@ -304,7 +346,8 @@ def roll_forward(root: Path) -> list[str]:
     for path in sorted(cache.dir.glob(f"*{JOURNAL}")):
         try:
             doc = json.loads(path.read_bytes())
-            area, area_dir, stage, ops = doc["area"], doc["area_dir"], doc["stage"], doc["ops"]
+            area, area_dir, stage = doc["area"], doc["area_dir"], doc["stage"]
+            ops = [Op.from_row(row) for row in doc["ops"]]
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable pull journal %s", path)
             continue

@@ -75,3 +75,22 @@ def test_roll_forward_removes_a_link_tmp_left_by_a_kill_between_symlink_and_rena
     assert roll_forward(root) == ["packages"]
     assert os.readlink(area / "pkg" / "link.py") == "target.py"
     assert sorted(os.listdir(area / "pkg")) == sorted(["link.py", f"{TMP_PREFIX}stage-like"])
+
+
+def test_final_phase_operations_are_typed_and_keep_the_journal_format():
+    """The journal's rows are the format a roll-forward by another version reads (design 5.3);
+    the ops are typed records in the code, and a row that is not one is refused."""
+    import pytest
+
+    from cache_sync.staging import Op
+
+    ops = [Op("rm", "a", removes="d"), Op("rm", "b"), Op("mkdir", "c"), Op("tree", ""),
+           Op("mv", "c/f"), Op("ln", "l", target="c/f", mtime_ns=5),
+           Op("meta", "c/f", mode=0o644, mtime_ns=7), Op("dir", "c", mode=0o755, mtime_ns=9)]
+    rows = [op.to_row() for op in ops]
+    assert rows[0] == ["rm", "a", "d"] and rows[5] == ["ln", "l", "c/f", 5]
+    assert rows[7] == ["dir", "c", 0o755, 9] and rows[3] == ["tree", ""]
+    assert [Op.from_row(r) for r in rows] == ops
+    for bad in (["chmod", "x", 1], ["meta", "x"], "mv", ["mv", 3], ["ln", "l", "t", "soon"]):
+        with pytest.raises(ValueError):
+            Op.from_row(bad)
