@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cache_sync import diskguard, readiness, workers
 from cache_sync.config import Settings
@@ -38,7 +38,11 @@ from cache_sync.errors import (
     ConfigError,
     DeadlineExceeded,
 )
+from cache_sync.results import AreaReport
 from cache_sync.roles import serving_areas
+
+if TYPE_CHECKING:  # the bootstrap (and its installer) is imported only by a run that uses it
+    from cache_sync.bootstrap import Report as BootstrapReport
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
@@ -63,14 +67,24 @@ class RunResult:
     signals: list[str] = field(default_factory=list)
     killed: bool = False
     reaped_orphans: int = 0
-    pulled: list[dict[str, Any]] = field(default_factory=list)
-    pushed: list[dict[str, Any]] = field(default_factory=list)
+    pulled: list[AreaReport] = field(default_factory=list)
+    pushed: list[AreaReport] = field(default_factory=list)
     push_error: str = ""
     periodic_pushes: int = 0
-    bootstrap: dict[str, Any] = field(default_factory=dict)
+    bootstrap: BootstrapReport | None = None  # packages/ part (all of it without the overlap)
+    bootstrap_models: BootstrapReport | None = None  # models/ part, after the background pull
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The ``--json`` document: reports as dicts; the bootstrap's models part nested
+        under ``bootstrap.models``, as it always was."""
+        out = {k: v for k, v in self.__dict__.items() if k != "bootstrap_models"}
+        out["pulled"] = [r.to_dict() for r in self.pulled]
+        out["pushed"] = [r.to_dict() for r in self.pushed]
+        boot = self.bootstrap.to_dict() if self.bootstrap is not None else {}
+        if self.bootstrap_models is not None:
+            boot["models"] = self.bootstrap_models.to_dict()
+        out["bootstrap"] = boot
+        return out
 
 
 def _become_subreaper() -> None:
@@ -97,15 +111,15 @@ class _BackgroundPull(threading.Thread):
 
     def __init__(self, settings: Settings, areas: list[str], ready: list[str],
                  status: Any, log: Callable[[str], None],
-                 after: Callable[[], dict[str, Any]] | None = None) -> None:
+                 after: Callable[[], BootstrapReport] | None = None) -> None:
         super().__init__(name="background-pull", daemon=True)
         self.settings, self.areas, self.status, self.log = settings, areas, status, log
         self.after = after  # the models part of a bootstrap, once models/ is pulled
-        self.bootstrap: dict[str, Any] = {}
+        self.bootstrap: BootstrapReport | None = None
         self.ready = list(ready)
         self.pending = list(areas)
         self.failed: dict[str, str] = {}
-        self.reports: list[dict[str, Any]] = []
+        self.reports: list[AreaReport] = []
 
     def run(self) -> None:
         from cache_sync.pull import pull
@@ -113,7 +127,7 @@ class _BackgroundPull(threading.Thread):
         for i, area in enumerate(self.areas):
             start = time.monotonic()
             try:
-                self.reports += [r.to_dict() for r in pull(self.settings, [area])]
+                self.reports += pull(self.settings, [area])
                 self.log(f"pulled: {area} (in the background, {time.monotonic() - start:.1f}s)")
                 if self.after is not None and i == len(self.areas) - 1:
                     self.bootstrap = self.after()
@@ -201,9 +215,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         # this worker's own tmp/<worker>/ and build/<worker>/, its liveness marker, heartbeat
         scratch.enter_context(workers.session(settings, owner=True))
         if opts.pull and code:
-            result.pulled = [r.to_dict() for r in pull(settings, code)]
+            result.pulled = pull(settings, code)
             log("pulled: " + ", ".join(
-                r["area"] + (f" ({r['note']})" if r.get("local_changes") else "")
+                r.area + (f" ({r.note})" if r.local_changes else "")
                 for r in result.pulled)
                 + (f" ({', '.join(data)} pulling in the background)" if data else ""))
         # With the overlap, the packages part of the bootstrap runs now and the models part
@@ -211,7 +225,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         now_plan, later_plan = plan.split() if data else (plan, bootstrap.Plan())
         if not now_plan.empty and not pending:
             result.bootstrap = bootstrap.run(settings, now_plan, os.environ, log,
-                                             stop=lambda: bool(pending)).to_dict()
+                                             stop=lambda: bool(pending))
         if pending:
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
@@ -221,7 +235,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             readiness.write(status_file, data, code, {})
             env[readiness.ENV_VAR] = str(status_file)
             after = None if later_plan.empty else (
-                lambda: bootstrap.run(settings, later_plan, os.environ, log).to_dict())
+                lambda: bootstrap.run(settings, later_plan, os.environ, log))
             background = _BackgroundPull(settings, data, code, status_file, log, after)
             background.start()
         try:
@@ -255,8 +269,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             # with us: the pull's staging and journal make that harmless).
             background.join(max(0.0, opts.push_timeout / 2 - (time.monotonic() - shutdown_start)))
             result.pulled += background.reports
-            if background.bootstrap:
-                result.bootstrap = {**result.bootstrap, "models": background.bootstrap}
+            result.bootstrap_models = background.bootstrap
             areas = background.complete(areas)
         if opts.push and areas:
             _final_push(settings, opts, shutdown_start, periodic, result, log, areas)
@@ -330,9 +343,9 @@ def _final_push(settings: Settings, opts: RunOptions, start: float,
         log(result.push_error)
         return
     try:
-        result.pushed = [r.to_dict() for r in push(settings, areas, deadline=deadline)]
+        result.pushed = push(settings, areas, deadline=deadline)
         log("pushed: " + ", ".join(
-            f"{r['area']} ({'up to date' if r.get('up_to_date') else r.get('snapshot')})"
+            f"{r.area} ({'up to date' if r.up_to_date else r.snapshot})"
             for r in result.pushed))
     except DeadlineExceeded as exc:
         result.push_error = (f"push cut short by --push-timeout {opts.push_timeout:g}s: {exc}")

@@ -28,3 +28,23 @@ def test_one_command_parser_parses_like_the_full_one():
     assert set(all_modules) == set(COMMANDS) and list(modules) == ["pull"]
     argv = ["--root", "/r", "pull", "--dry-run", "packages", "--transfers", "4"]
     assert vars(full.parse_args(argv)) == vars(one.parse_args(argv))
+
+
+def test_run_result_is_typed_and_its_json_keeps_its_shape():
+    """run's results hold typed reports (AreaReport, the bootstrap's Report); ``--json``
+    prints them as before: lists of dicts, the models part of a bootstrap nested under
+    ``bootstrap.models``."""
+    from cache_sync.bootstrap import Report
+    from cache_sync.lifecycle import RunResult
+    from cache_sync.results import AreaReport
+
+    r = RunResult(0, pulled=[AreaReport("packages", "pull", files=3)],
+                  pushed=[AreaReport("models", "push", up_to_date=True)],
+                  bootstrap=Report(role="installed"), bootstrap_models=Report(role="waited"))
+    doc = r.to_dict()
+    assert doc["pulled"][0]["area"] == "packages" and doc["pulled"][0]["files"] == 3
+    assert doc["pushed"][0]["up_to_date"] is True
+    assert doc["bootstrap"]["role"] == "installed"
+    assert doc["bootstrap"]["models"]["role"] == "waited"
+    assert "bootstrap_models" not in doc
+    assert RunResult(1).to_dict()["bootstrap"] == {}
