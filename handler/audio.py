@@ -15,7 +15,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 SAMPLE_RATE = 24000  # F5-TTS and its Vocos vocoder work at 24 kHz
 STANDARD_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
@@ -31,7 +31,7 @@ class AudioError(ValueError):
 
 @dataclass
 class Audio:
-    samples: array  # float32 mono, in [-1, 1]
+    samples: array[float]  # float32 mono, in [-1, 1]
     sample_rate: int
 
     @property
@@ -121,7 +121,7 @@ def _numpy() -> Any:
     return numpy
 
 
-def _np_decode(np: Any, payload: bytes, tag: int, bits: int, channels: int) -> array:
+def _np_decode(np: Any, payload: bytes, tag: int, bits: int, channels: int) -> array[float]:
     if tag == _FLOAT:
         values = np.frombuffer(payload, "<f4").astype(np.float32)
     elif bits == 8:
@@ -139,11 +139,11 @@ def _np_decode(np: Any, payload: bytes, tag: int, bits: int, channels: int) -> a
     return out
 
 
-def _scaled(ints: array, scale: float) -> array:
+def _scaled(ints: array[int], scale: float) -> array[float]:
     return array("f", map(operator.mul, _le(ints), itertools.repeat(scale)))
 
 
-def _to_float(payload: bytes, tag: int, bits: int) -> array:
+def _to_float(payload: bytes, tag: int, bits: int) -> array[float]:
     """The standard-library decoder (no numpy): C-level loops only, ~3x slower than numpy."""
     if tag == _FLOAT:
         out = array("f")
@@ -164,13 +164,16 @@ def _to_float(payload: bytes, tag: int, bits: int) -> array:
     return _scaled(array(_INT32, payload), 1 / 2147483648.0)
 
 
-def _le(values: array) -> array:
+T = TypeVar("T", int, float)
+
+
+def _le(values: array[T]) -> array[T]:
     if sys.byteorder == "big":  # WAV is little-endian
         values.byteswap()
     return values
 
 
-def encode_wav(samples: array | list[float], sample_rate: int = SAMPLE_RATE) -> bytes:
+def encode_wav(samples: array[float] | list[float], sample_rate: int = SAMPLE_RATE) -> bytes:
     """Mono 16-bit PCM WAV; samples are floats, clipped to [-1, 1]."""
     np = _numpy()
     if np is not None:

@@ -75,7 +75,7 @@ class SynthesisRequest:
 
 @dataclass
 class SynthesisResult:
-    samples: array  # float32 mono in [-1, 1]
+    samples: array[float]  # float32 mono in [-1, 1]
     sample_rate: int
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -65,7 +65,7 @@ class Prepared:
         return {"input_seconds": round(self.input_seconds, 3),
                 "seconds": round(self.seconds, 3), "clipped": self.clipped}
 
-    def to_array(self) -> array:
+    def to_array(self) -> array[float]:
         return array("f", self.samples.astype("float32").tobytes())
 
 
