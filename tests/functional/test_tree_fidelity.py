@@ -1,6 +1,6 @@
-"""Faithful trees (docs/design.md 5.3, the final phase's `dir` operations): after a pull the
-directories carry the snapshot's mtimes, also those the final phase wrote into. CLI-driven,
-two workers on one `file://` store."""
+"""What a pull leaves is the tree the store's history says: directory mtimes restored
+(docs/design.md 5.3, the final phase's `dir` operations) and heads merged against their
+newest common ancestor (§5). CLI-driven, several workers on one `file://` store."""
 
 from __future__ import annotations
 
@@ -50,3 +50,28 @@ def test_directory_mtimes_are_restored_after_an_update_that_writes_into_them(tmp
     want = _dir_times(area)
     del got["."], want["."]  # the area itself is not an entry of its snapshot
     assert got == want
+
+
+def test_the_merge_base_is_the_newest_common_ancestor(tmp_path):
+    """docs/design.md §5 (merge of heads): S0 has f=v0, S1 changes it to v1; B and C both
+    pull S1; B deletes f, C (later) adds y. The heads S2 and S3 share S0 and S1 as ancestors:
+    merged against S1 (the newest), f stays deleted; merged against S0 (the oldest), both
+    sides "changed" f and the later writer's v1 comes back. A fresh worker must not see f."""
+    a = fk.workspace(tmp_path, name="a")
+    (a.area() / "pkg").mkdir(parents=True)
+    (a.area() / "pkg" / "f.txt").write_text("v0")
+    (a.area() / "pkg" / "keep.txt").write_text("keep")
+    a.run("push")  # S0
+    (a.area() / "pkg" / "f.txt").write_text("v1")
+    a.run("push")  # S1
+    b, c = a.sibling("b"), a.sibling("c")
+    b.run("pull")
+    c.run("pull")
+    (b.area() / "pkg" / "f.txt").unlink()
+    b.run("push")  # S2: f deleted
+    (c.area() / "pkg" / "y.txt").write_text("y")
+    c.run("push")  # S3: y added, the later head
+    d = a.sibling("d")
+    d.run("pull")
+    names = sorted(p.name for p in (d.area() / "pkg").iterdir())
+    assert names == ["keep.txt", "y.txt"], names
