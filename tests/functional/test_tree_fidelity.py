@@ -75,3 +75,33 @@ def test_the_merge_base_is_the_newest_common_ancestor(tmp_path):
     d.run("pull")
     names = sorted(p.name for p in (d.area() / "pkg").iterdir())
     assert names == ["keep.txt", "y.txt"], names
+
+
+def test_a_push_after_a_merge_names_every_head_it_merged(tmp_path):
+    """docs/design.md §4 step 4 and §4.2: B and C push at once from S1 (two heads). D pulls
+    (the merge of both), deletes B's new file and pushes. Its snapshot must name both heads
+    as parents: named only the newest, B's head stays a head, is merged again against S1 and
+    brings the deleted file back for every later worker."""
+    from cache_sync.history import History
+    from cache_sync.repo import list_refs
+
+    a = fk.workspace(tmp_path, name="a")
+    (a.area() / "base.txt").parent.mkdir(parents=True)
+    (a.area() / "base.txt").write_text("base")
+    a.run("push")
+    b, c, d = a.sibling("b"), a.sibling("c"), a.sibling("d")
+    b.run("pull")
+    c.run("pull")
+    (b.area() / "from-b.txt").write_text("b")
+    b.run("push")
+    (c.area() / "from-c.txt").write_text("c")
+    c.run("push")
+    d.run("pull")
+    assert (d.area() / "from-b.txt").exists() and (d.area() / "from-c.txt").exists()
+    (d.area() / "from-b.txt").unlink()
+    d.run("push")
+    store = fk.open_raw_store(a)
+    assert len(History(list_refs(store, fk.AREA)).heads) == 1
+    e = a.sibling("e")
+    e.run("pull")
+    assert sorted(p.name for p in e.area().iterdir()) == ["base.txt", "from-c.txt"]
