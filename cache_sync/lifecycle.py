@@ -257,22 +257,26 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         result.exit_code = exit_code_of(status)
         result.child_status = _describe(status)
         log(f"command {result.child_status}")
-        shutdown_start = time.monotonic()
+        # The shutdown budget runs from the first signal (the platform's SIGKILL follows
+        # it, not CMD's exit): time CMD spent ignoring SIGTERM is taken from the push.
+        # Without a signal (CMD exited on its own) it runs from CMD's exit.
+        shutdown_start = first_signal[0] if first_signal else time.monotonic()
+        deadline = shutdown_start + opts.push_timeout
         if periodic is not None:
             periodic.stop.set()
-            periodic.join(opts.push_timeout)
+            periodic.join(max(0.0, deadline - time.monotonic()))
             result.periodic_pushes = periodic.count
         areas = list(serving)
         if background is not None:
             # A worker that exits early leaves its background pull behind: wait for it within
             # the push budget; what is still pulling then is not pushed (and the thread dies
             # with us: the pull's staging and journal make that harmless).
-            background.join(max(0.0, opts.push_timeout / 2 - (time.monotonic() - shutdown_start)))
+            background.join(max(0.0, shutdown_start + opts.push_timeout / 2 - time.monotonic()))
             result.pulled += background.reports
             result.bootstrap_models = background.bootstrap
             areas = background.complete(areas)
         if opts.push and areas:
-            _final_push(settings, opts, shutdown_start, periodic, result, log, areas)
+            _final_push(settings, opts, deadline, periodic, result, log, areas)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -327,23 +331,55 @@ def _describe(status: int) -> str:
     return f"exited with {os.waitstatus_to_exitcode(status)}"
 
 
-def _final_push(settings: Settings, opts: RunOptions, start: float,
+def _final_push(settings: Settings, opts: RunOptions, deadline: float,
                 periodic: _PeriodicPush | None, result: RunResult,
                 log: Callable[[str], None], areas: Sequence[str]) -> None:
+    """Push ``areas`` before ``deadline`` (monotonic: the first signal, or CMD's exit, plus
+    ``--push-timeout``); a push cut off there leaves the store consistent (§5.2)."""
     from cache_sync.push import push
 
-    deadline = start + opts.push_timeout
+    if time.monotonic() >= deadline:
+        result.push_error = (f"push cut short by --push-timeout {opts.push_timeout:g}s: the "
+                             f"budget, counted from the first signal, ran out while CMD shut "
+                             f"down; nothing pushed, the store is consistent")
+        log(result.push_error)
+        return
     # Wait a little for the cache lock: a `cache-sync install` or push that CMD left behind
     # may still hold it. The deadline still bounds the whole push.
     settings = settings.with_overrides(
-        lock_timeout=min(settings.lock_timeout, opts.push_timeout / 4))
+        lock_timeout=min(settings.lock_timeout, opts.push_timeout / 4,
+                         deadline - time.monotonic()))
     if periodic is not None and periodic.is_alive():
         result.push_error = (f"push cut short: a periodic push was still running after "
                              f"--push-timeout {opts.push_timeout:g}s; the store is consistent")
         log(result.push_error)
         return
+    # The push checks the deadline between its steps; a request in flight at the deadline
+    # would outlive it by up to one request. So it runs in a daemon thread that is abandoned
+    # at the deadline: what it leaves is what a SIGKILL leaves, a consistent store and a
+    # journal the next push resumes from (§4.1, §5.2).
+    outcome: list[list[AreaReport] | BaseException] = []
+
+    def body() -> None:
+        try:
+            outcome.append(push(settings, areas, deadline=deadline))
+        except BaseException as exc:  # handed to the main thread below
+            outcome.append(exc)
+
+    pusher = threading.Thread(target=body, name="cache-sync-final-push", daemon=True)
+    pusher.start()
+    pusher.join(max(0.0, deadline - time.monotonic()))
+    if not outcome:
+        result.push_error = (f"push cut short by --push-timeout {opts.push_timeout:g}s: a "
+                             f"request was still in flight at the deadline; abandoned, the "
+                             f"store is consistent and the next push resumes")
+        log(result.push_error)
+        return
+    got = outcome[0]
     try:
-        result.pushed = push(settings, areas, deadline=deadline)
+        if isinstance(got, BaseException):
+            raise got
+        result.pushed = got
         log("pushed: " + ", ".join(
             f"{r.area} ({'up to date' if r.up_to_date else r.snapshot})"
             for r in result.pushed))

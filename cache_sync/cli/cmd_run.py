@@ -18,7 +18,9 @@ HELP = "run a worker command: pull, env, start, forward signals, push within a b
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--push-timeout", type=float, default=60.0, metavar="S",
-                   help="budget for the final push after CMD exits (default 60)")
+                   help="budget for the shutdown: the final push ends at most S seconds "
+                   "after the first SIGTERM/SIGINT/SIGHUP (CMD's own shutdown counts), or "
+                   "after CMD's exit when no signal came (default 60)")
     p.add_argument("--push-interval", type=float, default=None, metavar="S",
                    help="also push every S seconds while CMD runs")
     p.add_argument("--kill-timeout", type=float, default=30.0, metavar="S",

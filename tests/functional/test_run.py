@@ -101,6 +101,51 @@ def test_exit_status_passthrough_and_kill_after_grace(env, tmp_path):
     assert 0.9 < time.monotonic() - t0 < 10
 
 
+def test_shutdown_budget_runs_from_sigterm_when_the_child_ignores_it(moto, tmp_path):
+    """design §9.5: the child ignores SIGTERM and is killed 4 s into a 6 s budget; every PUT
+    to the store takes 1.5 s (a fault proxy), so the push cannot finish in the 2 s left. The
+    worker is gone within the budget from the SIGTERM, not 4 s + a whole budget later."""
+    from tests.support.faultproxy import FaultProxy
+
+    env = hermetic_env(tmp_path)
+    env.update({**moto.env(), "CACHE_SYNC_PROGRESS": "off",
+                "CACHE_SYNC_REMOTE": f"s3://{moto.make_bucket()}/c"})
+    stubborn = textwrap.dedent("""
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        hf = os.environ["HF_HOME"]
+        os.makedirs(hf, exist_ok=True)
+        for i in range(8):
+            open(os.path.join(hf, f"w{i}.bin"), "wb").write(os.urandom(1 << 20))
+        open(%r, "w").close()
+        time.sleep(120)
+    """ % str(tmp_path / "ready"))
+    kill_timeout, budget = 4.0, 6.0
+    with FaultProxy(moto.endpoint, seed=5, max_seconds=120) as proxy:
+        proxy.add("delay", method="PUT", seconds=1.5)
+        env["CACHE_SYNC_ENDPOINT_URL"] = proxy.endpoint
+        proc = start(env, "--json", "run", "--no-pull", "--kill-timeout", str(kill_timeout),
+                     "--push-timeout", str(budget), "--", sys.executable, "-c", stubborn)
+        try:
+            assert wait_until(lambda: (tmp_path / "ready").exists(), 30), proc.stderr
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+            total = time.monotonic() - t0
+        finally:
+            proc.kill()
+    result = json.loads(out)
+    assert result["killed"] and result["child_status"] == "killed by SIGKILL", err
+    assert result["push_error"].startswith("push cut short by --push-timeout"), result
+    # Killed at 4 s; the push got the 2 s left. Measured from the push's start instead, the
+    # worker would live until 4 + 6 = 10 s.
+    assert kill_timeout <= total < budget + 1.5, (total, err)
+    # A cut push leaves the store consistent: the next push from this root completes it.
+    env["CACHE_SYNC_ENDPOINT_URL"] = moto.endpoint
+    assert cli(env, "push", "models").returncode == 0
+    assert cli(env, "verify", "models").returncode == 0
+
+
 def test_push_over_budget_is_cut_and_store_stays_consistent(env, tmp_path):
     # The child leaves 64 MiB in models/; pushing it cannot finish in 1 ms.
     child = ("import os; p=os.environ['HF_HOME']; os.makedirs(p, exist_ok=True); "
