@@ -5,6 +5,7 @@ the CLI, and a fresh worker whose pull must see one whole version of each distri
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,75 @@ def test_hf_repo_downloaded_at_two_revisions_comes_from_one(tmp_path):
     (found,) = info.repos
     assert {r.commit_hash for r in found.revisions} == {revs["r0"], revs["r2"]}
     assert (repo / "snapshots" / revs["r2"] / "w.bin").read_text() == "w-r2"
+
+
+def _legacy_install(target: Path, src_root: Path, version: str, record: bool) -> None:
+    """A real legacy (pre-wheel) install: setuptools' ``setup.py install
+    --single-version-externally-managed`` writes ``legacy-<v>-pyX.Y.egg-info/`` (PKG-INFO,
+    top_level.txt, no RECORD). With ``record``, also the ``installed-files.txt`` pip's legacy
+    path wrote into it (paths relative to the egg-info)."""
+    src = src_root / f"legacy-{version}"
+    (src / "legacy").mkdir(parents=True)
+    (src / "setup.py").write_text("from setuptools import setup\n"
+                                  f"setup(name='legacy', version={version!r}, "
+                                  "packages=['legacy'])\n")
+    (src / "legacy" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    (src / "legacy" / f"only_v{version.split('.')[0]}.py").write_text("X = 1\n")
+    rec = src / "record.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+    subprocess.run([sys.executable, "setup.py", "-q", "install",
+                    "--single-version-externally-managed", "--root=/",
+                    f"--install-lib={target}", f"--install-scripts={target}/bin",
+                    f"--record={rec}"], cwd=src, env=env, check=True, capture_output=True,
+                   text=True, timeout=120)
+    (egg,) = target.glob(f"legacy-{version}-*.egg-info")
+    if record:
+        lines = [os.path.relpath(p, egg) for p in rec.read_text().split()]
+        (egg / "installed-files.txt").write_text("\n".join(lines) + "\n")
+
+
+def _legacy_uninstall(target: Path) -> None:
+    """What uninstalling a legacy install removes: the top-level packages its top_level.txt
+    names, and the egg-info."""
+    (egg,) = target.glob("legacy-*.egg-info")
+    for top in (egg / "top_level.txt").read_text().split():
+        shutil.rmtree(target / top)
+    shutil.rmtree(egg)
+
+
+LEGACY_PROBE = ("import importlib.metadata as m, json, legacy, os, pathlib\n"
+                "pk = pathlib.Path(os.environ['PYTHONPATH'])\n"
+                "print(json.dumps({'meta': m.version('legacy'), 'code': legacy.__version__,\n"
+                "  'eggs': sorted(p.name.split('-')[1] for p in pk.glob('legacy-*.egg-info')),\n"
+                "  'modules': sorted(p.name for p in (pk / 'legacy').glob('only_v*.py'))}))\n")
+
+
+@pytest.mark.parametrize("listing", ["top_level", "installed_files"])
+def test_concurrent_upgrades_of_a_legacy_egg_info_install_take_one_version_whole(
+        tmp_path, wheels, listing):
+    """A distribution installed the legacy way (an ``.egg-info``, no RECORD) is one unit too:
+    two workers upgrade it from one base to different versions and push; a fresh pull has
+    one egg-info, importlib.metadata agrees with the code, and no module of the other
+    versions is left (fails when ``units`` knows only ``.dist-info``: two egg-infos and
+    ``only_v2.py`` beside version 3)."""
+    import json
+    remote = f"file://{tmp_path}/store"
+    record = listing == "installed_files"
+    w0 = Worker(tmp_path, "w0", remote, wheels)
+    w0.install("other==1.0")
+    _legacy_install(w0.packages, tmp_path / "src0", "1.0", record)
+    w0.cs("push", "packages")
+    a, b, c = (Worker(tmp_path, n, remote, wheels) for n in "abc")
+    for w, version in ((a, "2.0"), (b, "3.0")):
+        w.cs("pull", "packages")
+        _legacy_uninstall(w.packages)
+        _legacy_install(w.packages, tmp_path / f"src-{w.root.name}", version, record)
+    a.cs("push", "packages")
+    b.cs("push", "packages")  # the later head
+    c.cs("pull", "packages")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(c.packages)}
+    out = subprocess.run([sys.executable, "-S", "-c", LEGACY_PROBE], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    seen = json.loads(out)
+    assert seen == {"meta": "3.0", "code": "3.0", "eggs": ["3.0"], "modules": ["only_v3.py"]}
+    assert (c.packages / "other.py").exists()

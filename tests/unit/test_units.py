@@ -47,13 +47,22 @@ def tree(*entries: Entry) -> dict[str, Entry]:
 
 
 def installed(name: str, version: str, modules: dict[str, str] | None = None,
-              record_extra: tuple[str, ...] = ()) -> list[Entry]:
+              record_extra: tuple[str, ...] = (), legacy: bool = False) -> list[Entry]:
     """A ``pip install --target`` layout: the package's files plus a dist-info whose RECORD
-    lists them."""
+    lists them; ``legacy``: an ``.egg-info`` whose installed-files.txt lists them, as pip's
+    pre-wheel installs wrote (paths relative to the egg-info)."""
     modules = modules if modules is not None else {
         f"{name}/__init__.py": f"__version__ = {version!r}\n",
         f"{name}/v{version.replace('.', '_')}.py": "x = 1\n",
     }
+    if legacy:
+        egg = f"{name}-{version}-py3.11.egg-info"
+        own = ("PKG-INFO", "top_level.txt", "installed-files.txt")
+        return [*(fe(p, t) for p, t in modules.items()),
+                fe(f"{egg}/PKG-INFO", f"Name: {name}\nVersion: {version}\n"),
+                fe(f"{egg}/top_level.txt", f"{name}\n"),
+                fe(f"{egg}/installed-files.txt",
+                   "".join(f"../{p}\n" for p in modules) + "".join(f"{o}\n" for o in own))]
     meta = f"{name}-{version}.dist-info"
     files = [fe(p, t) for p, t in modules.items()]
     files.append(fe(f"{meta}/METADATA", f"Name: {name}\nVersion: {version}\n"))
@@ -67,7 +76,7 @@ def merge_packages(base, ours, theirs):
 
 
 def dist_infos(t: dict[str, Entry], name: str) -> list[str]:
-    return [p for p in t if "/" not in p and p.endswith(".dist-info")
+    return [p for p in t if "/" not in p and p.endswith((".dist-info", ".egg-info"))
             and canonical_name(p) == canonical_name(name)]
 
 
@@ -246,6 +255,7 @@ def test_hf_two_repos_changed_on_different_sides_keep_both():
 
 # --- properties ---------------------------------------------------------------------------
 NAMES = ("alpha", "beta", "gamma")
+LEGACY = "gamma"  # installed the pre-wheel way: an .egg-info with installed-files.txt
 # A distribution's state on one side: None (not installed) or (version, edits, stray pyc).
 state_st = st.none() | st.tuples(st.sampled_from(["1.0", "2.0", "3.0"]), st.integers(0, 2),
                                   st.booleans())
@@ -258,7 +268,7 @@ def build(world: dict, extra: tuple[str, ...] = ()) -> dict[str, Entry]:
         if s is None:
             continue
         version, edits, pyc = s
-        files = installed(name, version)
+        files = installed(name, version, legacy=name == LEGACY)
         if edits:
             files = [fe(e.path, f"edit {edits}") if e.path.endswith("__init__.py") else e
                      for e in files]
@@ -270,7 +280,8 @@ def build(world: dict, extra: tuple[str, ...] = ()) -> dict[str, Entry]:
 
 def unit_paths(t: dict[str, Entry], name: str) -> dict[str, Entry]:
     return {p: e for p, e in t.items() if p == name or p.startswith(f"{name}/")
-            or (p.split("/")[0].endswith(".dist-info") and canonical_name(p.split("/")[0]) == name)}
+            or (p.split("/")[0].endswith((".dist-info", ".egg-info"))
+                and canonical_name(p.split("/")[0]) == name)}
 
 
 def pick(ub: dict[str, Entry], uo: dict[str, Entry], ut: dict[str, Entry]) -> dict[str, Entry]:
@@ -289,7 +300,7 @@ def assert_consistent(out: dict[str, Entry]) -> None:
         files = [p for p in out if p.startswith(f"{name}/")]
         assert not files or infos, f"{files} without metadata"
         if infos:  # the code's version is the metadata's
-            v = infos[0].split("-")[1][: -len(".dist")]
+            v = infos[0].split("-")[1].removesuffix(".dist")
             assert f"{name}/v{v.replace('.', '_')}.py" in out
             assert [p for p in out if p.startswith(f"{name}/v")] == [f"{name}/v{v.replace('.', '_')}.py"]
 
