@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from cache_sync import checkpoints, gcmarks
 from cache_sync.config import Settings
@@ -26,6 +25,7 @@ from cache_sync.layout import (
 )
 from cache_sync.local_cache import CacheState
 from cache_sync.repo import Manifests, check_store_format
+from cache_sync.results import GcReport
 from cache_sync.storage import Store, open_store
 from cache_sync.storage.base import ObjectInfo
 
@@ -34,7 +34,7 @@ BATCH = 1000
 
 
 def gc(settings: Settings, *, dry_run: bool = False, keep: int | None = None,
-       grace: float | None = None) -> dict[str, Any]:
+       grace: float | None = None) -> GcReport:
     keep = keep or settings.keep
     grace = settings.gc_grace if grace is None else grace
     window = settings.gc_window
@@ -45,14 +45,13 @@ def gc(settings: Settings, *, dry_run: bool = False, keep: int | None = None,
     now = time.time() if dry_run else gcmarks.store_now(store)
     marks = gcmarks.list_marks(store)
     ripe = [m for m in marks if m.ripe(now)]
-    out: dict[str, Any] = {"dry_run": dry_run, "objects_deleted": 0, "bytes_deleted": 0,
-                           "objects_spared": 0, "delete_phase": "no ripe mark"}
+    out = GcReport(dry_run=dry_run)
     deleted: set[str] = set()
     if ripe:
         deleted = _delete_phase(store, manifests, ripe, now, dry_run, out)
     # Objects of a pending mark are not marked twice; those of a ripe mark that was carried
     # out but spared (named again) are marked afresh if still unreferenced.
-    still = [m for m in marks if m not in ripe or out["delete_phase"] != "done"]
+    still = [m for m in marks if m not in ripe or out.delete_phase != "done"]
     refs = _all_refs(store)
     kept, dropped = [], []
     for area_refs in _by_area(refs).values():
@@ -79,40 +78,38 @@ def gc(settings: Settings, *, dry_run: bool = False, keep: int | None = None,
     if not dry_run:
         claims = gcmarks.list_claims(store, now)
         store.delete(claims.expired)
-    out.update({
-        "snapshots_kept": len(kept),
-        "snapshots_deleted": len(dropped),
-        "objects_marked": len(marked),
-        "bytes_marked": marked_bytes,
-        "objects_in_grace": young,
-        "objects_referenced": len(referenced),
-        "marks_pending": len(still) + (1 if marked else 0),
-        "delete_after_seconds": max(grace, window),
-    })
+    out.snapshots_kept = len(kept)
+    out.snapshots_deleted = len(dropped)
+    out.objects_marked = len(marked)
+    out.bytes_marked = marked_bytes
+    out.objects_in_grace = young
+    out.objects_referenced = len(referenced)
+    out.marks_pending = len(still) + (1 if marked else 0)
+    out.delete_after_seconds = max(grace, window)
     return out
 
 
 def _delete_phase(store: Store, manifests: Manifests, ripe: list[gcmarks.Mark], now: float,
-                  dry_run: bool, out: dict[str, Any]) -> set[str]:
+                  dry_run: bool, out: GcReport) -> set[str]:
     """Delete the objects of ripe marks that nothing names any more (design 6.1, step 2)."""
     budget = min(m.window for m in ripe) / 2
     started = time.monotonic()
     checkpoints.reached("gc:claims")
     claims = gcmarks.list_claims(store, now)
     if claims.unreadable:
-        out["delete_phase"] = f"stopped: unreadable claim {claims.unreadable[0]}"
+        out.delete_phase = f"stopped: unreadable claim {claims.unreadable[0]}"
         return set()
     checkpoints.reached("gc:snapshots")
     named = _referenced(manifests, _all_refs(store)) | claims.objects
     objects = _objects(store)
     candidates = set().union(*(m.objects for m in ripe))
     doomed = sorted(o for o in candidates if object_key(o) in objects and o not in named)
-    out["objects_spared"] = len([o for o in candidates if o in named])
+    out.objects_spared = len([o for o in candidates if o in named])
     checkpoints.reached("gc:delete")
     done: list[str] = []
     for i in range(0, len(doomed), BATCH):
         if time.monotonic() - started >= budget:
-            out["delete_phase"] = (f"stopped: past its {budget:g} s budget; the next run "
+            out.delete_phase = (f"stopped: past its {budget:g} s budget; the next run "
                                    "starts again")
             break
         batch = doomed[i:i + BATCH]
@@ -122,9 +119,9 @@ def _delete_phase(store: Store, manifests: Manifests, ripe: list[gcmarks.Mark], 
     else:
         if not dry_run:
             store.delete([m.key for m in ripe])
-        out["delete_phase"] = "done"
-    out["objects_deleted"] = len(done)
-    out["bytes_deleted"] = sum(objects[object_key(o)].size for o in done)
+        out.delete_phase = "done"
+    out.objects_deleted = len(done)
+    out.bytes_deleted = sum(objects[object_key(o)].size for o in done)
     return set(done)
 
 

@@ -114,3 +114,26 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"areas": [a.to_dict() for a in self.areas], "ok": self.ok}
+
+
+@dataclass
+class GcReport:
+    """What one ``gc`` run did (design 6.1): the delete phase of earlier runs' ripe marks,
+    then retention and this run's mark. Field order is the ``--json`` key order."""
+
+    dry_run: bool
+    objects_deleted: int = 0  # by this run's delete phase (marked by an earlier run)
+    bytes_deleted: int = 0
+    objects_spared: int = 0  # of a ripe mark, but named again by a snapshot or a claim
+    delete_phase: str = "no ripe mark"  # "done", or why it stopped
+    snapshots_kept: int = 0
+    snapshots_deleted: int = 0
+    objects_marked: int = 0  # for deletion by a later run
+    bytes_marked: int = 0
+    objects_in_grace: int = 0  # unreferenced but younger than the grace period
+    objects_referenced: int = 0
+    marks_pending: int = 0
+    delete_after_seconds: float = 0.0  # the earliest a later run may delete this run's mark
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -25,13 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    data = garbage.gc(settings, dry_run=args.dry_run, keep=args.keep, grace=args.grace)
+    r = garbage.gc(settings, dry_run=args.dry_run, keep=args.keep, grace=args.grace)
     verb = "would delete" if args.dry_run else "deleted"
-    out.result(data, (f"gc: {verb} {data['snapshots_deleted']} snapshots and "
-                      f"{data['objects_deleted']} objects ({human_bytes(data['bytes_deleted'])})"
-                      f" marked earlier; kept {data['snapshots_kept']} snapshots; marked "
-                      f"{data['objects_marked']} objects ({human_bytes(data['bytes_marked'])}) "
-                      f"for deletion by a run at least {data['delete_after_seconds']:g} s "
-                      f"from now; {data['objects_in_grace']} unreferenced objects are within "
-                      "the grace period"))
+    out.result(r.to_dict(), (f"gc: {verb} {r.snapshots_deleted} snapshots and "
+                             f"{r.objects_deleted} objects ({human_bytes(r.bytes_deleted)}) "
+                             f"marked earlier; kept {r.snapshots_kept} snapshots; marked "
+                             f"{r.objects_marked} objects ({human_bytes(r.bytes_marked)}) for "
+                             f"deletion by a run at least {r.delete_after_seconds:g} s from "
+                             f"now; {r.objects_in_grace} unreferenced objects are within the "
+                             "grace period"))
     return 0

@@ -48,3 +48,28 @@ def test_run_result_is_typed_and_its_json_keeps_its_shape():
     assert doc["bootstrap"]["models"]["role"] == "waited"
     assert "bootstrap_models" not in doc
     assert RunResult(1).to_dict()["bootstrap"] == {}
+
+
+def test_gc_report_is_typed_and_its_json_keeps_its_shape(tmp_path, capsys):
+    """``gc`` returns a GcReport; ``gc --json`` prints its fields in order, the keys scripts
+    read since the first gc (``snapshots_deleted``, ``objects_deleted``, ...) unchanged."""
+    import json
+
+    from cache_sync.cli.main import main
+    from cache_sync.results import GcReport
+
+    area = tmp_path / "root" / "deps"
+    area.mkdir(parents=True)
+    (area / "a.txt").write_text("a")
+    argv = ["--root", str(tmp_path / "root"), "--remote", f"file://{tmp_path}/store"]
+    assert main([*argv, "push", "deps"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--json", "gc", "--keep", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc) == [
+        "dry_run", "objects_deleted", "bytes_deleted", "objects_spared", "delete_phase",
+        "snapshots_kept", "snapshots_deleted", "objects_marked", "bytes_marked",
+        "objects_in_grace", "objects_referenced", "marks_pending", "delete_after_seconds"]
+    assert doc == GcReport(**doc).to_dict()
+    assert doc["snapshots_kept"] == 1 and doc["objects_referenced"] >= 1
+    assert doc["dry_run"] is False and doc["delete_phase"] == "no ripe mark"
