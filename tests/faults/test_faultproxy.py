@@ -116,11 +116,10 @@ def test_delay(moto, bucket):
 def test_stall_fires_client_read_timeout(moto, bucket, after_headers):
     with fault_proxy(moto.endpoint, max_seconds=30) as p:
         p.add("stall", method="GET", seconds=20, after_headers=after_headers, times=1)
-        t0 = time.monotonic()
+        # without the client's read timeout the 20 s stall ends and the read succeeds
         with pytest.raises(Exception) as e:
             read_all(client(moto, p.endpoint, read_timeout=1), bucket, "objects/ab/blob")
         assert isinstance(e.value, ReadTimeoutError) or "timeout" in repr(e.value).lower()
-        assert time.monotonic() - t0 < 10
 
 
 def test_corrupt_range_keeps_length_flips_bytes(moto, bucket):

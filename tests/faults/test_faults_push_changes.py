@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.support import crash
 from tests.support import faultkit as fk
+from tests.support.waits import wait_until_count
 
 
 class Downloader(threading.Thread):
@@ -50,7 +51,7 @@ def test_files_renamed_during_a_push_five_tries(tmp_path):
         dl = Downloader(ws.area(), attempt)
         dl.start()
         try:
-            crash.wait_until_count(lambda: dl.renamed, 3, 10)  # noqa: B023
+            wait_until_count(lambda: dl.renamed, 3, 10)  # noqa: B023
             r = ws.run("push", ok=False)
         finally:
             dl.stop.set()

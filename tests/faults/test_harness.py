@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import zstandard
@@ -21,7 +20,7 @@ SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sle
 
 def test_kill_after_lands_and_is_reported():
     r = crash.kill_after(SLEEPER, os.environ, delay=0.3, timeout=20)
-    assert r.killed and r.returncode == -signal.SIGKILL and r.seconds < 10
+    assert r.killed and r.returncode == -signal.SIGKILL  # the sleeper would run 30 s
 
 
 def test_kill_after_a_finished_command_is_not_a_kill():
@@ -137,6 +136,5 @@ def test_cli_env_isolates_settings(monkeypatch):
     env = crash.cli_env({"X": "1"})
     assert "CACHE_SYNC_ROOT" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(crash.REPO) and env["X"] == "1"
-    t0 = time.monotonic()
     r = crash.run_cli(["--version"], env, timeout=30)
-    assert r.returncode == 0 and "cache-sync" in r.stdout and time.monotonic() - t0 < 30
+    assert r.returncode == 0 and "cache-sync" in r.stdout

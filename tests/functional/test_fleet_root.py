@@ -12,9 +12,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.support import crash
 from tests.support.faultproxy import FaultProxy
-from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve, wait_until
+from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
+from tests.support.waits import wait_until, wait_until_count
 
 # The child: a scratch file in its TMPDIR, "ready", then wait for "stop" and exit 0 only if
 # its scratch file is still there.
@@ -121,7 +121,7 @@ def test_worker_arriving_while_a_push_holds_the_lock_waits_then_serves(tmp_path,
                                   env={**env, "CACHE_SYNC_TRANSFERS": "1"},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert crash.wait_until_count(lambda: proxy.request_count, 1, 30)
+            assert wait_until_count(lambda: proxy.request_count, 1, 30)
             t0 = time.monotonic()
             third = start_worker(env, "c", tmp_path)
             assert wait_until(lambda: (tmp_path / "ready-c").exists() or third.poll()

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -70,13 +69,11 @@ def test_install_then_warm_start_skips_resolver(index, tmp_path, installer):
         assert {i["module"]: i["ok"] for i in r["imports"]} == {"alpha": True, "beta": True}
         served = len(srv.requests)
         # Warm start: everything present, so no installer process and no index request.
-        t0 = time.monotonic()
         p2 = cli(env, "--json", "install", "--no-push", "--installer", installer, "alpha>=1")
         assert p2.returncode == 0, p2.stderr
         u = units(js(p2))["alpha"]
         assert u["status"] == "satisfied" and u["attempts"] == 0
         assert len(srv.requests) == served
-        assert time.monotonic() - t0 < 10
 
 
 def test_version_change_replaces_old_files(index, tmp_path):
@@ -129,14 +126,13 @@ def test_flaky_index_is_retried_with_backoff(index, tmp_path):
 def test_hanging_index_hits_the_per_package_timeout(index, tmp_path):
     with serve(index, hang=True) as srv:
         env = hermetic_env(tmp_path, srv.url + "/simple")
-        t0 = time.monotonic()
+        # the subprocess timeout is the hang guard: without the per-package timeout pip
+        # waits on the hanging index far longer
         p = cli(env, "--json", "install", "--no-push", "--installer", "pip", "--attempts", "2",
-                "--timeout", "beta=2", "beta")
-        took = time.monotonic() - t0
+                "--timeout", "beta=2", "beta", timeout=90)
         assert p.returncode == 1
         u = units(js(p))["beta"]
         assert u["attempts"] == 2 and "timed out after 2s" in u["error"][0]
-        assert took < 20
         assert not list((tmp_path / "cache" / "packages").glob("beta*"))
 
 
@@ -291,12 +287,9 @@ def test_disk_guard_stops_an_install_that_eats_the_floor(index, tmp_path):
         with serve(index, rate=1 << 20) as srv:
             env = hermetic_env(tmp_path, srv.url + "/simple")
             env["CACHE_SYNC_MIN_FREE"] = "6M"
-            t0 = time.monotonic()
             p = cli(env, "install", "--no-push", "--installer", "pip", "hugepkg")
-            took = time.monotonic() - t0
         assert p.returncode == 4, p.stdout + p.stderr
         assert "cache root" in p.stderr and "refusing to continue" in p.stderr
-        assert took < 30
         assert not (root / "packages" / "hugepkg").exists()
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.support.hostile_sites import URL_DEADLINE, Site, make_tls, open_sites
+from tests.support.waits import wait_until
 from tests.support.worker_helpers import api_worker, tone_b64, worker_env, write_light_model
 
 pytestmark = pytest.mark.timeout(180)
@@ -145,13 +146,17 @@ BLOCKED = [
 def test_internal_addresses_in_every_spelling_are_refused_without_a_connection(worker, sites):
     port = str(sites["public"].port)
     errors = set()
+    seen = len(worker.output())
     for url in BLOCKED:
-        error, took = url_error(worker, url.replace("PORT", port))
+        error, _ = url_error(worker, url.replace("PORT", port))
         errors.add(error)
-        assert took < 3.0, (url, took)  # refused before connecting: nothing to wait for
     assert len(errors) == 1
     assert sites["internal"].hits == [] and sites["internal6"].hits == []
-    log = worker.output()
+    log = worker.output()[seen:]
+    # Refused before connecting: each URL is refused for its address or its credentials,
+    # and none waited for a connection (no deadline ran out: 240.0.0.1 would hang there).
+    refused = log.count("which is not on HANDLER_URL_ALLOWLIST") + log.count("credentials")
+    assert refused >= len(BLOCKED) and "deadline of" not in log, log[-3000:]
     for reason in ("(loopback)", "(loopback: 127.0.0.1 embedded)", "(link-local)", "(private)",
                    "(multicast)", "(unspecified)", "(not globally routable)", "credentials"):
         assert reason in log, reason  # the log says why; the reply does not
@@ -222,13 +227,15 @@ def test_slow_server_is_cut_at_the_deadline_while_the_worker_keeps_serving(worke
     threads = [threading.Thread(target=slow, args=(u,)) for u in urls]
     for t in threads:
         t.start()
-    time.sleep(0.7)  # both downloads under way
+    assert wait_until(lambda: {"/slow", "/slow-headers"} <= set(sites["public"].hits), 30)
     start = time.monotonic()
     health = worker.runsync({"health": True})
     health_s = time.monotonic() - start
+    in_flight_at_health = len(results)
     start = time.monotonic()
     ordinary = worker.runsync(job(tone_b64(0.5)))
     ordinary_s = time.monotonic() - start
+    in_flight_at_ordinary = len(results)
     for t in threads:
         t.join(60)
     print(f"\nhealth job during three slow fetches: {health_s:.3f} s; ordinary job: "
@@ -236,10 +243,13 @@ def test_slow_server_is_cut_at_the_deadline_while_the_worker_keeps_serving(worke
           + ", ".join(f"{p} {took:.2f} s" for p, (_, took) in results.items()))
     assert health["status"] == "COMPLETED" and health["output"]["ready"] is True
     assert ordinary["status"] == "COMPLETED"
-    assert health_s < 3.0 and ordinary_s < 3.0  # not queued behind the slow jobs
+    # Not queued behind the slow jobs: both answered while none of the three had ended.
+    assert in_flight_at_health == in_flight_at_ordinary == 0, (health_s, ordinary_s, results)
     for path, (out, took) in results.items():
         assert out["status"] == "FAILED" and "could not use this URL" in out["error"], out
-        assert URL_DEADLINE - 0.5 < took < URL_DEADLINE + 3.0, (path, took)
+        # Cut at the deadline: not before it, and long before the source would have ended
+        # (the drips take hours, the resolver 30 s).
+        assert URL_DEADLINE - 0.5 < took < 25, (path, took)
     assert worker.output().count(f"deadline of {URL_DEADLINE:g} s passed") >= 2
     assert "resolving 'slow-dns.test' took longer than the deadline" in worker.output()
 

@@ -277,10 +277,3 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def wait_until_count(get: Callable[[], int], at_least: int, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if get() >= at_least:
-            return True
-        time.sleep(0.01)
-    return get() >= at_least

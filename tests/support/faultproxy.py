@@ -35,7 +35,6 @@ import random
 import socket
 import struct
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -456,10 +455,3 @@ def fault_proxy(upstream: str, **kw) -> Iterator[FaultProxy]:
         yield proxy
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()

@@ -182,10 +182,3 @@ def hermetic_env(tmp: Path, index_url: str | None = None) -> dict[str, str]:
     return env
 
 
-def wait_until(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
