@@ -4,8 +4,9 @@
 interleave other actors (another push, a gc run, a kill) at exactly these points instead of
 guessing with sleeps. Names: ``push:uploaded``, ``push:claim``, ``push:claimed``,
 ``push:wait``, ``push:recheck``, ``push:commit``, ``gc:claims``, ``gc:snapshots``,
-``gc:delete``, ``gc:mark``, ``pull:staged`` (every file verified in the stage, the area
-untouched), ``pull:final-op`` (before each operation of a pull's final phase),
+``gc:delete``, ``gc:mark``, ``gc:versions``, ``gc:versions-markers`` (hidden versions
+deleted, the latest delete markers not yet), ``pull:staged`` (every file verified in the
+stage, the area untouched), ``pull:final-op`` (before each operation of a pull's final phase),
 ``pull:final-done`` (all operations done, the state not yet promoted).
 """
 

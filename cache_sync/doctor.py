@@ -4,8 +4,9 @@ works, what does not, and the fix.
 The probe writes only under ``doctor/<random id>/`` (a prefix no other part of cache-sync reads,
 lists or collects) and deletes what it wrote. Order: list, write a small object, read it,
 read a range of it, write and read one larger object (latency and throughput), then delete
-both with one batch delete (DeleteObjects: the request gc makes). Each check runs even when an
-earlier one failed, so one run shows every missing capability at once.
+both with one batch delete (DeleteObjects: the request gc makes), then look for versions the
+delete left (a bucket that keeps versions, as B2 does) and delete those by id, as gc does. Each
+check runs even when an earlier one failed, so one run shows every missing capability at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cache_sync.config import MiB, Settings
 from cache_sync.errors import AccessDenied, ObjectNotFound, StorageError, TransientStorageError
 from cache_sync.storage import Store, open_store
 from cache_sync.storage.dialect import derive
+from cache_sync.versions import LIFECYCLE_FIX, plan_purge
 
 PROBE_PREFIX = "doctor/"
 SMALL = 4096
@@ -37,6 +39,8 @@ _CAPABILITY = {
     "read": ("readFiles", "s3:GetObject", "pull cannot fetch anything"),
     "write": ("writeFiles", "s3:PutObject", "push cannot store snapshots"),
     "delete": ("deleteFiles", "s3:DeleteObject", "gc is unavailable; pull and push still work"),
+    "versions": ("deleteFiles", "s3:ListBucketVersions and s3:DeleteObjectVersion",
+                 "gc frees no storage: deleted objects stay stored as hidden versions"),
 }
 
 
@@ -70,6 +74,8 @@ class Report:
         missing = self.missing
         if any(cap in REQUIRED for cap in missing):
             return "unusable"
+        if missing == ["versions"]:
+            return "usable, gc frees no storage"
         if missing:
             return "usable without gc"
         return "ok"
@@ -113,6 +119,8 @@ def fix_for(capability: str, exc: Exception, dialect: str, bucket_wide: bool) ->
         return "set CACHE_SYNC_S3_DIALECT=compat (b2 on Backblaze)"
     if code == "InvalidRequest" and capability == "delete":
         return "the store wants Content-MD5 on DeleteObjects: set CACHE_SYNC_S3_DIALECT=compat"
+    if isinstance(exc, AccessDenied) and capability == "versions" and not bucket_wide:
+        return LIFECYCLE_FIX
     if isinstance(exc, AccessDenied):
         if bucket_wide:
             return ("the key may not use this bucket at all: the bucket may belong to another"
@@ -154,15 +162,20 @@ class _Probe:
 
     def run(self) -> None:
         store = self.store
-        self.check("list", "list", lambda: f"{sum(1 for _ in store.list(PROBE_PREFIX))} keys "
-                   f"under {PROBE_PREFIX}")
+        listed = self.check("list", "list", lambda: f"{sum(1 for _ in store.list(PROBE_PREFIX))} "
+                            f"keys under {PROBE_PREFIX}").result == "ok"
         wrote = self.check("write", "write", self._write_small).result == "ok"
         self.check("read", "read", self._read_small if wrote else self._read_existing)
         if wrote:
             self.check("ranged read", "read", self._ranged)
             self.check(f"transfer {self.size // MiB or self.size} "
                        f"{'MiB' if self.size >= MiB else 'B'}", "write", self._transfer)
-        self.check("batch delete", "delete", self._delete)
+        deleted = self.check("batch delete", "delete", self._delete).result == "ok"
+        if listed and deleted:
+            self.check("deletes free space", "versions", self._versions)
+        else:
+            self.report.checks.append(Check("deletes free space", "versions",
+                                            detail="needs list and batch delete"))
         self._fixes()
 
     def _write_small(self) -> str:
@@ -220,6 +233,21 @@ class _Probe:
         self.written = []
         return f"{len(keys)} probe objects deleted in one request"
 
+    def _versions(self) -> str:
+        """Whether a delete frees storage: on a bucket that keeps versions (B2 always) the
+        probe objects are only hidden; delete them by version id, as gc does (design 6.3)."""
+        left = list(self.store.list_versions(self.base))
+        if not left:
+            return "deleted objects are gone (the bucket keeps no versions)"
+        purge = plan_purge(left)
+        self.store.delete_versions(purge.first)
+        self.store.delete_versions(purge.then)
+        if list(self.store.list_versions(self.base)):
+            raise StorageError("hidden versions of the probe objects remain after deleting "
+                               "them by id")
+        return (f"the bucket keeps versions (a delete only hides); {len(left)} hidden "
+                "versions deleted by id, as gc does")
+
     def _fixes(self) -> None:
         refused = [c for c, _ in self.errors]
         bucket_wide = bool(refused) and all(
@@ -229,7 +257,7 @@ class _Probe:
             c.fix = "see above" if bucket_wide and i and isinstance(exc, AccessDenied) else (
                 fix_for(c.capability, exc, self.report.dialect, bucket_wide))
         if self.report.left_behind:
-            last = self.report.checks[-1]
+            last = next(c for c in self.report.checks if c.capability == "delete")
             last.fix += "; delete by hand: " + ", ".join(self.report.left_behind)
 
 

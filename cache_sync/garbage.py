@@ -12,8 +12,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from cache_sync import checkpoints, gcmarks
+from cache_sync import checkpoints, gcmarks, versions
 from cache_sync.config import Settings
+from cache_sync.errors import AccessDenied
 from cache_sync.history import History
 from cache_sync.layout import (
     OBJECTS,
@@ -78,6 +79,7 @@ def gc(settings: Settings, *, dry_run: bool = False, keep: int | None = None,
     if not dry_run:
         claims = gcmarks.list_claims(store, now)
         store.delete(claims.expired)
+    _purge_versions(store, dry_run, out)
     out.snapshots_kept = len(kept)
     out.snapshots_deleted = len(dropped)
     out.objects_marked = len(marked)
@@ -123,6 +125,24 @@ def _delete_phase(store: Store, manifests: Manifests, ripe: list[gcmarks.Mark], 
     out.objects_deleted = len(done)
     out.bytes_deleted = sum(objects[object_key(o)].size for o in done)
     return set(done)
+
+
+def _purge_versions(store: Store, dry_run: bool, out: GcReport) -> None:
+    """On a bucket that keeps versions, delete by id what no read sees any more: hidden
+    bytes, then the delete markers left hiding nothing (design 6.3)."""
+    checkpoints.reached("gc:versions")
+    try:
+        purge = versions.plan_purge(store.list_versions(""))
+        if not dry_run:
+            store.delete_versions(purge.first)
+            checkpoints.reached("gc:versions-markers")
+            store.delete_versions(purge.then)
+    except AccessDenied as exc:
+        out.versions_note = f"{exc.message}; {versions.LIFECYCLE_FIX}"
+        log.warning("gc: %s", out.versions_note)
+        return
+    out.versions_deleted = len(purge.first) + len(purge.then)
+    out.version_bytes_deleted = purge.bytes
 
 
 def _all_refs(store: Store) -> list[SnapshotRef]:

@@ -134,6 +134,10 @@ class GcReport:
     objects_referenced: int = 0
     marks_pending: int = 0
     delete_after_seconds: float = 0.0  # the earliest a later run may delete this run's mark
+    # On a bucket that keeps versions (B2 always): hidden versions deleted by id (6.3).
+    versions_deleted: int = 0
+    version_bytes_deleted: int = 0
+    versions_note: str = ""  # why hidden versions were left (and the lifecycle rule to set)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,6 +38,9 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     lines += ["", out.table(["check", "result", "time", "detail"], rows), ""]
     if verdict == "ok":
         lines.append("verdict: ok - pull, push and gc can work")
+    elif verdict == "usable, gc frees no storage":
+        lines.append("verdict: usable - pull, push and gc work, but deleted objects stay "
+                     "stored as hidden versions (see the fix of 'deletes free space')")
     elif verdict == "usable without gc":
         lines.append("verdict: usable - pull and push work; gc is unavailable "
                      "(batch delete " + next(c.result for c in report.checks

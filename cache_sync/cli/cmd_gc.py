@@ -33,5 +33,8 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                              f"{r.objects_marked} objects ({human_bytes(r.bytes_marked)}) for "
                              f"deletion by a run at least {r.delete_after_seconds:g} s from "
                              f"now; {r.objects_in_grace} unreferenced objects are within the "
-                             "grace period"))
+                             "grace period"
+                             + (f"; {verb} {r.versions_deleted} hidden versions "
+                                f"({human_bytes(r.version_bytes_deleted)}) the bucket kept"
+                                if r.versions_deleted else "")))
     return 0

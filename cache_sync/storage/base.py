@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from cache_sync.versions import VersionInfo
+
 T = TypeVar("T")
 
 
@@ -55,6 +57,17 @@ class Store(ABC):
     @abstractmethod
     def delete(self, keys: Sequence[str]) -> None:
         """Delete keys; absent keys are not an error."""
+
+    def list_versions(self, prefix: str) -> Iterator[VersionInfo]:
+        """Every stored version of every key under ``prefix``, delete markers included, on
+        a bucket that keeps versions; nothing on a store that never kept any (a directory,
+        a bucket whose versioning was never enabled)."""
+        return iter(())
+
+    def delete_versions(self, versions: Sequence[VersionInfo]) -> None:
+        """Delete exactly these versions by id (absent ones are not an error)."""
+        if versions:
+            raise NotImplementedError(f"{type(self).__name__} keeps no versions")
 
     def head(self, key: str) -> ObjectInfo | None:
         """Size and time of one key, or None."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cache_sync.errors import TransientStorageError
 from cache_sync.storage.base import ObjectInfo, Readable, Store
+from cache_sync.versions import VersionInfo
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -123,6 +124,12 @@ class RetryingStore(Store):
 
     def head(self, key: str) -> ObjectInfo | None:
         return self.policy.call(lambda: self.inner.head(key))
+
+    def list_versions(self, prefix: str) -> Iterator[VersionInfo]:
+        return iter(self.policy.call(lambda: list(self.inner.list_versions(prefix))))
+
+    def delete_versions(self, versions: Sequence[VersionInfo]) -> None:
+        self.policy.call(lambda: self.inner.delete_versions(versions))
 
     def close(self) -> None:
         self.inner.close()

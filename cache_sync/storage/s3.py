@@ -18,10 +18,17 @@ import botocore.exceptions as bex
 from botocore.config import Config
 
 import cache_sync.storage.dialect as s3_dialect
-from cache_sync.errors import ConfigError, ObjectNotFound, StorageError, TransientStorageError
+from cache_sync.errors import (
+    AccessDenied,
+    ConfigError,
+    ObjectNotFound,
+    StorageError,
+    TransientStorageError,
+)
 from cache_sync.storage.base import ObjectInfo, Readable, Store
 from cache_sync.storage.options import S3Options
 from cache_sync.storage.s3common import error_from_reply, parse_remote
+from cache_sync.versions import VersionInfo
 
 _NETWORK = (
     bex.EndpointConnectionError,
@@ -209,6 +216,53 @@ class S3Store(Store):
             errors = resp.get("Errors") or []
             if errors:
                 raise StorageError(f"could not delete {errors[0].get('Key')}: {errors[0]}")
+
+    def list_versions(self, prefix: str) -> Iterator[VersionInfo]:
+        try:
+            status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except Exception as exc:
+            err = translate(exc, f"reading the versioning of s3://{self.bucket}")
+            if not isinstance(err, AccessDenied):
+                raise err from None
+            status = "unknown"  # a key that may not ask: look at the versions themselves
+        if not status:
+            return  # versioning never enabled: a delete removes the bytes
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._k(prefix),
+                              "MaxKeys": self.page_size}
+        while True:
+            try:
+                resp = self.client.list_object_versions(**kw)
+            except Exception as exc:
+                raise translate(exc, f"listing versions of {self._what(prefix)}") from None
+            for item in resp.get("Versions", []):
+                yield VersionInfo(item["Key"][len(self.prefix):], str(item["VersionId"]),
+                                  bool(item["IsLatest"]), False, int(item.get("Size", 0)))
+            for item in resp.get("DeleteMarkers", []):
+                yield VersionInfo(item["Key"][len(self.prefix):], str(item["VersionId"]),
+                                  bool(item["IsLatest"]), True)
+            if not resp.get("IsTruncated"):
+                return
+            kw["KeyMarker"] = resp.get("NextKeyMarker")
+            kw["VersionIdMarker"] = resp.get("NextVersionIdMarker")
+
+    def delete_versions(self, versions: Sequence[VersionInfo]) -> None:
+        for i in range(0, len(versions), 1000):
+            batch = [{"Key": self._k(v.key), "VersionId": v.version_id}
+                     for v in versions[i : i + 1000]]
+            try:
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:
+                raise translate(exc, f"deleting {len(batch)} versions") from None
+            errors = resp.get("Errors") or []
+            if errors:
+                e = errors[0]
+                what = f"version {e.get('VersionId')} of {e.get('Key')}"
+                if e.get("Code") == "AccessDenied":
+                    denied = AccessDenied(f"access denied (AccessDenied) on deleting {what}")
+                    denied.code = "AccessDenied"
+                    raise denied
+                raise StorageError(f"could not delete {what}: {e.get('Code')} {e.get('Message')}")
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

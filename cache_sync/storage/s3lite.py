@@ -33,6 +33,7 @@ from cache_sync.storage.base import ObjectInfo, Readable, Store
 from cache_sync.storage.options import S3Options
 from cache_sync.storage.s3common import error_from_reply, parse_remote
 from cache_sync.storage.sigv4 import Signer, canonical_query, uri_encode
+from cache_sync.versions import VersionInfo
 
 log = logging.getLogger("cache_sync.s3lite")
 T = TypeVar("T")
@@ -598,6 +599,12 @@ class S3LiteStore(Store):
 
     def delete(self, keys: Sequence[str]) -> None:
         self.boto3.delete(keys)
+
+    def list_versions(self, prefix: str) -> Iterator[VersionInfo]:  # gc only: boto3's
+        return self.boto3.list_versions(prefix)
+
+    def delete_versions(self, versions: Sequence[VersionInfo]) -> None:
+        self.boto3.delete_versions(versions)
 
     def close(self) -> None:
         self.client.pool.close()

@@ -69,7 +69,8 @@ def test_gc_report_is_typed_and_its_json_keeps_its_shape(tmp_path, capsys):
     assert list(doc) == [
         "dry_run", "objects_deleted", "bytes_deleted", "objects_spared", "delete_phase",
         "snapshots_kept", "snapshots_deleted", "objects_marked", "bytes_marked",
-        "objects_in_grace", "objects_referenced", "marks_pending", "delete_after_seconds"]
+        "objects_in_grace", "objects_referenced", "marks_pending", "delete_after_seconds",
+        "versions_deleted", "version_bytes_deleted", "versions_note"]
     assert doc == GcReport(**doc).to_dict()
     assert doc["snapshots_kept"] == 1 and doc["objects_referenced"] >= 1
     assert doc["dry_run"] is False and doc["delete_phase"] == "no ripe mark"
