@@ -73,10 +73,12 @@ class AtomicFile:
     local store's own error classes)."""
 
     def __init__(self, final: str | os.PathLike[str], mode: int | None = None, *,
-                 read: bool = False) -> None:
+                 read: bool = False, in_place: bool = False) -> None:
         self.final = os.fspath(final)
         self.mode = 0o666 & ~UMASK if mode is None else mode  # None: as open() would
-        self.tmp = tmp_name(os.path.dirname(self.final) or ".")
+        # ``in_place``: a directory no reader looks at until every file in it is complete (a
+        # pull's stage, design 5.3): the file is created at its final name, no rename.
+        self.tmp = self.final if in_place else tmp_name(os.path.dirname(self.final) or ".")
         flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         self.fd = os.open(self.tmp, flags, self.mode & 0o777)
 
@@ -108,11 +110,12 @@ class AtomicFile:
             raise
         os.close(self.fd)
         self.fd = -1
-        try:
-            os.replace(self.tmp, self.final)
-        except BaseException:
-            self.discard()
-            raise
+        if self.tmp != self.final:
+            try:
+                os.replace(self.tmp, self.final)
+            except BaseException:
+                self.discard()
+                raise
         self.tmp = ""
         return st
 
@@ -135,14 +138,14 @@ class AtomicFile:
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview, *,
                  mode: int | None = None, mtime_ns: int | None = None, mkdir: bool = False,
-                 fsync: bool = False) -> os.stat_result:
+                 fsync: bool = False, in_place: bool = False) -> os.stat_result:
     """Write ``data`` to ``path`` atomically (``AtomicFile``); errors as one clear line.
     ``fsync``: the file and then its directory reach the disk before this returns (a journal
-    that must survive a power cut)."""
+    that must survive a power cut). ``in_place``: see ``AtomicFile``."""
     with writing(path):
         if mkdir:
             os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
-        with AtomicFile(path, mode) as f:
+        with AtomicFile(path, mode, in_place=in_place) as f:
             f.write(data)
             st = f.commit(mtime_ns, fsync=fsync)
         if fsync:

@@ -183,7 +183,7 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
 
         return Fetcher(store, root, settings.transfers, done,
                        on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
-                       before_request=lambda: check_deadline(deadline, area))
+                       before_request=lambda: check_deadline(deadline, area), in_place=True)
 
     try:
         staged = staging.stage_files(plan, area_dir, stage, make_fetcher)
