@@ -134,12 +134,6 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
     finally:
         out.requests = fetcher.requests
     sroot = str(stage)
-    for digest, extra in plan.dups.items():  # the fetcher writes duplicates of packed files
-        placed = os.path.join(sroot, fetcher.placed_path(digest))
-        for e in extra:
-            if not os.path.lexists(os.path.join(sroot, e.path)):
-                _copy(placed, os.path.join(sroot, e.path), e, staged=True)
-                out.paths.append(e.path)
     for e, src in plan.copies:
         _copy(os.path.join(root, src) if src else "", os.path.join(sroot, e.path), e)
         out.paths.append(e.path)
@@ -148,13 +142,11 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
     return out
 
 
-def _copy(src: str, final: str, e: Entry, *, staged: bool = False) -> None:
-    """A verified copy of ``src`` (or an empty file) at ``final``, with mode and mtime. A
-    ``staged`` source was fetched and verified into the stage by this pull (nothing else
-    writes there): copied without hashing it again."""
+def _copy(src: str, final: str, e: Entry) -> None:
+    """A verified copy of the local file ``src`` (or an empty file) at ``final``, with mode
+    and mtime."""
     if src:
-        copy_atomic(src, final, mode=e.mode, mtime_ns=e.mtime_ns,
-                    digest=None if staged else e.digest)
+        copy_atomic(src, final, mode=e.mode, mtime_ns=e.mtime_ns, digest=e.digest)
     else:
         write_atomic(final, b"", mode=e.mode, mtime_ns=e.mtime_ns)
 

@@ -38,7 +38,7 @@ from typing import Any
 import zstandard
 
 from cache_sync.errors import FormatError, IntegrityError, TransientStorageError
-from cache_sync.fsutil import AtomicFile, hash_range, write_atomic, writing
+from cache_sync.fsutil import AtomicFile, copy_atomic, hash_range, write_atomic, writing
 from cache_sync.layout import object_key
 from cache_sync.snapshot import CODEC_ZSTD, Blob, Entry, is_chunked
 from cache_sync.storage.base import Store
@@ -183,7 +183,6 @@ class Fetcher:
         self.on_bytes = on_bytes or (lambda n: None)
         self.dups = dups or {}
         self.before_request = before_request or (lambda: None)  # may raise (a deadline)
-        self.primary: dict[str, str] = {}  # digest of a duplicated file -> the fetched copy
         self.abort = threading.Event()
         self.requests = 0
         self.fetched = 0
@@ -301,13 +300,6 @@ class Fetcher:
             with self._lock:
                 self.fetched += 1
             self.on_done(target, final, st)
-        self._primary(e)
-
-    def _primary(self, e: Entry) -> None:
-        if self.dups:
-            digest = e.digest
-            if digest in self.dups:
-                self.primary[digest] = e.path
 
     def _decoded(self, body: Any, blob: Blob, oid: str, e: Entry
                  ) -> Iterator[tuple[bytes | memoryview, bytes | memoryview]]:
@@ -349,7 +341,7 @@ class Fetcher:
     def _place_streamed(self, body: Any, blob: Blob, oid: str, e: Entry) -> None:
         """A bigger single-blob file: decode and write it piece by piece (memory stays at one
         read), hashing as it goes; renamed into place only once its SHA-256 matches.
-        Duplicates of it are copied by the caller afterwards."""
+        Its duplicates are copied from it once it is in place (``_copy_dups``)."""
         final = self._final(e)
         h = hashlib.sha256()
         written = 0
@@ -364,12 +356,8 @@ class Fetcher:
             st = f.commit(e.mtime_ns)
         with self._lock:
             self.fetched += 1
-        self._primary(e)
         self.on_done(e, final, st)
-
-    def placed_path(self, digest: str) -> str:
-        """Relative path where the content ``digest`` was fetched (for duplicates)."""
-        return self.primary[digest]
+        self._copy_dups(e, final)
 
     # --- chunked files -----------------------------------------------------------------
     def _open_chunked(self, cf: _Chunked) -> None:
@@ -579,8 +567,21 @@ class Fetcher:
             st = cf.file.commit(e.mtime_ns)
         with self._lock:
             self.fetched += 1
-        self._primary(e)
         self.on_done(e, cf.final, st)
+        self._copy_dups(e, cf.final)
+
+    def _copy_dups(self, e: Entry, final: str) -> None:
+        """The other paths with ``e``'s content, copied from the file just verified at
+        ``final`` (small files write theirs from the decoded bytes instead), each reported
+        done: a file is done when it is at its name, whatever the way it got there."""
+        for dup in self.dups.get(e.digest, ()):
+            if dup.path == e.path or self.abort.is_set():
+                continue
+            dest = self._final(dup)
+            copy_atomic(final, dest, mode=dup.mode, mtime_ns=dup.mtime_ns, digest=None)
+            with self._lock:
+                self.fetched += 1
+            self.on_done(dup, dest, os.lstat(dest))
 
 
 def _raise_first(done: set[Future[None]]) -> None:

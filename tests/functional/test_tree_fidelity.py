@@ -105,3 +105,28 @@ def test_a_push_after_a_merge_names_every_head_it_merged(tmp_path):
     e = a.sibling("e")
     e.run("pull")
     assert sorted(p.name for p in e.area().iterdir()) == ["base.txt", "from-c.txt"]
+
+
+def test_files_with_one_content_arrive_at_every_path_whatever_their_size(tmp_path):
+    """The fetcher writes each content once and every other path with it from the verified
+    copy: packed (small), streamed (over 1 MiB) and chunked (over the chunk size) files, each
+    at three paths in different directories, cold and into an area that has one of them."""
+    a = fk.workspace(tmp_path, name="a", extra={"CACHE_SYNC_CHUNK_SIZE": "2MiB"})
+    area = a.area()
+    sizes = {"small": 3000, "streamed": (1 << 20) + 12345, "chunked": (5 << 20) + 7}
+    for kind, size in sizes.items():
+        body = os.urandom(size)
+        for d in ("x", "y/z", "w"):
+            os.makedirs(area / d, exist_ok=True)
+            (area / d / f"{kind}.bin").write_bytes(body)
+    want = {p: (area / p).read_bytes() for p in (f"{d}/{k}.bin" for d in ("x", "y/z", "w")
+                                                 for k in sizes)}
+    a.run("push")
+    b = a.sibling("b")
+    b.run("pull")
+    assert {p: (b.area() / p).read_bytes() for p in want} == want
+    c = a.sibling("c")
+    (c.area() / "x").mkdir(parents=True)
+    (c.area() / "x" / "chunked.bin").write_bytes(want["x/chunked.bin"])
+    c.run("pull")
+    assert {p: (c.area() / p).read_bytes() for p in want} == want
