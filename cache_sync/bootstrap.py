@@ -102,12 +102,16 @@ def hub_cache(settings: Settings) -> Path:
     return Path(cache_env(settings, {})["HF_HUB_CACHE"])
 
 
+def missing_specs(plan: Plan, packages: Path) -> list[str]:
+    """The requirements of ``plan`` the distributions in ``packages`` do not satisfy (their
+    metadata is all that is read: ``run --unit-start`` asks it of a pull's stage)."""
+    installed = Installed(packages)
+    return [spec.text for spec in plan.specset.specs
+            if installed.applies(spec) and not installed.satisfied(spec) and not spec.optional]
+
+
 def missing(settings: Settings, plan: Plan) -> Missing:
-    installed = Installed(settings.root / "packages")
-    out = Missing()
-    for spec in plan.specset.specs:
-        if installed.applies(spec) and not installed.satisfied(spec) and not spec.optional:
-            out.specs.append(spec.text)
+    out = Missing(specs=missing_specs(plan, settings.root / "packages"))
     cache = hub_cache(settings)
     out.models = [m for m in plan.models if not hfmodels.present(cache, m)]
     return out

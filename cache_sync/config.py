@@ -146,6 +146,7 @@ KNOBS: dict[str, Knob] = {
     "worker_grace": Knob("float", minimum=1.0),
     "allow_local": Knob("bool"),
     "overlap": Knob("bool"),
+    "unit_start": Knob("bool"),
     "requirements": Knob("text"),
     "hf_models_hook": Knob("text"),
     "flash_attn": Knob("text"),
@@ -255,6 +256,7 @@ class Settings:
     runpod_var: str = ""  # RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID when running inside RunPod
     allow_local: bool = False
     overlap: bool = False  # run: start CMD before models/ is pulled (docs/design.md)
+    unit_start: bool = False  # run: and before packages/ is whole (design 5.4)
     # bootstrap (issue 11): `run --requirements`, Hub models, the lease (docs/design.md 8)
     requirements: str | None = None
     hf_models: tuple[str, ...] = ()

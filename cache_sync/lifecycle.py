@@ -25,8 +25,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cache_sync import _importhook as importhook
 from cache_sync import diskguard, readiness, workers
 from cache_sync.config import Settings
 from cache_sync.durability import check_worker_store
@@ -58,6 +60,7 @@ class RunOptions:
     kill_timeout: float = 30.0  # grace between the forwarded signal and SIGKILL
     bootstrap: bool = True  # install/download what settings.requirements/hf_models need
     overlap: bool = False  # start CMD before the data areas are pulled (see readiness)
+    unit_start: bool = False  # and before packages/ is whole, per distribution (design 5.4)
 
 
 @dataclass
@@ -102,16 +105,24 @@ def exit_code_of(status: int) -> int:
 
 # Areas a worker reads only after its imports: pulled while CMD starts (see readiness).
 DATA_AREAS = ("models",)
+EARLY_AREA = "packages"  # placed per distribution with --unit-start (design 5.4)
 
 
 class _BackgroundPull(threading.Thread):
     """Pulls the data areas one by one while CMD starts, publishing each outcome in the
     readiness file the worker waits on. Every exception ends as a "failed" entry, so a worker
-    never waits for an area that will not come."""
+    never waits for an area that will not come.
+
+    With ``--unit-start`` the first area is packages/, pulled with an ``EarlyStart``: the
+    readiness file then also says which of its modules are missing (design 5.4), and
+    ``planned`` is set once CMD may start (the units are planned, or the pull ended). The
+    next area waits for ``go`` (``run`` has started CMD, or bootstrapped packages/ first)."""
 
     def __init__(self, settings: Settings, areas: list[str], ready: list[str],
                  status: Any, log: Callable[[str], None],
-                 after: Callable[[], BootstrapReport] | None = None) -> None:
+                 after: Callable[[], BootstrapReport] | None = None,
+                 early_area: str | None = None,
+                 accept: Callable[[Path], bool] | None = None) -> None:
         super().__init__(name="background-pull", daemon=True)
         self.settings, self.areas, self.status, self.log = settings, areas, status, log
         self.after = after  # the models part of a bootstrap, once models/ is pulled
@@ -119,28 +130,68 @@ class _BackgroundPull(threading.Thread):
         self.ready = list(ready)
         self.pending = list(areas)
         self.failed: dict[str, str] = {}
+        self.errors: dict[str, BaseException] = {}
         self.reports: list[AreaReport] = []
+        self.early_area, self.accept = early_area, accept
+        self.units: dict[str, list[str]] | None = None  # what of early_area is missing
+        self.planned = threading.Event()
+        self.go = threading.Event()
+        self._write_lock = threading.Lock()
+        if early_area is None:
+            self.planned.set()
+            self.go.set()
+
+    def _write(self) -> None:
+        with self._write_lock:
+            readiness.write(self.status, self.pending, self.ready, self.failed, self.units)
+
+    def _publish(self, units: dict[str, list[str]]) -> None:
+        self.units = units
+        self._write()
+        self.planned.set()
 
     def run(self) -> None:
         from cache_sync.pull import pull
+        from cache_sync.unitplace import EarlyStart
 
         for i, area in enumerate(self.areas):
+            if area != self.early_area:
+                self.go.wait()
+            early = None
+            if area == self.early_area:
+                early = EarlyStart(self._publish, self.accept or (lambda _stage: True))
             start = time.monotonic()
             try:
-                self.reports += pull(self.settings, [area])
+                self.reports += pull(self.settings, [area], early=early)
                 self.log(f"pulled: {area} (in the background, {time.monotonic() - start:.1f}s)")
                 if self.after is not None and i == len(self.areas) - 1:
                     self.bootstrap = self.after()
                 self.ready.append(area)
+                if area == self.early_area:
+                    self.units = None  # whole
             except Exception as exc:  # noqa: BLE001 (reported to the worker, never lost)
                 self.failed[area] = str(exc) or type(exc).__name__
+                self.errors[area] = exc
                 self.log(f"background pull of {area} failed: {self.failed[area]}")
             self.pending.remove(area)
-            readiness.write(self.status, self.pending, self.ready, self.failed)
+            self._write()
+            if area == self.early_area:
+                started = self.planned.is_set()
+                self.planned.set()
+                if area in self.failed and not started:
+                    return  # CMD never started: run fails with this error
+        self.planned.set()
+
+    @property
+    def early_failed(self) -> bool:
+        return self.early_area is not None and self.early_area in self.failed
 
     def complete(self, areas: Sequence[str]) -> list[str]:
         """The areas that may be pushed: those whose pull did not fail or is not running
-        (pushing a half-pulled area would publish its missing files as deletions)."""
+        (pushing a half-pulled area would publish its missing files as deletions); none when
+        packages/ failed under a CMD started before it was whole."""
+        if self.early_failed:
+            return []
         return [a for a in areas if a not in self.pending and a not in self.failed]
 
 
@@ -206,8 +257,10 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     # signal during the pull must stop the worker from starting rather than be lost.
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
     serving = serving_areas(settings)  # never pip/: roles.py
-    data = [a for a in serving if a in DATA_AREAS] if opts.overlap and opts.pull else []
-    code = [a for a in serving if a not in data]
+    overlap = (opts.overlap or opts.unit_start) and opts.pull
+    data = [a for a in serving if a in DATA_AREAS] if overlap else []
+    early_area = EARLY_AREA if opts.unit_start and opts.pull and EARLY_AREA in serving else None
+    code = [a for a in serving if a not in data and a != early_area]
     status_file = settings.state_dir / f"ready-{os.getpid()}.json"
     background: _BackgroundPull | None = None
     scratch = contextlib.ExitStack()
@@ -219,25 +272,56 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             log("pulled: " + ", ".join(
                 r.area + (f" ({r.note})" if r.local_changes else "")
                 for r in result.pulled)
-                + (f" ({', '.join(data)} pulling in the background)" if data else ""))
+                + (f" ({', '.join(data)} pulling in the background)"
+                   if data and not early_area else ""))
         # With the overlap, the packages part of the bootstrap runs now and the models part
         # after the background pull of models/ (see _BackgroundPull).
         now_plan, later_plan = plan.split() if data else (plan, bootstrap.Plan())
+        later = None if later_plan.empty else (
+            lambda: bootstrap.run(settings, later_plan, os.environ, log))
+        if early_area is not None and not pending:
+            # packages/ (then models/) in the background; CMD starts once its units are
+            # planned, or after the pull when it was not cold (design 5.4)
+            readiness.write(status_file, [early_area, *data], code, {})
+            accept = None if not now_plan.specset.specs else (
+                lambda stage: not bootstrap.missing_specs(now_plan, stage))
+            background = _BackgroundPull(settings, [early_area, *data], code, status_file,
+                                         log, later, early_area, accept)
+            background.start()
+            _wait_planned(background, pending)
+            if early_area in background.errors:
+                raise background.errors[early_area]
+            if early_area in background.pending and not pending:  # per unit: CMD starts
+                env[readiness.ENV_VAR] = str(status_file)
+                env["PYTHONPATH"] = os.pathsep.join(
+                    [str(importhook.DIR), *filter(None, [env.get("PYTHONPATH")])])
+                missing = background.units or {}
+                log(f"pulled: {', '.join(code) or 'nothing'} before CMD; {early_area} "
+                    f"placing per distribution ({len(missing.get('dists', []))} to go), "
+                    + (", ".join(data) + " after it, " if data else "")
+                    + "in the background")
+                if not now_plan.empty:
+                    result.bootstrap = bootstrap.Report(role="satisfied")
+                now_plan = bootstrap.Plan()
+            elif not pending:
+                log(f"pulled: {early_area} (not a cold start: whole before CMD)"
+                    + (f" ({', '.join(data)} pulling in the background)" if data else ""))
         if not now_plan.empty and not pending:
             result.bootstrap = bootstrap.run(settings, now_plan, os.environ, log,
                                              stop=lambda: bool(pending))
         if pending:
+            if background is not None:
+                background.go.set()
             result.exit_code = 128 + pending[0]
             result.child_status = f"not started: {signal.Signals(pending[0]).name} arrived first"
             log(result.child_status)
             return result
-        if data:
+        if data and background is None:
             readiness.write(status_file, data, code, {})
-            env[readiness.ENV_VAR] = str(status_file)
-            after = None if later_plan.empty else (
-                lambda: bootstrap.run(settings, later_plan, os.environ, log))
-            background = _BackgroundPull(settings, data, code, status_file, log, after)
+            background = _BackgroundPull(settings, data, code, status_file, log, later)
             background.start()
+        if background is not None:
+            env[readiness.ENV_VAR] = str(status_file)
         try:
             child.append(subprocess.Popen(list(opts.cmd), env=env))
         except FileNotFoundError:
@@ -247,6 +331,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             raise CommandNotExecutable(f"command not executable: {opts.cmd[0]}",
                                        hint="chmod +x it, or run it through its interpreter"
                                        ) from None
+        finally:
+            if background is not None:
+                background.go.set()
         for signum in pending:
             _forward(child[0].pid, signum)
         periodic = None
@@ -275,6 +362,12 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             result.pulled += background.reports
             result.bootstrap_models = background.bootstrap
             areas = background.complete(areas)
+            if background.early_failed:
+                # CMD ran on a packages/ that never became whole: fail, push nothing (5.4)
+                result.push_error = (f"nothing pushed: {early_area} did not arrive: "
+                                     f"{background.failed[early_area or '']}")
+                log(result.push_error)
+                result.exit_code = result.exit_code or 1
         if opts.push and areas:
             _final_push(settings, opts, deadline, periodic, result, log, areas)
     finally:
@@ -283,6 +376,13 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
         scratch.close()
         status_file.unlink(missing_ok=True)
     return result
+
+
+def _wait_planned(background: _BackgroundPull, pending: list[int]) -> None:
+    """Until CMD may start (``background.planned``) or a signal arrived."""
+    while not background.planned.wait(0.05):
+        if pending:
+            return
 
 
 def _forward(pid: int, signum: int) -> None:

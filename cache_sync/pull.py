@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cache_sync import unitplan
 from cache_sync.config import Settings
 from cache_sync.errors import DeadlineExceeded, DiskSpaceError
 from cache_sync.fsutil import free_bytes, hash_file
@@ -40,6 +41,7 @@ from cache_sync.storage import Store
 
 if TYPE_CHECKING:
     from cache_sync.transfer import Fetcher
+    from cache_sync.unitplace import EarlyStart
 
 RESERVE = 64 << 20  # never fill the disk to the last byte
 
@@ -53,10 +55,12 @@ def check_deadline(deadline: float | None, area: str) -> None:
 
 
 def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: bool = False,
-         deadline: float | None = None, discard_local: bool = False) -> list[AreaReport]:
+         deadline: float | None = None, discard_local: bool = False,
+         early: EarlyStart | None = None) -> list[AreaReport]:
     """Pull each area; ``deadline`` (``time.monotonic()``) bounds the whole call: it is
     checked before each area, before any file is written, and before each request. Local
-    changes not yet pushed are merged in as the newest head unless ``discard_local``."""
+    changes not yet pushed are merged in as the newest head unless ``discard_local``.
+    ``early``: a cold pull of packages/ places its distributions one by one (design 5.4)."""
     chosen = resolve_areas(settings, areas)
     settings.root.mkdir(parents=True, exist_ok=True)
     with open_root(settings.root, settings.lock_timeout):
@@ -64,12 +68,12 @@ def pull(settings: Settings, areas: Sequence[str] | None = None, *, dry_run: boo
         cache = CacheState(settings.root)
         manifests = Manifests(store, cache)
         return [_pull_area(settings, store, cache, manifests, a, listed[a], dry_run, deadline,
-                           discard_local) for a in chosen]
+                           discard_local, early) for a in chosen]
 
 
 def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: Manifests,
                area: str, refs: list[SnapshotRef], dry_run: bool, deadline: float | None,
-               discard_local: bool = False) -> AreaReport:
+               discard_local: bool = False, early: EarlyStart | None = None) -> AreaReport:
     t0 = time.monotonic()
     check_deadline(deadline, area)
     rep = AreaReport(area, "pull", dry_run=dry_run)
@@ -124,7 +128,7 @@ def _pull_area(settings: Settings, store: Store, cache: CacheState, manifests: M
     check_space(area, area_dir, plan.write_bytes)
     check_deadline(deadline, area)
     apply(settings, store, cache, plan, area, area_dir, local, rep, target,
-          AreaState(store.url, tuple(heads), remote), deadline)
+          AreaState(store.url, tuple(heads), remote), deadline, early)
     rep.up_to_date = plan.changes == 0
     rep.seconds = time.monotonic() - t0
     return rep
@@ -163,7 +167,7 @@ def check_space(area: str, area_dir: Path, need: int) -> None:
 def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, area: str,
           area_dir: Path, local: dict[str, LocalItem], rep: AreaReport,
           target: dict[str, Entry], next_state: AreaState,
-          deadline: float | None = None) -> None:
+          deadline: float | None = None, early: EarlyStart | None = None) -> None:
     """Stage every file, then write ``next_state`` and run the final phase from a journal
     (``staging.py``, design 5.3): a failure before the journal leaves the area exactly as it
     was. The area becomes ``target``; the state records ``next_state.entries``, the store's
@@ -185,10 +189,18 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
                        on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
                        before_request=lambda: check_deadline(deadline, area), in_place=True)
 
+    placer = None
+    if early is not None and area == unitplan.AREA and staging.into_empty_area(
+            plan, local, stage, area_dir):
+        from cache_sync.unitplace import UnitPlacer
+
+        placer = UnitPlacer(early, area_dir, stage, target, staging.placing_path(cache, area))
     try:
-        staged = staging.stage_files(plan, area_dir, stage, make_fetcher)
+        staged = staging.stage_files(plan, area_dir, stage, make_fetcher, placer)
         check_deadline(deadline, area)  # the last moment a pull may stop with nothing changed
     except BaseException:
+        if placer is not None:
+            placer.rollback()  # the area was empty: it is again (5.4)
         staging.clear(stage)
         raise
     finally:
@@ -199,6 +211,7 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
     remote = next_state.entries or {}
     # Step 2 of design 5.3: after every file is staged, before the journal (its commit point)
     cache.save_next_state(area, next_state)
-    ops = staging.build_ops(plan, area_dir, staged.paths, local, stage)
+    left = placer.unplaced(staged.paths) if placer is not None else staged.paths
+    ops = staging.build_ops(plan, area_dir, left, local, stage)
     local_only = [p for p, e in target.items() if e.kind == "f" and remote.get(p) != e]
     rep.removed = staging.final_phase(cache, area, area_dir, stage, ops, target, local_only)

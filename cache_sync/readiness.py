@@ -34,10 +34,15 @@ class AreaNotReady(RuntimeError):
 
 
 def write(path: Path, pending: Iterable[str], ready: Iterable[str],
-          failed: Mapping[str, str]) -> None:
-    """Publish the status atomically: a reader sees the old file or the new one."""
-    write_atomic(path, json.dumps({"pending": sorted(pending), "ready": sorted(ready),
-                                   "failed": dict(failed)}).encode(), mkdir=True)
+          failed: Mapping[str, str], units: Mapping[str, list[str]] | None = None) -> None:
+    """Publish the status atomically: a reader sees the old file or the new one. ``units``:
+    with ``run --unit-start``, what of ``packages/`` is still missing (design 5.4); ``pid``
+    is the writer's (``run``'s): a reader stops waiting when it is gone."""
+    doc: dict[str, object] = {"pending": sorted(pending), "ready": sorted(ready),
+                              "failed": dict(failed), "pid": os.getpid()}
+    if units is not None:
+        doc["units"] = {"area": "packages", **units}
+    write_atomic(path, json.dumps(doc).encode(), mkdir=True)
 
 
 def read(path: Path) -> dict[str, object]:

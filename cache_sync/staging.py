@@ -36,12 +36,15 @@ from cache_sync.fsutil import TMP_PREFIX, copy_atomic, hash_file, symlink_atomic
 from cache_sync.local_cache import CacheState, cache_lock
 from cache_sync.plan import IndexRecord, LocalItem, PullPlan, index_record
 from cache_sync.snapshot import Entry
+from cache_sync.unitplace import undo_placing
 
 if TYPE_CHECKING:  # the transfer engine is imported by the pull that fetches, not by a lock
     from cache_sync.transfer import Fetcher
+    from cache_sync.unitplace import UnitPlacer
 
 log = logging.getLogger("cache_sync.staging")
 JOURNAL = ".apply.json"
+PLACING = ".placing.json"  # a cold pull placing units before its journal (design 5.4)
 OP_KINDS = ("rm", "mkdir", "tree", "mv", "ln", "meta", "dir")
 
 
@@ -109,10 +112,22 @@ class Staged:
     requests: int = 0
 
 
+def into_empty_area(plan: PullPlan, local: dict[str, LocalItem], stage: Path,
+                    area_dir: Path) -> bool:
+    """A cold pull: no file in the area (``run`` makes ``packages/bin/`` for PATH), and a
+    stage outside it (design 5.4 places units early only then: undoing it is emptying the
+    area)."""
+    return (all(item.kind == "d" for item in local.values()) and not plan.remove
+            and not plan.check and not _inside(stage, area_dir))
+
+
 def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
-                make_fetcher: Callable[[str, Callable[[Entry], None]], Fetcher]) -> Staged:
+                make_fetcher: Callable[[str, Callable[[Entry], None]], Fetcher],
+                placer: UnitPlacer | None = None) -> Staged:
     """Phase 1: every file the plan writes, verified, into ``stage``. Reads the area, never
-    writes it. ``make_fetcher(stage root, on_file)`` builds the fetcher."""
+    writes it -- but for a ``placer`` (a cold pull of packages/, design 5.4): then the
+    metadata is fetched first, the units planned, and each placed as soon as its files are
+    staged. ``make_fetcher(stage root, on_file)`` builds the fetcher."""
     root = str(area_dir)
     clear(stage)
     stage.mkdir(parents=True)
@@ -125,16 +140,40 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
     plan.check = []
     writes = [*plan.fetch, *(e for es in plan.dups.values() for e in es),
               *(e for e, _ in plan.copies)]
-    for d in {os.path.dirname(e.path) for e in writes}:
+    dirs = {os.path.dirname(e.path) for e in writes}
+    if placer is not None:  # every directory: a unit's empty ones move with it
+        dirs.update(d.path for d in plan.mkdirs)
+    for d in dirs:
         os.makedirs(os.path.join(str(stage), d), exist_ok=True)
     out = Staged()
-    fetcher = make_fetcher(str(stage), lambda e: out.paths.append(e.path))
+    active = [placer] if placer is not None else []
+
+    def on_file(e: Entry) -> None:
+        out.paths.append(e.path)
+        for p in active:
+            p.file_done(e)
+
+    fetcher = make_fetcher(str(stage), on_file)
+    sroot = str(stage)
+    copies = plan.copies
     try:
-        fetcher.fetch(plan.fetch)
+        if placer is None:
+            fetcher.fetch(plan.fetch)
+        else:
+            from cache_sync.unitplan import metadata_first
+
+            for e, src in copies:  # local and cheap: first, so no unit waits for them
+                _copy(os.path.join(root, src) if src else "", os.path.join(sroot, e.path), e)
+                on_file(e)
+            copies = []
+            first, rest = metadata_first(plan.fetch, plan.dups)
+            fetcher.fetch(first)
+            if not placer.prepare():
+                active.clear()
+            fetcher.fetch(rest)
     finally:
         out.requests = fetcher.requests
-    sroot = str(stage)
-    for e, src in plan.copies:
+    for e, src in copies:
         _copy(os.path.join(root, src) if src else "", os.path.join(sroot, e.path), e)
         out.paths.append(e.path)
     out.fetched = fetcher.fetched
@@ -286,10 +325,19 @@ def final_phase(cache: CacheState, area: str, area_dir: Path, stage: Path, ops: 
         doc = {"area": area, "area_dir": str(area_dir), "stage": str(stage),
                "ops": [op.to_row() for op in ops], "local_only": local_only}
         write_atomic(journal_path(cache, area), json.dumps(doc).encode(), fsync=True)
+        # The journal is the commit point: from here on a kill is rolled forward, never
+        # undone, so units placed early (5.4) stay.
+        placing_path(cache, area).unlink(missing_ok=True)
         removed = run_ops(area_dir, stage, ops)
         checkpoints.reached("pull:final-done")
+    else:
+        placing_path(cache, area).unlink(missing_ok=True)
     finish(cache, area, area_dir, stage, target)
     return removed
+
+
+def placing_path(cache: CacheState, area: str) -> Path:
+    return cache.dir / f"{area}{PLACING}"
 
 
 def finish(cache: CacheState, area: str, area_dir: Path, stage: Path,
@@ -347,5 +395,15 @@ def roll_forward(root: Path) -> list[str]:
         run_ops(Path(area_dir), Path(stage), ops)
         clean_link_tmps(Path(area_dir), ops)
         finish(cache, area, Path(area_dir), Path(stage), None, doc.get("local_only") or ())
+        placing_path(cache, area).unlink(missing_ok=True)  # killed before it went
         done.append(area)
+    for marker in sorted(cache.dir.glob(f"*{PLACING}")):
+        try:
+            area_dir = Path(json.loads(marker.read_bytes())["area_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable placement marker %s", marker)
+            continue
+        log.warning("undoing the cold pull into %s that was cut off while placing units",
+                    area_dir)
+        undo_placing(marker, area_dir)
     return done

@@ -35,7 +35,7 @@ from cache_sync.snapshot import Entry, Merge, merge3_paths, normalize_tree, same
 Reader = Callable[[Entry], bytes | None]
 
 MAX_META_BYTES = 8 << 20  # a RECORD bigger than this is not read (the name is the fallback)
-_META_SUFFIXES = (".dist-info", ".egg-info")
+META_SUFFIXES = (".dist-info", ".egg-info")
 _HF_REPO = re.compile(r"^(models|datasets|spaces)--[^/]+$")
 _HF_UNIT_DIRS = ("refs", "snapshots", ".no_exist")
 _NEVER_WHOLE = frozenset({"bin", "__pycache__"})  # shared by many distributions
@@ -83,7 +83,7 @@ def merge_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str
         return normalize_tree(merged)  # nothing to choose between
     everything = base.keys() | ours.keys() | theirs.keys()
     found = units()
-    owned = _owners(everything, found)
+    owned = owners(everything, found)
     for unit in found:
         unit_paths = owned[unit.key]
         if ours_changed.isdisjoint(unit_paths) or theirs_changed.isdisjoint(unit_paths):
@@ -109,7 +109,7 @@ def _own_changes(base: dict[str, Entry], side: dict[str, Entry], other: dict[str
             and not same_entry(side.get(p), other.get(p))}
 
 
-def _owners(paths: set[str], units: list[Unit]) -> dict[str, set[str]]:
+def owners(paths: set[str], units: list[Unit]) -> dict[str, set[str]]:
     """unit key -> the paths (of any of the trees) it owns."""
     by_prefix: dict[str, list[str]] = {}
     by_file: dict[str, list[str]] = {}
@@ -159,7 +159,7 @@ def hf_units(*trees: dict[str, Entry]) -> list[Unit]:
 def canonical_name(meta_dir: str) -> str:
     """``Foo_Bar-1.0.dist-info`` -> ``foo-bar`` (PEP 503 normalisation of the name part)."""
     stem = meta_dir
-    for suffix in _META_SUFFIXES:
+    for suffix in META_SUFFIXES:
         stem = stem.removesuffix(suffix)
     return _CANON.sub("-", stem.split("-", 1)[0]).lower()
 
@@ -168,7 +168,7 @@ def meta_dirs(tree: dict[str, Entry]) -> dict[str, list[str]]:
     """canonical name -> top-level ``*.dist-info``/``*.egg-info`` entries of a tree."""
     out: dict[str, list[str]] = {}
     for path in tree:
-        if "/" not in path and path.endswith(_META_SUFFIXES):
+        if "/" not in path and path.endswith(META_SUFFIXES):
             out.setdefault(canonical_name(path), []).append(path)
     return out
 
@@ -195,7 +195,7 @@ def dist_units(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str,
     for name in sorted(metas):
         unit = Unit(name, prefixes=set(metas[name]), files=set(claims[name]))
         for top, names in tops.items():
-            if names == {name} and top not in _NEVER_WHOLE and not top.endswith(_META_SUFFIXES):
+            if names == {name} and top not in _NEVER_WHOLE and not top.endswith(META_SUFFIXES):
                 unit.prefixes.add(top)
         units.append(unit)
     return units

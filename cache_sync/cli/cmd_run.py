@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start CMD once packages/ and deps/ are in place while models/ keeps "
                    "pulling; CMD must wait for it with cache_sync.readiness.wait, as the "
                    "handler does [CACHE_SYNC_OVERLAP, default off]")
+    p.add_argument("--unit-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="on a cold start, also start CMD before packages/ is whole: the pull "
+                   "places it distribution by distribution and an import in CMD waits for "
+                   "its own (implies --overlap) [CACHE_SYNC_UNIT_START, default off]")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...",
                    help="the command and its arguments")
 
@@ -63,7 +67,9 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     opts = RunOptions(cmd=cmd, pull=not args.no_pull, push=not args.no_push,
                       push_timeout=args.push_timeout, push_interval=args.push_interval,
                       kill_timeout=args.kill_timeout,
-                      overlap=settings.overlap if args.overlap is None else args.overlap)
+                      overlap=settings.overlap if args.overlap is None else args.overlap,
+                      unit_start=(settings.unit_start if args.unit_start is None
+                                  else args.unit_start))
     result = run_worker(settings, opts, lambda line: out.info(f"run: {line}"))
     if out.json_mode:
         out.result(result.to_dict())

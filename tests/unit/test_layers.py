@@ -13,8 +13,10 @@ LAYERS = {
     # storage.dialect is pure (names and request hooks); config validates a dialect's name
     "foundation": {"config", "errors", "__init__", "storage.dialect", "storage.s3common",
                    "storage.options", "checkpoints"},
-    "core": {"layout", "snapshot", "history", "units", "plan", "jsonstream", "versions"},
+    "core": {"layout", "snapshot", "history", "units", "unitplan", "plan", "jsonstream",
+             "versions"},
     "engines": {"transfer", "packer", "contents", "local_cache", "fsutil", "progress", "staging",
+                "unitplace",
                 "storage", "storage.base", "storage.local", "storage.s3", "storage.memory",
                 "storage.s3lite", "storage.sigv4",
                 "storage.retry"},
