@@ -14,6 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
     CACHE_SYNC_OVERLAP=1 \
+    CACHE_SYNC_UNIT_START=1 \
     RUNPOD_LOG_LEVEL=INFO \
     HANDLER_ENGINE=f5 \
     HANDLER_F5_MODEL_REPO=SWivid/F5-TTS \
@@ -42,6 +43,8 @@ RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin worker
 USER ${RUN_AS}
 
 # cache-sync run: preflight, pull, bootstrap what is missing (one worker per fleet), start the
-# worker, forward SIGTERM, push, exit.
+# worker, forward SIGTERM, push, exit. On a cold start (CACHE_SYNC_UNIT_START=1) the worker
+# starts once the metadata of packages/ is in and the requirements are satisfied by it; each
+# import waits for its own distribution (docs/design.md section 5.4).
 ENTRYPOINT ["cache-sync", "run", "--requirements", "/opt/worker/requirements/runpod.txt", \
             "--", "python", "-m", "handler"]

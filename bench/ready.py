@@ -7,6 +7,9 @@ worker can get its stack (see bench/ready_stack.py), on one SeaweedFS, in one ru
 
 - ``cache-sync``: ``cache-sync run -- python -m handler`` on an empty root (the store holds the
   stack's snapshots);
+- ``cache-sync-units``: the same with ``--unit-start`` (design 5.4): the worker starts once the
+  metadata is in, and each import waits for its own distribution; ``waited`` sums the waits
+  the import hook reports;
 - ``pip`` / ``uv``: the design notes' way: ``pip install --target`` (``uv pip install``) of the
   requirements at start from a local package index over HTTP, with a warm cache (as on a
   volume), then the worker; the models already in place (the notes keep them on the volume);
@@ -44,7 +47,8 @@ from bench import latency_proxy, limit
 from bench.datasets import tree_bytes
 from bench.ready_stack import REPO, STACKS, Stack, build, plain_requirements
 
-MODES = ("cache-sync", "pip", "uv", "s5cmd", "floor")
+MODES = ("cache-sync", "cache-sync-units", "pip", "uv", "s5cmd", "floor")
+WAITED = re.compile(r"^cache-sync: .* waited ([0-9.]+)s for packages/")
 PHASES = ("fetch", "import", "load", "first_job")
 # Log lines that end a phase: (phase, pattern). Times are when the line reached us.
 MARKS = (
@@ -88,6 +92,7 @@ class Start:
         self.t0 = time.monotonic()
         self.marks: dict[str, float] = {}
         self.lines: list[str] = []
+        self.waited: float | None = None  # the import hook's waits, summed
 
     def mark(self, phase: str) -> None:
         self.marks.setdefault(phase, time.monotonic() - self.t0)
@@ -123,6 +128,9 @@ class Start:
             for phase, pattern in MARKS:
                 if pattern.search(line):
                     self.mark(phase)
+            m = WAITED.search(line)
+            if m:
+                self.waited = (self.waited or 0.0) + float(m.group(1))
 
     def _health(self, proc: subprocess.Popen, port: int, timeout: float) -> dict[str, Any]:
         deadline = self.t0 + timeout
@@ -153,6 +161,8 @@ class Start:
                 out[phase] = round(self.marks[phase] - prev, 3)
                 prev = self.marks[phase]
         out["total"] = round(self.marks["first_job"], 3)
+        if self.waited is not None:
+            out["waited"] = round(self.waited, 3)
         return out
 
 
@@ -209,7 +219,7 @@ class Bench:
         env = {**self.base_env, **self.server.env(), "PYTHONPATH": str(REPO),
                "CACHE_SYNC_ROOT": str(self.stack.root),
                "CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache"}
-        if "cache-sync" in self.modes and "cache-sync" not in seeded:
+        if {"cache-sync", "cache-sync-units"} & set(self.modes) and "cache-sync" not in seeded:
             _log("seeding the cache-sync store")
             subprocess.run([sys.executable, "-m", "cache_sync", "push", *self.stack.areas],
                            env=env, check=True, stdout=subprocess.DEVNULL)
@@ -279,12 +289,13 @@ class Bench:
                "PYTHONPATH": os.pathsep.join([str(root / "packages"), str(REPO)])}
         log = self.args.results / "logs" / f"{mode}-{run}-{self.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "cache-sync":
+        if mode in ("cache-sync", "cache-sync-units"):
             env.update(self.s3_env(s3))
             env.update({"CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache",
                         "PYTHONPATH": str(REPO)})  # `run` puts packages/ on the child's path
             st = Start(env, log)
-            st.serve([sys.executable, "-m", "cache_sync", "run", "--no-push", "--overlap", "--",
+            how = ["--unit-start"] if mode == "cache-sync-units" else ["--overlap"]
+            st.serve([sys.executable, "-m", "cache_sync", "run", "--no-push", *how, "--",
                       *_handler_cmd(port)], port, self.args.timeout)
         elif mode in ("pip", "uv"):
             st = Start({**env, **self._install_env(index_url)}, log)
@@ -346,8 +357,8 @@ def render(results: dict[str, Any]) -> str:
              f"{results['date']}, {results['machine']}; median of {results['n']} "
              "(min-max), seconds")
     header = ("| latency | way | total (min-max) | fetch | import | load | first job | "
-              "vs floor | vs max(limit, floor) | load avg |")
-    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
+              "CMD waited on the pull | vs floor | vs max(limit, floor) | load avg |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for lat, per_mode in results["runs"].items():
         floor = _median(per_mode.get("floor", []), "total")
         lim = results["limit"].get(lat)
@@ -361,10 +372,11 @@ def render(results: dict[str, Any]) -> str:
             ratio = f"{med / floor:.2f}x" if floor else "-"
             ratio_b = f"{med / bound:.2f}x" if bound else "-"
             lines.append(f"| {lat} | {mode} | {med:.2f} ({min(tot):.2f}-{max(tot):.2f}) | "
-                         + " | ".join(cells) + f" | {ratio} | {ratio_b} | "
+                         + " | ".join(cells) + f" | {_fmt(_median(rows, 'waited'))}"
+                         + f" | {ratio} | {ratio_b} | "
                          + f"{_fmt(_median(rows, 'load_avg'))} |")
         lines.append(f"| {lat} | limit: same bytes as one object | {_fmt(lim)} "
-                     "| | | | | | | |")
+                     "| | | | | | | | |")
     return "\n".join(lines)
 
 

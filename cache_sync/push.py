@@ -102,6 +102,7 @@ def _push_area(settings: Settings, stores: _StoreOnDemand, cache: CacheState, ar
         return rep
     store = stores.get()
     check_deadline(deadline, area)
+    checkpoints.reached("push:scanned")  # the tree is listed; no file read yet
     sent = upload(settings, store, cache, area, state, work, deadline)
     try:
         rep.files = sent.files_read

@@ -105,6 +105,8 @@ def test_the_image_bootstraps_itself_from_what_it_ships():
 def test_env_defaults_offline_and_cache_root_left_to_cache_sync():
     env = " ".join(rest for op, rest in instructions() if op == "ENV")
     assert "HF_HUB_OFFLINE=1" in env and "HANDLER_ENGINE=f5" in env
+    # the per-distribution start (design 5.4) and the models overlap it implies
+    assert "CACHE_SYNC_UNIT_START=1" in env and "CACHE_SYNC_OVERLAP=1" in env
     assert "CACHE_SYNC_ROOT" not in env  # default_root picks /runpod-volume/cache or /tmp
 
 
