@@ -105,7 +105,6 @@ def exit_code_of(status: int) -> int:
 
 # Areas a worker reads only after its imports: pulled while CMD starts (see readiness).
 DATA_AREAS = ("models",)
-EARLY_AREA = "packages"  # placed per distribution with --unit-start (design 5.4)
 
 
 class _BackgroundPull(threading.Thread):
@@ -232,7 +231,7 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     ensure_layout(settings)
     result = RunResult(exit_code=0)
     from cache_sync import bootstrap
-    from cache_sync.pull import pull
+    from cache_sync.pull import EARLY_AREA, pull
 
     plan = bootstrap.plan_from(settings, os.environ) if opts.bootstrap else bootstrap.Plan()
 

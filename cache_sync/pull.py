@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cache_sync import unitplan
 from cache_sync.config import Settings
 from cache_sync.errors import DeadlineExceeded, DiskSpaceError
 from cache_sync.fsutil import free_bytes, hash_file
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
     from cache_sync.unitplace import EarlyStart
 
 RESERVE = 64 << 20  # never fill the disk to the last byte
+EARLY_AREA = "packages"  # the one area placed per distribution (design 5.4)
 
 
 def check_deadline(deadline: float | None, area: str) -> None:
@@ -190,7 +190,7 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
                        before_request=lambda: check_deadline(deadline, area), in_place=True)
 
     placer = None
-    if early is not None and area == unitplan.AREA and staging.into_empty_area(
+    if early is not None and area == EARLY_AREA and staging.into_empty_area(
             plan, local, stage, area_dir):
         from cache_sync.unitplace import UnitPlacer
 

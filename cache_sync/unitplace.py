@@ -20,11 +20,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cache_sync import checkpoints
 from cache_sync.fsutil import write_atomic
 from cache_sync.snapshot import Entry
-from cache_sync.unitplan import UnitPlan, plan_units
+
+if TYPE_CHECKING:  # the planner is imported by a cold pull only, not by every open_root
+    from cache_sync.unitplan import UnitPlan
 
 log = logging.getLogger("cache_sync.unitplace")
 
@@ -66,6 +69,8 @@ class UnitPlacer:
                     return f.read()
             except OSError:
                 return None
+
+        from cache_sync.unitplan import plan_units
 
         if not self.early.accept(self.stage):
             return False

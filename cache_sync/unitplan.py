@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from cache_sync.snapshot import Entry
 from cache_sync.units import META_SUFFIXES, Reader, dist_units, owners
 
-AREA = "packages"  # the one area whose units a worker imports
 WHOLE_AREA = ""  # the blocker of a module some of whose paths only the final phase places
 _MIXED = "\0mixed"  # aggregate of a subtree with paths of several owners (or of none)
 _CODE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
