@@ -356,8 +356,8 @@ class Fetcher:
             st = f.commit(e.mtime_ns)
         with self._lock:
             self.fetched += 1
+        self._copy_dups(e, final)  # before e is reported: done, it may be moved away
         self.on_done(e, final, st)
-        self._copy_dups(e, final)
 
     # --- chunked files -----------------------------------------------------------------
     def _open_chunked(self, cf: _Chunked) -> None:
@@ -567,8 +567,8 @@ class Fetcher:
             st = cf.file.commit(e.mtime_ns)
         with self._lock:
             self.fetched += 1
+        self._copy_dups(e, cf.final)  # before e is reported: done, it may be moved away
         self.on_done(e, cf.final, st)
-        self._copy_dups(e, cf.final)
 
     def _copy_dups(self, e: Entry, final: str) -> None:
         """The other paths with ``e``'s content, copied from the file just verified at

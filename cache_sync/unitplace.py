@@ -55,7 +55,8 @@ class UnitPlacer:
         self.roots: list[str] = []  # their roots, in the area now
         self._seen: set[str] = set()  # files staged before the plan was made
         self._left: dict[str, set[str]] = {}  # unit key -> its files not yet staged
-        self._unit_of: dict[str, str] = {}  # file -> unit key
+        self._units_of: dict[str, list[str]] = {}  # file -> the keys of its units
+        self._moved: set[str] = set()  # the roots in self.roots, as a set
         self._lock = threading.Lock()
 
     def prepare(self) -> bool:
@@ -82,24 +83,30 @@ class UnitPlacer:
             for u in plan.units:
                 self._left[u.key] = set(u.files) - self._seen
                 for f in u.files:
-                    self._unit_of[f] = u.key
+                    self._units_of.setdefault(f, []).append(u.key)
             self._publish()
             for key in [k for k, left in self._left.items() if not left]:
+                del self._left[key]
                 self._place(key)
         return True
 
     def file_done(self, e: Entry) -> None:
-        with self._lock:
-            if self.plan is None:
-                self._seen.add(e.path)
-                return
-            key = self._unit_of.get(e.path)
-            if key is None:
-                return
-            left = self._left[key]
+        """Called once per staged file, by many threads at once: no lock unless a unit is
+        complete (set.discard and dict.get are atomic under the GIL; a lock per file made
+        the fetcher's threads queue on it and on the GIL in turn, measured twice as slow)."""
+        plan = self.plan
+        if plan is None:  # the metadata pass (prepare runs after it, no fetch meanwhile)
+            self._seen.add(e.path)
+            return
+        for key in self._units_of.get(e.path, ()):
+            left = self._left.get(key)
+            if left is None:
+                continue  # placed already (a file shared by several units)
             left.discard(e.path)
             if not left:
-                self._place(key)
+                with self._lock:
+                    if self._left.pop(key, None) is not None:  # one thread places it
+                        self._place(key)
 
     def _place(self, key: str) -> None:
         assert self.plan is not None
@@ -111,13 +118,15 @@ class UnitPlacer:
             self.area_dir.mkdir(parents=True, exist_ok=True)
         sroot, aroot = str(self.stage), str(self.area_dir)
         for r in unit.roots:  # code first, metadata last: a dist-info found means code there
+            if r in self._moved:
+                continue  # a file several units list, put in place by one of them
             parent = os.path.dirname(r)
             if parent:
                 os.makedirs(os.path.join(aroot, parent), exist_ok=True)
             os.rename(os.path.join(sroot, r), os.path.join(aroot, r))
             self.roots.append(r)
+            self._moved.add(r)
         self.placed.add(key)
-        del self._left[key]
         checkpoints.reached("pull:unit-placed")
         self._publish()
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cache_sync.snapshot import Entry
-from cache_sync.units import META_SUFFIXES, Reader, dist_units, owners
+from cache_sync.units import META_SUFFIXES, Reader, Unit, dist_units, owners
 
 WHOLE_AREA = ""  # the blocker of a module some of whose paths only the final phase places
 _MIXED = "\0mixed"  # aggregate of a subtree with paths of several owners (or of none)
@@ -97,32 +97,40 @@ def plan_units(target: dict[str, Entry], read: Reader) -> UnitPlan:
     for key, paths in owned.items():
         for p in paths:
             by_path.setdefault(p, set()).add(key)
-    early = {u.key for u in found
-             if owned[u.key] and all(len(by_path[p]) == 1 and target[p].kind in ("f", "d")
-                                     for p in owned[u.key])}
+    early = _early(target, found, owned, by_path)
     agg, children = _aggregate(target, by_path, early)
     roots: dict[str, list[str]] = {}
+    root_of: dict[str, frozenset[str]] = {}  # root -> the units it belongs to
     stack = sorted(children[""], reverse=True)
     while stack:
         p = stack.pop()
         a = agg[p]
         if a in early:
             roots.setdefault(a, []).append(p)
+            root_of[p] = frozenset((a,))
         elif a == _MIXED:
             stack.extend(sorted(children.get(p, ()), reverse=True))
-    root_of = {r: k for k, rs in roots.items() for r in rs}
+    # A file several early units list (each nvidia-* wheel ships nvidia/__init__.py): a root
+    # of each of them, put in place by whichever is placed first.
+    for p, keys in by_path.items():
+        if len(keys) > 1 and keys <= early and _root(p, root_of) is None:
+            root_of[p] = frozenset(keys)
+            for k in keys:
+                roots.setdefault(k, []).append(p)
     files: dict[str, set[str]] = {k: set() for k in roots}
     blockers: dict[str, set[str]] = {}
     for p, e in target.items():
         if e.kind == "d":
             continue
         r = _root(p, root_of)
+        waits = root_of[r] if r is not None else frozenset((WHOLE_AREA,))
         if r is not None and e.kind == "f":
-            files[root_of[r]].add(p)
+            for k in waits:
+                files[k].add(p)
         top = p.split("/", 1)[0]
         name = module_name(top, target[top].kind if top in target else "d")
         if name is not None:
-            blockers.setdefault(name, set()).add(root_of[r] if r is not None else WHOLE_AREA)
+            blockers.setdefault(name, set()).update(waits)
     requires = {u.key: _requires(target, u.prefixes, read) for u in found}
     late = {u.key for u in found} - set(roots)
     for name, keys in blockers.items():
@@ -133,6 +141,23 @@ def plan_units(target: dict[str, Entry], read: Reader) -> UnitPlan:
         rs = sorted(roots[key], key=lambda r: (is_meta(r), r))  # code first, metadata last
         plan.units.append(PlaceUnit(key, tuple(rs), frozenset(files[key])))
     return plan
+
+
+def _early(target: dict[str, Entry], found: list[Unit], owned: dict[str, set[str]],
+           by_path: dict[str, set[str]]) -> set[str]:
+    """The units placed early: every path they own is a file or a directory, and a path
+    owned by several is a file all of whose owners are placed early too."""
+    early = {u.key for u in found
+             if owned[u.key] and all(target[p].kind in ("f", "d") for p in owned[u.key])}
+    shared = [(p, keys) for p, keys in by_path.items() if len(keys) > 1]
+    changed = True
+    while changed:
+        changed = False
+        for p, keys in shared:
+            if (target[p].kind != "f" or not keys <= early) and keys & early:
+                early -= keys
+                changed = True
+    return early
 
 
 def _requires(target: dict[str, Entry], prefixes: set[str], read: Reader) -> set[str]:
@@ -203,7 +228,7 @@ def _join(a: str, b: str) -> str:
     return _MIXED
 
 
-def _root(path: str, root_of: dict[str, str]) -> str | None:
+def _root(path: str, root_of: dict[str, frozenset[str]]) -> str | None:
     """The root ``path`` lies in, or None."""
     q = path
     while True:

@@ -61,6 +61,9 @@ CHILD = textwrap.dedent("""
                 value = importlib.import_module(name).VALUE
             seen["units"][name] = {"value": value, "bad": whole(name),
                                    "dist_infos": len(list(pk.glob(name + "-*.dist-info")))}
+        # a namespace package two distributions share, both listing ns/__init__.py
+        import ns.a, ns.b
+        seen["ns"] = [ns.a.VALUE, ns.b.VALUE, whole("nsa"), whole("nsb")]
     except ImportError as exc:
         seen["import_error"] = str(exc)
     report.write_text(json.dumps(seen))
@@ -79,9 +82,12 @@ def _source(tmp: Path) -> Path:
                                        "beta/data.bin": os.urandom(3 << 20)},
                requires=("gamma",))
     make_wheel(wheels, "gamma", "3.0", {"gamma.py": "VALUE = 'g3'\n"})
+    for x in "ab":  # like nvidia-*: each wheel ships the namespace's __init__.py
+        make_wheel(wheels, f"ns{x}", "1.0", {"ns/__init__.py": "", f"ns/{x}.py": f"VALUE = '{x}'\n"})
     src = tmp / "src"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index",
-                    "--find-links", str(wheels), "--target", str(src / "packages"), *NAMES],
+                    "--find-links", str(wheels), "--target", str(src / "packages"), *NAMES,
+                    "nsa", "nsb"],
                    check=True, capture_output=True)
     return src
 
@@ -128,6 +134,7 @@ def _whole_units(seen: dict) -> None:
     assert set(seen["units"]) == set(NAMES), seen
     for name, unit in seen["units"].items():
         assert unit["bad"] == [] and unit["dist_infos"] == 1, (name, unit)
+    assert seen["ns"] == ["a", "b", [], []], seen
 
 
 @pytest.mark.parametrize("mode", ["import", "metadata"])

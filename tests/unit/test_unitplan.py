@@ -111,3 +111,18 @@ def test_a_module_also_waits_for_what_its_distribution_requires_transitively():
     del t["nvidia_c2-1.dist-info/METADATA"]
     plan = plan_units(t, read)
     assert plan.modules["a"] == {"a", "b", "nvidia-c2"}
+
+
+def test_a_file_several_distributions_list_goes_with_the_first_of_them():
+    """Every nvidia-* wheel ships nvidia/__init__.py: it is a root of each, so they are all
+    placed early and `import nvidia` waits for them, not for the end of the pull."""
+    t = tree()
+    t["nvidia_c1-1.dist-info/RECORD"] = fe("nvidia_c1-1.dist-info/RECORD", record(
+        "nvidia/__init__.py", "nvidia/c1/lib.so"))
+    t["nvidia_c2-1.dist-info/RECORD"] = fe("nvidia_c2-1.dist-info/RECORD", record(
+        "nvidia/__init__.py", "nvidia/c2/lib.so"))
+    plan = plan_units(t, read)
+    roots = {u.key: u.roots for u in plan.units}
+    assert roots["nvidia-c1"] == ("nvidia/__init__.py", "nvidia/c1", "nvidia_c1-1.dist-info")
+    assert roots["nvidia-c2"] == ("nvidia/__init__.py", "nvidia/c2", "nvidia_c2-1.dist-info")
+    assert plan.modules["nvidia"] == {"nvidia-c1", "nvidia-c2"}
