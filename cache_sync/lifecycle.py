@@ -121,7 +121,8 @@ class _BackgroundPull(threading.Thread):
                  status: Any, log: Callable[[str], None],
                  after: Callable[[], BootstrapReport] | None = None,
                  early_area: str | None = None,
-                 accept: Callable[[Path], bool] | None = None) -> None:
+                 accept: Callable[[Path], bool] | None = None,
+                 need: Sequence[str] = ()) -> None:
         super().__init__(name="background-pull", daemon=True)
         self.settings, self.areas, self.status, self.log = settings, areas, status, log
         self.after = after  # the models part of a bootstrap, once models/ is pulled
@@ -131,7 +132,7 @@ class _BackgroundPull(threading.Thread):
         self.failed: dict[str, str] = {}
         self.errors: dict[str, BaseException] = {}
         self.reports: list[AreaReport] = []
-        self.early_area, self.accept = early_area, accept
+        self.early_area, self.accept, self.need = early_area, accept, need
         self.units: dict[str, list[str]] | None = None  # what of early_area is missing
         self.planned = threading.Event()
         self.go = threading.Event()
@@ -158,7 +159,8 @@ class _BackgroundPull(threading.Thread):
                 self.go.wait()
             early = None
             if area == self.early_area:
-                early = EarlyStart(self._publish, self.accept or (lambda _stage: True))
+                early = EarlyStart(self._publish, self.accept or (lambda _stage: True),
+                                   self.need)
             start = time.monotonic()
             try:
                 self.reports += pull(self.settings, [area], early=early)
@@ -284,8 +286,14 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
             readiness.write(status_file, [early_area, *data], code, {})
             accept = None if not now_plan.specset.specs else (
                 lambda stage: not bootstrap.missing_specs(now_plan, stage))
+            from cache_sync.entryscan import imported_modules
+
+            need = imported_modules(opts.cmd, Path.cwd())
+            if need:
+                log(f"need order: what {' '.join(opts.cmd[:3])} imports first ("
+                    + ", ".join(need[:6]) + (", ..." if len(need) > 6 else "") + ")")
             background = _BackgroundPull(settings, [early_area, *data], code, status_file,
-                                         log, later, early_area, accept)
+                                         log, later, early_area, accept, need)
             background.start()
             _wait_planned(background, pending)
             if early_area in background.errors:

@@ -170,7 +170,7 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
             fetcher.fetch(first)
             if not placer.prepare():
                 active.clear()
-            fetcher.fetch(rest)
+            fetcher.fetch(rest, placer.rank if active and placer.early.need else None)
     finally:
         out.requests = fetcher.requests
     for e, src in copies:

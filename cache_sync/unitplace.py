@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +41,7 @@ class EarlyStart:
 
     publish: Callable[[dict[str, list[str]]], None]
     accept: Callable[[Path], bool] = field(default=lambda _stage: True)
+    need: Sequence[str] = ()  # top-level modules CMD imports, first first: fetched first
 
 
 class UnitPlacer:
@@ -57,6 +58,7 @@ class UnitPlacer:
         self._left: dict[str, set[str]] = {}  # unit key -> its files not yet staged
         self._units_of: dict[str, list[str]] = {}  # file -> the keys of its units
         self._moved: set[str] = set()  # the roots in self.roots, as a set
+        self._rank: dict[str, int] = {}  # file -> its need rank (absent: after every rank)
         self._lock = threading.Lock()
 
     def prepare(self) -> bool:
@@ -71,16 +73,21 @@ class UnitPlacer:
             except OSError:
                 return None
 
-        from cache_sync.unitplan import plan_units
+        from cache_sync.unitplan import need_rank, plan_units
 
         if not self.early.accept(self.stage):
             return False
         plan = plan_units(self.target, read)
         if not plan.units:
             return False
+        ranks = need_rank(plan, self.early.need)
         with self._lock:
             self.plan = plan
             for u in plan.units:
+                r = ranks.get(u.key)
+                if r is not None:
+                    for f in u.files:
+                        self._rank[f] = min(r, self._rank.get(f, r))
                 self._left[u.key] = set(u.files) - self._seen
                 for f in u.files:
                     self._units_of.setdefault(f, []).append(u.key)
@@ -89,6 +96,11 @@ class UnitPlacer:
                 del self._left[key]
                 self._place(key)
         return True
+
+    def rank(self, e: Entry) -> int:
+        """Where ``e`` comes in the need order: the rank of the first module CMD imports that
+        waits for it, after all of them if none does."""
+        return self._rank.get(e.path, len(self.early.need))
 
     def file_done(self, e: Entry) -> None:
         """Called once per staged file, by many threads at once: no lock unless a unit is

@@ -55,6 +55,17 @@ class UnitPlan:
                 sorted(self.dists - done))
 
 
+def need_rank(plan: UnitPlan, names: Iterable[str]) -> dict[str, int]:
+    """Unit key -> the position of the first of ``names`` (top-level modules, in the order
+    CMD imports them) that waits for it: the need order of a cold pull (design 5.4)."""
+    rank: dict[str, int] = {}
+    for i, name in enumerate(names):
+        for key in sorted(plan.modules.get(name, ())):
+            if key != WHOLE_AREA:
+                rank.setdefault(key, i)
+    return rank
+
+
 def canonical(name: str) -> str:
     return _CANON.sub("-", name).lower()
 

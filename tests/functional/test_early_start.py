@@ -104,16 +104,36 @@ def seeded(tmp_path):
     return src, worker, tmp_path
 
 
+_STARTED: list[tuple[subprocess.Popen, Path]] = []  # (run, CMD's pid file) of this test
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    """A test that fails while its run is held leaves no run or CMD behind."""
+    yield
+    while _STARTED:
+        proc, pid_file = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
 def _start(env: dict, tmp: Path, *run_args: str, mode: str = "import",
-           pause_at: str = "pull:unit-placed#1") -> tuple[subprocess.Popen, Path, Path]:
+           pause_at: str = "pull:unit-placed#1", child: str = CHILD
+           ) -> tuple[subprocess.Popen, Path, Path]:
     script, report, release = tmp / "child.py", tmp / "seen.json", tmp / "release"
-    script.write_text(CHILD)
+    script.write_text(child)
     env = {**env, "FAULTS_PAUSE_AT": pause_at, "FAULTS_PAUSE_FILE": str(release),
            "PYTHONPATH": os.pathsep.join([KILLPOINT, env["PYTHONPATH"]])}
     proc = subprocess.Popen([sys.executable, "-m", "cache_sync", "run", "--unit-start",
                              *run_args, "--", sys.executable, str(script), str(report), mode],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = Path(f"{report}.started")
+    _STARTED.append((proc, started))
     if not wait_until(lambda: (started.exists() and Path(f"{release}.reached").exists())
                       or proc.poll() is not None, 120):
         proc.kill()
@@ -246,3 +266,30 @@ def test_a_push_and_gc_by_another_worker_while_units_are_placed(seeded):
     run_cli(["pull", "packages"], env)
     area = Path(env["CACHE_SYNC_ROOT"]) / "packages"
     assert not list(area.glob("beta*")) and (area / "gamma.py").is_file()
+
+
+NEED_CHILD = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    Path(sys.argv[1] + ".started").write_text(str(os.getpid()))
+    import gamma
+    from alpha import sub
+    import alpha
+    Path(sys.argv[1]).write_text(gamma.VALUE + alpha.VALUE)
+""")
+
+
+def test_the_modules_cmd_imports_first_are_fetched_first(seeded):
+    """CMD's source imports gamma, then alpha: with one transfer at a time, the first unit
+    placed is gamma, fetched ahead of alpha, beta and ns (whose files come first in the
+    store's packs). Fails without the need order: alpha is placed first."""
+    src, env, tmp = seeded
+    proc, report, release = _start(env, tmp, "--no-push", child=NEED_CHILD)
+    area = Path(env["CACHE_SYNC_ROOT"]) / "packages"
+    placed = {p.name for p in area.iterdir()}
+    assert "gamma.py" in placed and "alpha" not in placed, placed
+    release.touch()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert report.read_text() == "g3a1"
+    assert "need order:" in err and "(gamma, alpha)" in err, err

@@ -16,7 +16,7 @@ LAYERS = {
     "core": {"layout", "snapshot", "history", "units", "unitplan", "plan", "jsonstream",
              "versions"},
     "engines": {"transfer", "packer", "contents", "local_cache", "fsutil", "progress", "staging",
-                "unitplace",
+                "unitplace", "entryscan",
                 "storage", "storage.base", "storage.local", "storage.s3", "storage.memory",
                 "storage.s3lite", "storage.sigv4",
                 "storage.retry"},
