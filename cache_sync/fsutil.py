@@ -80,7 +80,14 @@ class AtomicFile:
         # pull's stage, design 5.3): the file is created at its final name, no rename.
         self.tmp = self.final if in_place else tmp_name(os.path.dirname(self.final) or ".")
         flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self.fd = os.open(self.tmp, flags, self.mode & 0o777)
+        try:
+            self.fd = os.open(self.tmp, flags, self.mode & 0o777)
+        except FileNotFoundError:
+            if not in_place:
+                raise
+            # a stage's directories are made by the threads that fill them, not all up front
+            os.makedirs(os.path.dirname(self.tmp), exist_ok=True)
+            self.fd = os.open(self.tmp, flags, self.mode & 0o777)
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)

@@ -138,12 +138,21 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
         else:
             plan.fetch.append(e)
     plan.check = []
-    writes = [*plan.fetch, *(e for es in plan.dups.values() for e in es),
-              *(e for e, _ in plan.copies)]
-    dirs = {os.path.dirname(e.path) for e in writes}
-    if placer is not None:  # every directory: a unit's empty ones move with it
-        dirs.update(d.path for d in plan.mkdirs)
-    for d in dirs:
+    # The directories of fetched files are made by the fetcher's threads as they create the
+    # first file in each (AtomicFile in_place): thousands of mkdirs (0.1-0.7 ms each on a
+    # journaled disk) no longer run one by one before the first request. Copies are made
+    # here: their directories first.
+    dirs = {os.path.dirname(e.path) for e in (*(e for es in plan.dups.values() for e in es),
+                                              *(e for e, _ in plan.copies))}
+    if placer is not None:  # the empty directories too: a unit's empty ones move with it
+        filled = {""}
+        for e in plan.fetch:
+            d = os.path.dirname(e.path)
+            while d not in filled:
+                filled.add(d)
+                d = os.path.dirname(d)
+        dirs.update(d.path for d in plan.mkdirs if d.path not in filled)
+    for d in sorted(dirs):
         os.makedirs(os.path.join(str(stage), d), exist_ok=True)
     out = Staged()
     active = [placer] if placer is not None else []
