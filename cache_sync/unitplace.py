@@ -151,17 +151,10 @@ class UnitPlacer:
         """The staged paths still in the stage (for the final phase)."""
         if not self.roots:
             return staged
+        from cache_sync.unitplan import root_of_path
+
         roots = set(self.roots)
-
-        def placed(p: str) -> bool:
-            while True:
-                if p in roots:
-                    return True
-                if "/" not in p:
-                    return False
-                p = p.rsplit("/", 1)[0]
-
-        return [p for p in staged if not placed(p)]
+        return [p for p in staged if root_of_path(p, roots) is None]
 
     def rollback(self) -> None:
         """The pull failed before its final phase: the area is emptied again (it was empty)."""

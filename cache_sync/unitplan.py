@@ -19,7 +19,7 @@ the end of the pull if any path of these is not placed early.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 from cache_sync.snapshot import Entry
@@ -124,7 +124,7 @@ def plan_units(target: dict[str, Entry], read: Reader) -> UnitPlan:
     # A file several early units list (each nvidia-* wheel ships nvidia/__init__.py): a root
     # of each of them, put in place by whichever is placed first.
     for p, keys in by_path.items():
-        if len(keys) > 1 and keys <= early and _root(p, root_of) is None:
+        if len(keys) > 1 and keys <= early and root_of_path(p, root_of) is None:
             root_of[p] = frozenset(keys)
             for k in keys:
                 roots.setdefault(k, []).append(p)
@@ -133,7 +133,7 @@ def plan_units(target: dict[str, Entry], read: Reader) -> UnitPlan:
     for p, e in target.items():
         if e.kind == "d":
             continue
-        r = _root(p, root_of)
+        r = root_of_path(p, root_of)
         waits = root_of[r] if r is not None else frozenset((WHOLE_AREA,))
         if r is not None and e.kind == "f":
             for k in waits:
@@ -239,11 +239,11 @@ def _join(a: str, b: str) -> str:
     return _MIXED
 
 
-def _root(path: str, root_of: dict[str, frozenset[str]]) -> str | None:
-    """The root ``path`` lies in, or None."""
+def root_of_path(path: str, roots: Container[str]) -> str | None:
+    """The root (one of ``roots``) ``path`` is or lies under, or None."""
     q = path
     while True:
-        if q in root_of:
+        if q in roots:
             return q
         if "/" not in q:
             return None
