@@ -184,6 +184,12 @@ def render(cases: list[Case], times: dict[tuple[str, str], list[tuple[float, flo
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    missing = [t for t in ("s5cmd", *(["py-spy"] if args.profile else [])) if not shutil.which(t)]
+    if missing:  # before minutes of pushing, not after
+        print(f"bench blob: {', '.join(missing)} not on PATH; pip install "
+              + " ".join({"s5cmd": "s5cmd", "py-spy": "py-spy"}[t] for t in missing),
+              file=sys.stderr)
+        return 2
     sys.path.insert(0, str(REPO))
     from tests.support.s3servers import seaweedfs_server
 
@@ -226,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]
     meta = f"{os.cpu_count()} cores, load {load:.1f}, {time.strftime('%Y-%m-%d')}"
-    table = render(cases, times, args.runs, meta)
-    text = "\n\n".join([table, *profiles])
+    table = render(cases, times, args.runs, meta) if times else ""  # --runs 0: profiles only
+    text = "\n\n".join(filter(None, [table, *profiles]))
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{stamp}-blob.md").write_text(text + "\n")

