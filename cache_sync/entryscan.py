@@ -25,9 +25,9 @@ _STDLIB = frozenset(sys.stdlib_module_names)
 _ARG_OPTS = {"-W", "-X", "--check-hash-based-pycs"}  # interpreter options taking a value
 
 
-def entry_of(cmd: Sequence[str], cwd: Path) -> tuple[Path, str | None] | None:
-    """(the directory imports of CMD resolve against, its entry module or None for a script),
-    with the script's path as ``root / name`` for a script; None when CMD is not Python."""
+def entry_of(cmd: Sequence[str], cwd: Path) -> tuple[Path, str, bool] | None:
+    """(the directory imports of CMD resolve against, the module ``-m`` names or the script's
+    file name in that directory, whether it is a module); None when CMD is not Python."""
     if not cmd:
         return None
     exe = os.path.basename(cmd[0])
@@ -35,14 +35,14 @@ def entry_of(cmd: Sequence[str], cwd: Path) -> tuple[Path, str | None] | None:
         script = _resolve(cmd[0], cwd)
         if script is None or not _is_python_script(script):
             return None
-        return script.parent, script.name
+        return script.parent, script.name, False
     args = list(cmd[1:])
     while args:
         a = args.pop(0)
         if a == "-m" and args:
-            return cwd, "-m " + args[0]
+            return cwd, args[0], True
         if a.startswith("-m") and len(a) > 2:
-            return cwd, "-m " + a[2:]
+            return cwd, a[2:], True
         if a == "-c":
             return None
         if a in _ARG_OPTS:
@@ -52,7 +52,7 @@ def entry_of(cmd: Sequence[str], cwd: Path) -> tuple[Path, str | None] | None:
         if a.startswith("-"):
             continue
         script = (cwd / a) if not os.path.isabs(a) else Path(a)
-        return (script.parent, script.name) if script.is_file() else None
+        return (script.parent, script.name, False) if script.is_file() else None
     return None
 
 
@@ -81,18 +81,12 @@ def imported_modules(cmd: Sequence[str], cwd: Path) -> list[str]:
     entry = entry_of(cmd, cwd)
     if entry is None:
         return []
-    root, what = entry
+    root, name, is_module = entry
     out: list[str] = []
     seen_files: set[Path] = set()
-    if what is not None and what.startswith("-m "):
-        mod = what[3:]
-        files = _module_files(root, mod, main=True)
-        if not files:
-            return []  # the module is not local (an installed tool): nothing to read
-        for f in files:
-            _scan(f, root, mod, seen_files, out)
-    elif what is not None:
-        _scan(root / what, root, "__main__", seen_files, out)
+    # a module that is not local (an installed tool) has no files here: nothing to read
+    for f in _module_files(root, name, main=True) if is_module else [root / name]:
+        _scan(f, root, name if is_module else "__main__", seen_files, out)
     return out
 
 

@@ -196,20 +196,15 @@ class Fetcher:
         with the number of jobs); the first failure stops the rest. With ``rank``, the files
         of a lower rank first (a need order), biggest first within a rank, in one pool (the
         next rank's jobs start as the previous rank's last ones run)."""
-        if rank is None:
-            ranges, chunked = plan_ranges(entries)
-            ranges.sort(key=lambda r: -r.size)  # big first: the long poles start early
-        else:
-            groups: dict[int, list[Entry]] = defaultdict(list)
-            for e in entries:
-                groups[rank(e)].append(e)
-            ranges, chunked = [], []
-            for r in sorted(groups):  # ranges never mix ranks: each is planned alone
-                rs, cs = plan_ranges(groups[r])
-                rs.sort(key=lambda r: -r.size)
-                ranges += rs
-                chunked += cs
-            del groups
+        groups: dict[int, list[Entry]] = defaultdict(list)
+        for e in entries:
+            groups[rank(e) if rank is not None else 0].append(e)
+        ranges, chunked = [], []
+        for r in sorted(groups):  # ranges never mix ranks: each is planned alone
+            rs, cs = plan_ranges(groups.pop(r))
+            rs.sort(key=lambda x: -x.size)  # big first: the long poles start early
+            ranges += rs
+            chunked += cs
         chunks: list[_Chunk] = []  # in file order: the whole-file hash follows them closely
         files: list[_Chunked] = []
         for e in chunked:
