@@ -23,6 +23,7 @@ that cannot be verified never reaches its final path.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -51,6 +52,18 @@ RETRY_ON = (TransientStorageError, IntegrityError)  # a broken or corrupt stream
 PIECE = 4 << 20  # a raw chunk is fetched as ranges of this size, in file order
 HELD = 8  # landed pieces a file keeps in memory for its in-order hash (more: read back)
 STREAMS = 4  # chunk GETs at once, in file order: the whole-file hash follows them closely
+
+
+def cpu_slots() -> int:
+    """How many response bodies are read, decoded, hashed and written at once: two per core
+    this process may run on. More requests than that wait for their first byte (the latency
+    a pool of ``transfers`` hides), but bodies beyond it would only take turns on the GIL
+    and the cores (design 5.2, "Requests and CPU slots")."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(2, 2 * cores)
 
 _local = threading.local()
 
@@ -184,6 +197,7 @@ class Fetcher:
         self.dups = dups or {}
         self.before_request = before_request or (lambda: None)  # may raise (a deadline)
         self.abort = threading.Event()
+        self._cpu = threading.BoundedSemaphore(min(workers, cpu_slots()))
         self.requests = 0
         self.fetched = 0
         self._lock = threading.Lock()
@@ -258,6 +272,20 @@ class Fetcher:
     def _final(self, e: Entry) -> str:
         return os.path.join(self.area_dir, e.path)
 
+    @contextlib.contextmanager
+    def _body(self, oid: str, start: int, length: int) -> Iterator[Any]:
+        """One ranged GET: sent at once (its wait for the first byte overlaps the other
+        requests'), its body read only in a CPU slot, closed on the way out."""
+        self.before_request()
+        body = self.raw.open_range(object_key(oid), start, length)
+        with self._lock:
+            self.requests += 1
+        with self._cpu:
+            try:
+                yield body
+            finally:
+                body.close()
+
     def _retry(self, fn: Callable[..., None], *args: object) -> None:
         """One job (a request and its stream) under the store's one retry budget; a stream
         that breaks or arrives corrupt is resumed as the next attempt."""
@@ -275,11 +303,7 @@ class Fetcher:
         if not pending:
             return
         start = pending[0].blobs[0].offset
-        self.before_request()
-        body = self.raw.open_range(object_key(r.oid), start, r.end - start)
-        with self._lock:
-            self.requests += 1
-        try:
+        with self._body(r.oid, start, r.end - start) as body:
             pos = start
             for e in pending:
                 if self.abort.is_set():
@@ -295,8 +319,6 @@ class Fetcher:
                     self.on_bytes(len(data))
                     self._place_small(e, self._decode(data, blob, r.oid, e))
                 r.placed += 1
-        finally:
-            body.close()
 
     def _decode(self, data: bytes, blob: Blob, oid: str, e: Entry) -> bytes:
         return check_digest(decode_blob(data, blob, e.path), e, oid)
@@ -406,13 +428,9 @@ class Fetcher:
             raise FormatError(
                 f"snapshot entry {cf.entry.path!r}: a chunk must be a whole object")
         start = c.landed * PIECE
-        self.before_request()
-        body = self.raw.open_range(object_key(blob.oid), start, blob.stored - start)
-        with self._lock:
-            self.requests += 1
-        splice = getattr(body, "splice_into", None)
-        assert cf.file is not None
-        try:
+        with self._body(blob.oid, start, blob.stored - start) as body:
+            splice = getattr(body, "splice_into", None)
+            assert cf.file is not None
             while c.landed < c.pieces and not self.abort.is_set():
                 seq = c.seq + c.landed
                 lo, hi = cf.spans[seq]
@@ -437,8 +455,6 @@ class Fetcher:
                     raise
                 c.landed += 1
                 self._land(cf, seq, buf, complete)
-        finally:
-            body.close()
 
     def _buffer(self) -> bytearray:
         with self._lock:
@@ -499,13 +515,9 @@ class Fetcher:
         e = cf.entry
         if blob.offset != 0:  # refused by snapshot validation: an Entry built by hand
             raise FormatError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
-        self.before_request()
-        body = self.raw.open_range(object_key(blob.oid), 0, blob.stored)
-        with self._lock:
-            self.requests += 1
         h = hashlib.sha256() if verify else None
         written = 0
-        try:
+        with self._body(blob.oid, 0, blob.stored) as body:
             for piece, out in self._decoded(body, blob, blob.oid, e):
                 if self.abort.is_set():
                     return False
@@ -516,8 +528,6 @@ class Fetcher:
                     with writing(cf.final):
                         cf.file.pwrite(out, file_off + written)
                     written += len(out)
-        finally:
-            body.close()
         if written != blob.raw or (h is not None and h.hexdigest() != blob.oid):
             raise IntegrityError(
                 f"object {blob.oid} is corrupt or truncated: chunk of {cf.entry.path!r} does "

@@ -312,3 +312,58 @@ def test_pieces_far_ahead_of_the_hash_are_read_back_and_each_byte_is_hashed_once
     assert (tmp_path / "out" / "big").read_bytes() == data
     assert sum(hashed) == len(data)
     assert len(fetcher._buffers) <= fetcher.workers + held  # buffers are reused, bounded
+
+
+def test_bodies_are_read_in_cpu_slots_while_more_requests_wait_for_their_first_byte(
+        tmp_path, monkeypatch):
+    """Requests go out up to ``transfers`` at once (a slow first byte is overlapped), but only
+    ``cpu_slots()`` bodies are read, decoded and written at a time: more would only take
+    turns on the GIL and the cores."""
+    import threading
+
+    import cache_sync.transfer as transfer
+
+    mem, _, store = _stores()
+    files = {f"f{i:02d}": os.urandom(900) for i in range(40)}
+    entries = _pack(store, files, pack_size=1000, tmp=tmp_path)  # one file per pack: 40 GETs
+    lock = threading.Lock()
+    now = {"waiting": 0, "reading": 0}
+    peak = {"waiting": 0, "reading": 0}
+
+    def count(key: str, d: int) -> None:
+        with lock:
+            now[key] += d
+            peak[key] = max(peak[key], now[key])
+
+    class Body:
+        def __init__(self, inner):
+            self.inner, self.open = inner, False
+
+        def read(self, n=-1):
+            if not self.open:
+                self.open = True
+                count("reading", 1)
+            time.sleep(0.01)  # decoding and writing take a while
+            return self.inner.read(n)
+
+        def close(self):
+            if self.open:
+                count("reading", -1)
+            self.inner.close()
+
+    inner_open = store.raw.open_range
+
+    def slow_first_byte(key, start=0, length=None):
+        count("waiting", 1)
+        time.sleep(0.05)  # the round trip before the first byte
+        count("waiting", -1)
+        return Body(inner_open(key, start, length))
+
+    monkeypatch.setattr(store.raw, "open_range", slow_first_byte)
+    monkeypatch.setattr(transfer, "cpu_slots", lambda: 2)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    Fetcher(store, str(dest), 8, lambda e, final, st: None).fetch(entries)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == files
+    assert peak["reading"] == 2  # never more bodies at once than the slots
+    assert peak["waiting"] > 2  # while more requests than that were out
