@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from bench import datasets, limit
+from bench.measure import server_files, settle
 from bench.readpath import _size, timed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,10 +79,6 @@ def _digests(root: Path) -> dict[str, str]:
                 continue
             out[os.path.relpath(p, root)] = limit.file_digest(Path(p))
     return out
-
-
-def _drop_caches() -> None:
-    subprocess.run(["sync"], check=False)
 
 
 class Case:
@@ -130,7 +127,8 @@ class Case:
         else:
             assert code is not None
             cmd, env = self.pull_cmd(dst), _env(self.server, self.remote, code)
-        _drop_caches()
+        settle([self.src] if tool == "cp -a" else
+               server_files(self.server.data_dir, self.bucket))
         wall, cpu, rc, err = timed(cmd, env)
         if rc:
             raise RuntimeError(f"{self.name}: {tool} exited {rc}: {err}")

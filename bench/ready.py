@@ -45,6 +45,7 @@ from typing import Any
 
 from bench import latency_proxy, limit
 from bench.datasets import tree_bytes
+from bench.measure import server_files, settle
 from bench.ready_stack import REPO, STACKS, Stack, build, plain_requirements
 
 MODES = ("cache-sync", "cache-sync-units", "pip", "uv", "s5cmd", "floor")
@@ -284,6 +285,7 @@ class Bench:
         root = self.scratch / f"root-{mode}-{run}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir()
+        settle(self._inputs(mode))
         port = _free_port()
         env = {**self.base_env, "CACHE_SYNC_ROOT": str(root),
                "PYTHONPATH": os.pathsep.join([str(root / "packages"), str(REPO)])}
@@ -319,9 +321,22 @@ class Bench:
         shutil.rmtree(root, ignore_errors=True)
         return st.result()
 
+    def _inputs(self, mode: str) -> list[Path | str]:
+        """What a way reads and would find in the page cache on a warm machine: the server's
+        bytes it fetches, or the trees and caches on its volume."""
+        if mode in ("cache-sync", "cache-sync-units"):
+            return [*server_files(self.server.data_dir, self.cs_bucket)]
+        if mode == "s5cmd":
+            return [*server_files(self.server.data_dir, self.copy_bucket)]
+        if mode in ("pip", "uv"):
+            return [self.pip_cache if mode == "pip" else self.uv_cache, self.index,
+                    self.stack.root / "models"]
+        return [self.stack.root / a for a in self.stack.areas]  # floor
+
     def limit_seconds(self, s3: str) -> float:
         out = self.scratch / "limit.bin"
         env = {**self.base_env, **self.s3_env(s3), "PYTHONPATH": str(REPO)}
+        settle(server_files(self.server.data_dir, self.limit_bucket))
         t = time.monotonic()
         subprocess.run(limit.python_reader_cmd(s3, self.limit_bucket, out, self.bytes, 16),
                        env=env, check=True)

@@ -74,6 +74,7 @@ class S3Server:
     region: str = "us-east-1"
     proc: subprocess.Popen | None = field(default=None, repr=False)
     admin_url: str | None = None  # SeaweedFS master (e.g. /vol/vacuum to reclaim deleted bytes)
+    data_dir: str | None = None  # where the server keeps the objects (benchmarks warm it)
 
     def env(self) -> dict[str, str]:
         """Environment for a client process (cache-sync, awscli, ...)."""
@@ -171,7 +172,7 @@ def seaweedfs_server(data_dir: str | None = None) -> Iterator[S3Server]:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = S3Server(
         "seaweedfs", f"http://127.0.0.1:{ports['s3']}", proc=proc,
-        admin_url=f"http://127.0.0.1:{ports['master']}",
+        admin_url=f"http://127.0.0.1:{ports['master']}", data_dir=store,
     )
     try:
         _wait_port(ports["s3"], proc, 60)

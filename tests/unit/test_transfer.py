@@ -316,9 +316,10 @@ def test_pieces_far_ahead_of_the_hash_are_read_back_and_each_byte_is_hashed_once
 
 def test_bodies_are_read_in_cpu_slots_while_more_requests_wait_for_their_first_byte(
         tmp_path, monkeypatch):
-    """Requests go out up to ``transfers`` at once (a slow first byte is overlapped), but only
-    ``cpu_slots()`` bodies are read, decoded and written at a time: more would only take
-    turns on the GIL and the cores."""
+    """Requests go out up to ``transfers`` at once (their waits for a first byte overlap), but
+    only ``cpu_slots()`` bodies are read, decoded and written at a time: more would only take
+    turns on the GIL and the cores. Each body's reader holds until 6 requests are out at
+    once, so the peaks are those of the schedule, not of timing."""
     import threading
 
     import cache_sync.transfer as transfer
@@ -327,43 +328,45 @@ def test_bodies_are_read_in_cpu_slots_while_more_requests_wait_for_their_first_b
     files = {f"f{i:02d}": os.urandom(900) for i in range(40)}
     entries = _pack(store, files, pack_size=1000, tmp=tmp_path)  # one file per pack: 40 GETs
     lock = threading.Lock()
-    now = {"waiting": 0, "reading": 0}
-    peak = {"waiting": 0, "reading": 0}
+    now = {"out": 0, "reading": 0}
+    peak = {"out": 0, "reading": 0}
+    crowd = threading.Event()  # 6 requests out at once
 
     def count(key: str, d: int) -> None:
         with lock:
             now[key] += d
             peak[key] = max(peak[key], now[key])
+            if now["out"] >= 6:
+                crowd.set()
 
     class Body:
         def __init__(self, inner):
-            self.inner, self.open = inner, False
+            self.inner, self.reading = inner, False
 
         def read(self, n=-1):
-            if not self.open:
-                self.open = True
+            if not self.reading:
+                self.reading = True
                 count("reading", 1)
-            time.sleep(0.01)  # decoding and writing take a while
+                crowd.wait(10)
             return self.inner.read(n)
 
         def close(self):
-            if self.open:
+            if self.reading:
                 count("reading", -1)
+            count("out", -1)
             self.inner.close()
 
     inner_open = store.raw.open_range
 
-    def slow_first_byte(key, start=0, length=None):
-        count("waiting", 1)
-        time.sleep(0.05)  # the round trip before the first byte
-        count("waiting", -1)
+    def counted(key, start=0, length=None):
+        count("out", 1)
         return Body(inner_open(key, start, length))
 
-    monkeypatch.setattr(store.raw, "open_range", slow_first_byte)
+    monkeypatch.setattr(store.raw, "open_range", counted)
     monkeypatch.setattr(transfer, "cpu_slots", lambda: 2)
     dest = tmp_path / "out"
     dest.mkdir()
     Fetcher(store, str(dest), 8, lambda e, final, st: None).fetch(entries)
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == files
-    assert peak["reading"] == 2  # never more bodies at once than the slots
-    assert peak["waiting"] > 2  # while more requests than that were out
+    assert crowd.is_set() and peak["out"] >= 6  # requests went out beyond the slots
+    assert peak["reading"] == 2  # but never more bodies were read at once than the slots
