@@ -12,6 +12,7 @@ i.e. bytes that existed only during the run (temp files, staging). Filesystem-wi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -34,6 +35,7 @@ class Measurement:
 
 
 DROP_CACHES = "/proc/sys/vm/drop_caches"
+_VOLUME = re.compile(r"^(.+)_\d+\.\w+$")  # SeaweedFS: <collection (= bucket)>_<volume id>.dat
 
 
 def settle(warm: Sequence[str | os.PathLike[str]] = ()) -> bool:
@@ -68,8 +70,12 @@ def server_files(data_dir: str | None, bucket: str) -> list[str]:
     bucket's collection) and the shared ones (filer, master), not the other buckets'."""
     if not data_dir:
         return []
-    return [os.path.join(data_dir, n) for n in os.listdir(data_dir)
-            if n.startswith(f"{bucket}_") or not n.startswith("test-")]
+    out = []
+    for name in os.listdir(data_dir):
+        volume = _VOLUME.match(name)
+        if volume is None or volume.group(1) == bucket:
+            out.append(os.path.join(data_dir, name))
+    return out
 
 
 def _du(path: str) -> int:

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import datasets, latency_proxy, limit, report
-from bench.measure import run_measured
+from bench.measure import run_measured, server_files, settle
 from bench.peers import PEERS, TOOLS, Target, Tool
 from bench.verify import compare, scan
 
@@ -154,6 +154,7 @@ class Bench:
                 for k in range(self.args.pulls):  # pulls are cheap to repeat; uploads are not
                     shutil.rmtree(dst, ignore_errors=True)
                     dst.mkdir()
+                    settle(server_files(self.server.data_dir, bucket))
                     prec = {**rec, "rtt_ms": rtt, "pull": k}
                     row = self._measure(tool.pull(dst, t), env, pull_disk, op="cold_pull",
                                         **prec)
@@ -177,12 +178,14 @@ class Bench:
         floor_dir = self.work / "floor"
         shutil.rmtree(floor_dir, ignore_errors=True)
         floor_dir.mkdir()
+        settle([self.work / "reference"])
         # What the disk allows with no network at all: a local copy of the same tree.
         self._measure(["cp", "-a", f"{self.work / 'reference'}/.", str(floor_dir)], env,
                       [floor_dir], op="cold_pull", tool=FLOOR, **base)
         shutil.rmtree(floor_dir, ignore_errors=True)
         for name, cmd in readers.items():
             out.unlink(missing_ok=True)
+            settle(server_files(self.server.data_dir, bucket))
             row = self._measure(cmd, env, [out.parent], op="cold_pull", tool=name, **base)
             if row["returncode"] == 0:
                 good = out.stat().st_size == nbytes and (

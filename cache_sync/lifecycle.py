@@ -21,6 +21,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -107,6 +108,23 @@ def exit_code_of(status: int) -> int:
 DATA_AREAS = ("models",)
 
 
+BACKGROUND_NICE = 10  # added to the pull's threads' nice value while CMD runs beside them
+
+
+def yield_cpu_to_cmd() -> None:
+    """Lower the calling thread's CPU priority by ``BACKGROUND_NICE``. On Linux a thread's
+    nice value is its own and the threads it starts inherit it, so the fetch threads of a
+    pull started from here run below CMD: while CMD is runnable (importing, loading) it gets
+    the cores first; while it waits on the pull, the pull has them all anyway. Elsewhere the
+    value is the whole process's (CMD would inherit it), so nothing is changed."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
+
+
 class _BackgroundPull(threading.Thread):
     """Pulls the data areas one by one while CMD starts, publishing each outcome in the
     readiness file the worker waits on. Every exception ends as a "failed" entry, so a worker
@@ -154,6 +172,7 @@ class _BackgroundPull(threading.Thread):
         from cache_sync.pull import pull
         from cache_sync.unitplace import EarlyStart
 
+        yield_cpu_to_cmd()
         for i, area in enumerate(self.areas):
             if area != self.early_area:
                 self.go.wait()

@@ -21,7 +21,15 @@ CHILD = textwrap.dedent("""
     root = Path(os.environ["CACHE_SYNC_ROOT"])
     status = os.environ.get(readiness.ENV_VAR)
     seen = {"status_at_start": readiness.read(Path(status)) if status else None,
-            "packages_at_start": (root / "packages" / "pkg" / "__init__.py").is_file()}
+            "packages_at_start": (root / "packages" / "pkg" / "__init__.py").is_file(),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0), "run_nices": []}
+    if sys.platform.startswith("linux"):  # the nice value of each thread of `run`
+        for tid in os.listdir(f"/proc/{os.getppid()}/task"):
+            try:
+                with open(f"/proc/{os.getppid()}/task/{tid}/stat") as f:
+                    seen["run_nices"].append(int(f.read().rsplit(")", 1)[1].split()[16]))
+            except OSError:
+                pass
     try:
         readiness.wait(["models"], timeout=60)
         weights = root / "models" / "weights.bin"
@@ -70,6 +78,11 @@ def test_worker_starts_while_models_pull_and_waits_for_them(moto, tmp_path):
     assert result["exit_code"] == 0, result
     assert seen["packages_at_start"] is True
     assert seen["status_at_start"]["pending"] == ["models"]  # started before models arrived
+    # The pull beside CMD runs below it (its threads' nice +10), CMD and `run` itself do not.
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen["nice"] == base
+    if sys.platform.startswith("linux"):
+        assert base in seen["run_nices"] and min(19, base + 10) in seen["run_nices"]
     assert seen["models_sha"] == hashlib.sha256(weights).hexdigest()
     assert {r["area"] for r in result["pulled"]} >= {"packages", "models"}
 
