@@ -325,9 +325,9 @@ class Bench:
         """What a way reads and would find in the page cache on a warm machine: the server's
         bytes it fetches, or the trees and caches on its volume."""
         if mode in ("cache-sync", "cache-sync-units"):
-            return [*server_files(self.server.data_dir, self.cs_bucket)]
+            return list(server_files(self.server.data_dir, self.cs_bucket))
         if mode == "s5cmd":
-            return [*server_files(self.server.data_dir, self.copy_bucket)]
+            return list(server_files(self.server.data_dir, self.copy_bucket))
         if mode in ("pip", "uv"):
             return [self.pip_cache if mode == "pip" else self.uv_cache, self.index,
                     self.stack.root / "models"]

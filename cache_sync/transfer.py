@@ -58,12 +58,13 @@ def cpu_slots() -> int:
     """How many response bodies are read, decoded, hashed and written at once: two per core
     this process may run on. More requests than that wait for their first byte (the latency
     a pool of ``transfers`` hides), but bodies beyond it would only take turns on the GIL
-    and the cores (design 5.2, "Requests and CPU slots")."""
+    and the cores (design 5, Transfers: "Requests and CPU slots")."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
     return max(2, 2 * cores)
+
 
 _local = threading.local()
 
