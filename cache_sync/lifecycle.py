@@ -281,7 +281,9 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     data = [a for a in serving if a in DATA_AREAS] if overlap else []
     early_area = EARLY_AREA if opts.unit_start and opts.pull and EARLY_AREA in serving else None
     code = [a for a in serving if a not in data and a != early_area]
-    status_file = settings.state_dir / f"ready-{os.getpid()}.json"
+    # Named by the worker, not the pid: every container's `run` is PID 1, and workers sharing
+    # a root (a network volume) must not read, or remove, each other's readiness.
+    status_file = settings.state_dir / f"ready-{settings.worker}.json"
     background: _BackgroundPull | None = None
     scratch = contextlib.ExitStack()
     try:

@@ -12,6 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.faultproxy import FaultProxy
 from tests.support.pkgindex import build_index, hermetic_env, make_wheel, serve
 from tests.support.waits import wait_until, wait_until_count
@@ -174,3 +176,56 @@ def test_run_moves_the_serving_areas_install_moves_pip(tmp_path):
     assert sorted(r["area"] for r in json.loads(p.stdout)["pushed"]) == ["packages", "pip"]
     assert (tmp_path / "installer" / "pip" / "pip.bin").exists()
     assert len(json.loads(cli(env, "--json", "log", "pip").stdout)["snapshots"]) == 2
+
+
+PID1_CHILD = textwrap.dedent("""
+    import os, sys, time
+    me, base = sys.argv[1], sys.argv[2]
+    open(os.path.join(base, "ready-" + me), "w").write(
+        f"{os.getppid()} {os.environ['CACHE_SYNC_READY_FILE']}")
+    while not os.path.exists(os.path.join(base, "stop-" + me)):
+        time.sleep(0.05)
+""")
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare(1) and a new PID namespace")
+def test_two_workers_each_pid_1_on_one_root_keep_their_own_readiness_files(tmp_path):
+    """Two containers' `run`s are both PID 1 and share one root (a network volume): each
+    has its own readiness file, and one worker's exit leaves the other's in place (which
+    its imports would otherwise take for "nothing pending"). Fails with a file named by
+    the pid: both are ``ready-1.json``."""
+    env = {**hermetic_env(tmp_path), "CACHE_SYNC_PROGRESS": "off"}
+    models = tmp_path / "src" / "models"
+    models.mkdir(parents=True)
+    (models / "w.bin").write_bytes(os.urandom(100_000))
+    cli({**env, "CACHE_SYNC_ROOT": str(tmp_path / "src")}, "push", "models")
+    procs: dict[str, subprocess.Popen | None] = {}
+    try:
+        for me in "ab":
+            procs[me] = subprocess.Popen(
+                ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m",
+                 "cache_sync", "run", "--overlap", "--no-push", "--", sys.executable, "-c",
+                 PID1_CHILD, me, str(tmp_path)],
+                env={**env, "CACHE_SYNC_WORKER": f"pod-{me}"}, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            assert wait_until(lambda: (tmp_path / f"ready-{me}").exists()
+                              or procs[me].poll() is not None, 60), me
+        seen = {me: (tmp_path / f"ready-{me}").read_text().split(" ", 1) for me in "ab"}
+        assert seen["a"][0] == seen["b"][0] == "1", seen  # each run is its namespace's PID 1
+        assert seen["a"][1] != seen["b"][1], seen
+        code_a, err_a = stop(procs["a"], "a", tmp_path)  # type: ignore[arg-type]
+        assert code_a == 0, err_a
+        assert Path(seen["b"][1]).is_file()  # a's exit left b's file alone
+        code_b, err_b = stop(procs["b"], "b", tmp_path)  # type: ignore[arg-type]
+        assert code_b == 0, err_b
+        assert not Path(seen["b"][1]).exists()
+    finally:
+        reap(tmp_path, procs)
