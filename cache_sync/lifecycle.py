@@ -40,9 +40,11 @@ from cache_sync.errors import (
     CommandNotFound,
     ConfigError,
     DeadlineExceeded,
+    ObjectNotFound,
 )
 from cache_sync.results import AreaReport
 from cache_sync.roles import serving_areas
+from cache_sync.storage import Store, open_store
 
 if TYPE_CHECKING:  # the bootstrap (and its installer) is imported only by a run that uses it
     from cache_sync.bootstrap import Report as BootstrapReport
@@ -140,7 +142,8 @@ class _BackgroundPull(threading.Thread):
                  after: Callable[[], BootstrapReport] | None = None,
                  early_area: str | None = None,
                  accept: Callable[[Path], bool] | None = None,
-                 need: Sequence[str] = ()) -> None:
+                 need: Sequence[str] = (),
+                 learned: Callable[[], Sequence[str]] | None = None) -> None:
         super().__init__(name="background-pull", daemon=True)
         self.settings, self.areas, self.status, self.log = settings, areas, status, log
         self.after = after  # the models part of a bootstrap, once models/ is pulled
@@ -151,6 +154,7 @@ class _BackgroundPull(threading.Thread):
         self.errors: dict[str, BaseException] = {}
         self.reports: list[AreaReport] = []
         self.early_area, self.accept, self.need = early_area, accept, need
+        self.learned = learned
         self.units: dict[str, list[str]] | None = None  # what of early_area is missing
         self.planned = threading.Event()
         self.go = threading.Event()
@@ -179,7 +183,7 @@ class _BackgroundPull(threading.Thread):
             early = None
             if area == self.early_area:
                 early = EarlyStart(self._publish, self.accept or (lambda _stage: True),
-                                   self.need)
+                                   self.need, self.learned)
             start = time.monotonic()
             try:
                 self.reports += pull(self.settings, [area], early=early)
@@ -244,6 +248,77 @@ class _PeriodicPush(threading.Thread):
                 self.log(f"periodic push failed: {exc}")
 
 
+def _load_profile(store: Store, key: str) -> list[str] | None:
+    """The stored profile's need list, None when there is none; ProfileError when it does
+    not decode, storage errors as raised."""
+    from cache_sync import accessprofile
+
+    try:
+        data = store.get(key)
+    except ObjectNotFound:
+        return None
+    return accessprofile.decode(data)
+
+
+PROFILE_WAIT = 10.0  # at most this long a cold pull waits for the stored profile (5.5)
+
+
+def _learned_order(settings: Settings, key: str, log: Callable[[str], None]
+                   ) -> Callable[[], Sequence[str]]:
+    """Read CMD's access profile (design 5.5) in a thread now; the returned call gives its
+    need order, waiting for it at most ``PROFILE_WAIT`` (the pull stages its metadata
+    meanwhile), or nothing: a profile that is absent, unreadable or late is only a hint
+    missed."""
+    from cache_sync import accessprofile
+
+    got: list[Sequence[str]] = []
+
+    def load() -> None:
+        try:
+            need = _load_profile(open_store(settings), key)
+        except accessprofile.ProfileError as exc:
+            log(f"access profile {key} ignored: {exc}")
+        except CacheSyncError as exc:
+            log(f"access profile {key} not read: {exc}")
+        else:
+            if need:
+                log(f"need order: a recorded start first ({', '.join(need[:6])}"
+                    + (", ..." if len(need) > 6 else "") + f"; {len(need)} names)")
+            got.append(need or ())
+
+    reader = threading.Thread(target=load, name="access-profile", daemon=True)
+    reader.start()
+
+    def learned() -> Sequence[str]:
+        reader.join(PROFILE_WAIT)
+        return got[0] if got else ()
+
+    return learned
+
+
+def _push_profile(settings: Settings, key: str, record: Path,
+                  log: Callable[[str], None]) -> None:
+    """Push what this worker's CMD recorded as CMD's access profile (design 5.5), unless the
+    stored one already says it."""
+    from cache_sync import accessprofile
+
+    try:
+        with open(record, "rb") as f:
+            recorded = accessprofile.parse_record(f.read(accessprofile.MAX_BYTES))
+    except FileNotFoundError:
+        return
+    if not recorded:
+        return
+    store = open_store(settings)
+    try:
+        stored = _load_profile(store, key)
+    except accessprofile.ProfileError:
+        stored = None  # replaced by a good one
+    if accessprofile.worth_pushing(recorded, stored):
+        store.put(key, accessprofile.encode(recorded))
+        log(f"pushed the access profile: {len(recorded)} first uses ({key})")
+
+
 def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> RunResult:
     if not opts.cmd:
         raise ConfigError("no command to run", hint="cache-sync run -- python -m handler")
@@ -284,6 +359,18 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     # Named by the worker, not the pid: every container's `run` is PID 1, and workers sharing
     # a root (a network volume) must not read, or remove, each other's readiness.
     status_file = settings.state_dir / f"ready-{settings.worker}.json"
+    # With the unit start, what CMD imports is recorded (and pushed at exit) as the need
+    # order of the next cold start (design 5.5)
+    from cache_sync import accessprofile
+
+    profile_key = accessprofile.key_for(opts.cmd)
+    record_file = settings.state_dir / f"access-{settings.worker}.txt"
+    record_file.unlink(missing_ok=True)  # a killed run's
+    if opts.unit_start:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(importhook.DIR), *filter(None, [env.get("PYTHONPATH")])])
+        if opts.push:
+            env[accessprofile.ENV_VAR] = str(record_file)
     background: _BackgroundPull | None = None
     scratch = contextlib.ExitStack()
     try:
@@ -314,15 +401,14 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
                 log(f"need order: what {' '.join(opts.cmd[:3])} imports first ("
                     + ", ".join(need[:6]) + (", ..." if len(need) > 6 else "") + ")")
             background = _BackgroundPull(settings, [early_area, *data], code, status_file,
-                                         log, later, early_area, accept, need)
+                                         log, later, early_area, accept, need,
+                                         _learned_order(settings, profile_key, log))
             background.start()
             _wait_planned(background, pending)
             if early_area in background.errors:
                 raise background.errors[early_area]
             if early_area in background.pending and not pending:  # per unit: CMD starts
                 env[readiness.ENV_VAR] = str(status_file)
-                env["PYTHONPATH"] = os.pathsep.join(
-                    [str(importhook.DIR), *filter(None, [env.get("PYTHONPATH")])])
                 missing = background.units or {}
                 log(f"pulled: {', '.join(code) or 'nothing'} before CMD; {early_area} "
                     f"placing per distribution ({len(missing.get('dists', []))} to go), "
@@ -397,12 +483,15 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
                 log(result.push_error)
                 result.exit_code = result.exit_code or 1
         if opts.push and areas:
-            _final_push(settings, opts, deadline, periodic, result, log, areas)
+            _final_push(settings, opts, deadline, periodic, result, log, areas,
+                        (lambda: _push_profile(settings, profile_key, record_file, log))
+                        if opts.unit_start else None)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         scratch.close()
         status_file.unlink(missing_ok=True)
+        record_file.unlink(missing_ok=True)
     return result
 
 
@@ -461,9 +550,12 @@ def _describe(status: int) -> str:
 
 def _final_push(settings: Settings, opts: RunOptions, deadline: float,
                 periodic: _PeriodicPush | None, result: RunResult,
-                log: Callable[[str], None], areas: Sequence[str]) -> None:
+                log: Callable[[str], None], areas: Sequence[str],
+                profile: Callable[[], None] | None = None) -> None:
     """Push ``areas`` before ``deadline`` (monotonic: the first signal, or CMD's exit, plus
-    ``--push-timeout``); a push cut off there leaves the store consistent (§5.2)."""
+    ``--push-timeout``); a push cut off there leaves the store consistent (§5.2). Then, in
+    what is left of the budget, ``profile`` (the access profile: after the areas, so it
+    never delays them)."""
     from cache_sync.push import push
 
     if time.monotonic() >= deadline:
@@ -493,6 +585,11 @@ def _final_push(settings: Settings, opts: RunOptions, deadline: float,
             outcome.append(push(settings, areas, deadline=deadline))
         except BaseException as exc:  # handed to the main thread below
             outcome.append(exc)
+        if profile is not None and time.monotonic() < deadline:
+            try:
+                profile()
+            except CacheSyncError as exc:  # a hint: never the run's failure
+                log(f"access profile not pushed: {exc}")
 
     pusher = threading.Thread(target=body, name="cache-sync-final-push", daemon=True)
     pusher.start()

@@ -179,7 +179,7 @@ def stage_files(plan: PullPlan, area_dir: Path, stage: Path,
             fetcher.fetch(first)
             if not placer.prepare():
                 active.clear()
-            fetcher.fetch(rest, placer.rank if active and placer.early.need else None)
+            fetcher.fetch(rest, placer.rank if active and placer.need else None)
     finally:
         out.requests = fetcher.requests
     for e, src in copies:

@@ -42,6 +42,9 @@ class EarlyStart:
     publish: Callable[[dict[str, list[str]]], None]
     accept: Callable[[Path], bool] = field(default=lambda _stage: True)
     need: Sequence[str] = ()  # top-level modules CMD imports, first first: fetched first
+    # a recorded start's need order (5.5), asked for once the metadata is staged (it is read
+    # from the store meanwhile); it goes before ``need``
+    learned: Callable[[], Sequence[str]] | None = None
 
 
 class UnitPlacer:
@@ -59,6 +62,7 @@ class UnitPlacer:
         self._units_of: dict[str, list[str]] = {}  # file -> the keys of its units
         self._moved: set[str] = set()  # the roots in self.roots, as a set
         self._rank: dict[str, int] = {}  # file -> its need rank (absent: after every rank)
+        self.need: list[str] = list(early.need)  # the need order, the learned one first
         self._lock = threading.Lock()
 
     def prepare(self) -> bool:
@@ -80,7 +84,11 @@ class UnitPlacer:
         plan = plan_units(self.target, read)
         if not plan.units:
             return False
-        ranks = need_rank(plan, self.early.need)
+        if self.early.learned is not None:
+            from cache_sync.accessprofile import combine
+
+            self.need = combine(self.early.learned(), self.early.need)
+        ranks = need_rank(plan, self.need)
         with self._lock:
             self.plan = plan
             for u in plan.units:
@@ -100,7 +108,7 @@ class UnitPlacer:
     def rank(self, e: Entry) -> int:
         """Where ``e`` comes in the need order: the rank of the first module CMD imports that
         waits for it, after all of them if none does."""
-        return self._rank.get(e.path, len(self.early.need))
+        return self._rank.get(e.path, len(self.need))
 
     def file_done(self, e: Entry) -> None:
         """Called once per staged file, by many threads at once: no lock unless a unit is

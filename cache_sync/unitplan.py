@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from cache_sync.snapshot import Entry
 from cache_sync.units import META_SUFFIXES, Reader, Unit, dist_units, owners
 
+DIST = "dist:"  # a need entry naming a distribution (canonical) whose metadata CMD looks up
 WHOLE_AREA = ""  # the blocker of a module some of whose paths only the final phase places
 _MIXED = "\0mixed"  # aggregate of a subtree with paths of several owners (or of none)
 _CODE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
@@ -56,11 +57,17 @@ class UnitPlan:
 
 
 def need_rank(plan: UnitPlan, names: Iterable[str]) -> dict[str, int]:
-    """Unit key -> the position of the first of ``names`` (top-level modules, in the order
-    CMD imports them) that waits for it: the need order of a cold pull (design 5.4)."""
+    """Unit key -> the position of the first of ``names`` that waits for it: the need order
+    of a cold pull (design 5.4). A name is a top-level module, in the order CMD imports
+    them, or ``dist:<name>``, a metadata lookup, which waits for that distribution alone
+    (5.5)."""
     rank: dict[str, int] = {}
     for i, name in enumerate(names):
-        for key in sorted(plan.modules.get(name, ())):
+        if name.startswith(DIST):
+            keys = {name[len(DIST):]} & plan.dists
+        else:
+            keys = plan.modules.get(name, set())
+        for key in sorted(keys):
             if key != WHOLE_AREA:
                 rank.setdefault(key, i)
     return rank

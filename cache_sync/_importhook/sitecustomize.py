@@ -6,7 +6,9 @@ the readiness file (``CACHE_SYNC_READY_FILE``) lists modules of ``packages/`` as
 finder first on ``sys.meta_path`` holds an ``import`` of one of them, and an
 ``importlib.metadata`` lookup of a missing distribution, until it is in place. When the pull
 fails, or ``run`` is gone, the held import fails with an ImportError that says so. Once the
-area is whole the finder removes itself. Then the user's own ``sitecustomize`` (if any) runs.
+area is whole the finder removes itself. With ``CACHE_SYNC_PROFILE_FILE`` set, another finder
+records what CMD imports, first use first: the access profile of section 5.5. Then the
+user's own ``sitecustomize`` (if any) runs.
 
 Standard library only: CMD's interpreter need not have cache-sync installed.
 """
@@ -136,7 +138,55 @@ class UnitWait:
         return None
 
 
+class Record:
+    """The access profile's recorder (design 5.5): a finder that finds nothing and appends
+    each first use to ``CACHE_SYNC_PROFILE_FILE``, ``m NAME`` for an import of a top-level
+    module outside the standard library, ``d NAME`` for a metadata lookup of a distribution.
+    One ``write`` of one line per name to a file opened ``O_APPEND``, so the processes CMD
+    starts (they inherit the variable and this hook) append whole lines beside it. A failed
+    write stops the recording, never the import."""
+
+    LIMIT = 4096
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.seen: set[str] = set()
+        self.off = False
+        self.skip = (set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
+                     | {"sitecustomize", "usercustomize"})  # site's own lookups
+
+    def _add(self, line: str) -> None:
+        if self.off or line in self.seen or len(self.seen) >= self.LIMIT:
+            return
+        self.seen.add(line)
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                  | getattr(os, "O_CLOEXEC", 0), 0o600)
+            os.write(self.fd, (line + "\n").encode())
+        except OSError:
+            self.off = True
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if path is None and "." not in name and name not in self.skip:
+            self._add("m " + name)
+        return None
+
+    def find_distributions(self, context: Any = None) -> Iterator[Any]:
+        name = getattr(context, "name", None)
+        if name is not None:
+            self._add("d " + _CANON.sub("-", str(name)).lower())
+        return iter(())
+
+    def invalidate_caches(self) -> None:
+        return None
+
+
 def _install() -> None:
+    record = os.environ.get("CACHE_SYNC_PROFILE_FILE")
+    if record:
+        sys.meta_path.insert(0, Record(record))
     path = os.environ.get("CACHE_SYNC_READY_FILE")
     if not path:
         return

@@ -293,3 +293,150 @@ def test_the_modules_cmd_imports_first_are_fetched_first(seeded):
     assert proc.returncode == 0, err
     assert report.read_text() == "g3a1"
     assert "need order:" in err and "(gamma, alpha)" in err, err
+
+
+# CMD imports by names it reads at run time: its source says nothing (entryscan finds only the
+# standard library), so only a recorded start can order the pull.
+PROFILE_CHILD = textwrap.dedent("""
+    import importlib, importlib.metadata, os, sys
+    from pathlib import Path
+    Path(sys.argv[1] + ".started").write_text(str(os.getpid()))
+    got = [importlib.import_module(n).VALUE for n in os.environ["IMPORT_ORDER"].split()]
+    got.append(importlib.metadata.version("beta"))
+    Path(sys.argv[1]).write_text(" ".join(got))
+""")
+
+
+def _profile_argv(tmp: Path) -> list[str]:
+    """CMD as `_start` runs it: the profile's key is a digest of exactly this argv."""
+    (tmp / "child.py").write_text(PROFILE_CHILD)
+    return [sys.executable, str(tmp / "child.py"), str(tmp / "seen.json"), "import"]
+
+
+def _stored_profiles(tmp: Path) -> dict[str, list[str]]:
+    from cache_sync import accessprofile
+
+    d = tmp / "store" / "profiles"
+    return {p.name: accessprofile.decode(p.read_bytes())
+            for p in (d.iterdir() if d.is_dir() else ())}
+
+
+def _first_placed(env: dict, tmp: Path, order: str) -> tuple[set[str], str]:
+    """A cold `run --unit-start --no-push` held after its first unit: (what is placed then,
+    run's stderr once released)."""
+    for name in ("seen.json", "seen.json.started", "release", "release.reached"):
+        (tmp / name).unlink(missing_ok=True)  # an earlier start's
+    proc, report, release = _start({**env, "IMPORT_ORDER": order}, tmp, "--no-push",
+                                   child=PROFILE_CHILD)
+    placed = {p.name for p in (Path(env["CACHE_SYNC_ROOT"]) / "packages").iterdir()}
+    release.touch()
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert report.read_text() == {"gamma alpha": "g3 a1 2.0", "gamma": "g3 2.0"}[order]
+    return placed, err
+
+
+def test_a_recorded_start_is_the_need_order_of_the_next_cold_pull(seeded):
+    """CMD imports gamma then alpha by names its source does not hold. A cold start without
+    a profile places alpha first (the store's order). A worker that pushes records the
+    start as the profile (gamma, alpha, then the metadata lookup of beta); the next cold
+    start on another root places gamma first and says why. `--no-push` records nothing."""
+    src, env, tmp = seeded
+    argv = _profile_argv(tmp)
+    placed, err = _first_placed({**env, "CACHE_SYNC_ROOT": str(tmp / "w0")}, tmp,
+                                "gamma alpha")
+    assert "alpha" in placed and "gamma.py" not in placed, placed
+    assert "a recorded start" not in err and _stored_profiles(tmp) == {}
+
+    p = run_cli(["run", "--unit-start", "--", *argv], {**env, "IMPORT_ORDER": "gamma alpha"})
+    assert "pushed the access profile: 3 first uses" in p.stderr, p.stderr
+    from cache_sync.accessprofile import key_for
+
+    key = key_for(argv).removeprefix("profiles/")
+    assert _stored_profiles(tmp) == {key: ["gamma", "alpha", "dist:beta"]}
+
+    placed, err = _first_placed({**env, "CACHE_SYNC_ROOT": str(tmp / "w2")}, tmp,
+                                "gamma alpha")
+    assert "gamma.py" in placed and "alpha" not in placed, placed
+    assert "need order: a recorded start first (gamma, alpha, dist:beta; 3 names)" in err, err
+    # the same start again learned nothing new: the stored profile is not rewritten
+    mtime = (tmp / "store" / "profiles" / key).stat().st_mtime_ns
+    p = run_cli(["run", "--unit-start", "--", *argv],
+                {**env, "CACHE_SYNC_ROOT": str(tmp / "w3"), "IMPORT_ORDER": "gamma"})
+    assert "pushed the access profile" not in p.stderr, p.stderr
+    assert (tmp / "store" / "profiles" / key).stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"\x28\xb5\x2f\xfd garbage", "not JSON"),
+    (b'{"format": "cache-sync-profile", "version": 9, "need": []}', "version 9"),
+    (b'{"format": "cache-sync-profile", "version": 1, "need": ["../../etc/passwd"]}',
+     "no module or distribution name"),
+    (b'{"format": "cache-sync-profile", "version": 1, "need": ["a"]}' + b" " * (300 << 10),
+     "more than"),
+], ids=["garbage", "another-version", "not-a-name", "too-big"])
+def test_a_hostile_or_foreign_profile_is_ignored_and_the_pull_is_whole(seeded, content, says):
+    """A profile is a hint: one that does not decode is named in run's log and ignored; the
+    area is the snapshot, whole; the run pushes a good profile over it."""
+    from cache_sync.accessprofile import key_for
+
+    src, env, tmp = seeded
+    argv = _profile_argv(tmp)
+    key = tmp / "store" / key_for(argv)
+    key.parent.mkdir(parents=True)
+    key.write_bytes(content)
+    p = run_cli(["run", "--unit-start", "--", *argv], {**env, "IMPORT_ORDER": "gamma alpha"})
+    assert f"access profile {key_for(argv)} ignored: " in p.stderr and says in p.stderr, p.stderr
+    assert (tmp / "seen.json").read_text() == "g3 a1 2.0"
+    assert _tree(Path(env["CACHE_SYNC_ROOT"]) / "packages") == _tree(src / "packages")
+    assert _stored_profiles(tmp) == {key.name: ["gamma", "alpha", "dist:beta"]}
+
+
+def test_a_profile_replaced_and_gc_while_a_pull_places_change_nothing_of_it(seeded):
+    """Held after its first unit (the profile read, gamma placed first), another worker
+    pushes a different profile and gc runs: the held pull completes whole in the order it
+    read, gc keeps the profile (it names no object, and gc sweeps objects and snapshots
+    only), and the next cold start follows the new one."""
+    from cache_sync import accessprofile
+    from cache_sync.storage.local import LocalStore
+
+    src, env, tmp = seeded
+    argv = _profile_argv(tmp)
+    store = LocalStore(tmp / "store")
+    key = accessprofile.key_for(argv)
+    store.put(key, accessprofile.encode(["gamma", "alpha"]))
+    proc, report, release = _start({**env, "IMPORT_ORDER": "gamma alpha"}, tmp, "--no-push",
+                                   child=PROFILE_CHILD)
+    area = Path(env["CACHE_SYNC_ROOT"]) / "packages"
+    assert "gamma.py" in {p.name for p in area.iterdir()}
+    store.put(key, accessprofile.encode(["alpha", "gamma"]))  # another worker's, meanwhile
+    other = {**env, "CACHE_SYNC_ROOT": str(src)}
+    run_cli(["gc"], other)
+    release.touch()
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "(gamma, alpha; 2 names)" in err, err
+    assert _tree(area) == _tree(src / "packages")
+    assert accessprofile.decode(store.get(key)) == ["alpha", "gamma"]
+    placed, err = _first_placed({**env, "CACHE_SYNC_ROOT": str(tmp / "w2")}, tmp,
+                                "gamma alpha")
+    assert "alpha" in placed and "gamma.py" not in placed, placed
+
+
+def test_a_killed_runs_record_is_never_pushed_as_a_later_runs(seeded):
+    """A run SIGKILLed after CMD's imports pushes no profile (it never reached its push) and
+    leaves its record behind; the next run of that worker starts a record of its own."""
+    src, env, tmp = seeded
+    argv = _profile_argv(tmp)
+    env = {**env, "CACHE_SYNC_WORKER": "w1"}
+    record = Path(env["CACHE_SYNC_ROOT"]) / ".cache-sync" / "access-w1.txt"
+    p = run_cli(["run", "--unit-start", "--", *argv],
+                {**env, "IMPORT_ORDER": "alpha", "FAULTS_KILL_AT": "push:scanned",
+                 "PYTHONPATH": os.pathsep.join([KILLPOINT, env["PYTHONPATH"]])}, check=False)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    # (CMD's interpreter also runs the killpoint's sitecustomize, which imports cache_sync)
+    assert record.read_text().endswith("m alpha\nd beta\n") and _stored_profiles(tmp) == {}
+    p = run_cli(["run", "--unit-start", "--", *argv], {**env, "IMPORT_ORDER": "gamma"})
+    assert p.returncode == 0, p.stderr
+    assert list(_stored_profiles(tmp).values()) == [["gamma", "dist:beta"]]
+    assert not record.exists()

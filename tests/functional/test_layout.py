@@ -132,14 +132,18 @@ def test_the_layout_is_what_the_code_writes(tmp_path):
     assert r.returncode == -9, r.stderr
     seen(b)
     b.run("verify")
-    # run: a worker's liveness marker and scratch dirs; a lease (the bootstrap's queue)
-    child = ("import json, os; r = os.environ['CACHE_SYNC_ROOT']; print(json.dumps("
+    # run: a worker's liveness marker, scratch dirs, readiness file and access record (CMD
+    # imports a module outside the standard library: the record is pushed as a profile); a
+    # lease (the bootstrap's queue)
+    child = ("import json, os, cache_sync; r = os.environ['CACHE_SYNC_ROOT']; print(json.dumps("
              "[os.path.relpath(os.environ[v], r) + '/' for v in ('TMPDIR', 'PIP_BUILD_DIR')]"
+             " + [os.path.relpath(os.environ[v], r) for v in ('CACHE_SYNC_READY_FILE', "
+             "'CACHE_SYNC_PROFILE_FILE') if os.path.exists(os.environ[v])]"
              " + ['.cache-sync/workers/' + w for w in "
              "os.listdir(os.path.join(r, '.cache-sync', 'workers'))]))")
-    r = b.run("run", "--", sys.executable, "-c", child)
+    r = b.run("run", "--unit-start", "--", sys.executable, "-c", child)
     during = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(during) == 3, during  # its tmp and build dirs and its liveness marker
+    assert len(during) == 5, during  # each exists while CMD runs
     paths.update(during)
     lease = Lease(open_store(b.settings()), "bootstrap", "worker-1", Timing.for_expiry(60))
     lease.claim()

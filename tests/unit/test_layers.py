@@ -14,7 +14,7 @@ LAYERS = {
     "foundation": {"config", "errors", "__init__", "storage.dialect", "storage.s3common",
                    "storage.options", "checkpoints"},
     "core": {"layout", "snapshot", "history", "units", "unitplan", "plan", "jsonstream",
-             "versions"},
+             "versions", "accessprofile"},
     "engines": {"transfer", "packer", "contents", "local_cache", "fsutil", "progress", "staging",
                 "unitplace", "entryscan",
                 "storage", "storage.base", "storage.local", "storage.s3", "storage.memory",
