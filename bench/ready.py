@@ -9,7 +9,11 @@ worker can get its stack (see bench/ready_stack.py), on one SeaweedFS, in one ru
   stack's snapshots);
 - ``cache-sync-units``: the same with ``--unit-start`` (design 5.4): the worker starts once the
   metadata is in, and each import waits for its own distribution; ``waited`` sums the waits
-  the import hook reports;
+  the import hook reports; the store holds no access profile (the need order is the source
+  scan's);
+- ``cache-sync-learned``: the same after a recorded start (design 5.5): one untimed cold
+  start that pushes at its SIGTERM records the access profile, then the timed start (on a
+  fresh root) fetches in its order; the profile is deleted afterwards;
 - ``pip`` / ``uv``: the design notes' way: ``pip install --target`` (``uv pip install``) of the
   requirements at start from a local package index over HTTP, with a warm cache (as on a
   volume), then the worker; the models already in place (the notes keep them on the volume);
@@ -48,7 +52,8 @@ from bench.datasets import tree_bytes
 from bench.measure import server_files, settle
 from bench.ready_stack import REPO, STACKS, Stack, build, plain_requirements
 
-MODES = ("cache-sync", "cache-sync-units", "pip", "uv", "s5cmd", "floor")
+MODES = ("cache-sync", "cache-sync-units", "cache-sync-learned", "pip", "uv", "s5cmd", "floor")
+CACHE_SYNC_MODES = ("cache-sync", "cache-sync-units", "cache-sync-learned")
 WAITED = re.compile(r"^cache-sync: .* waited ([0-9.]+)s for packages/")
 PHASES = ("fetch", "import", "load", "first_job")
 # Log lines that end a phase: (phase, pattern). Times are when the line reached us.
@@ -105,7 +110,10 @@ class Start:
         if proc.returncode:
             raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: " + "\n".join(self.lines[-10:]))
 
-    def serve(self, cmd: list[str], port: int, timeout: float) -> dict[str, Any]:
+    def serve(self, cmd: list[str], port: int, timeout: float, shutdown: bool = False
+              ) -> dict[str, Any]:
+        """``shutdown``: once the job is answered, SIGTERM the process and let it exit (a
+        `run` pushes); else SIGKILL its group (the measurement is over: no push)."""
         proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
         reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
@@ -113,10 +121,13 @@ class Start:
         try:
             answer = self._health(proc, port, timeout)
             self.mark("first_job")
+            if shutdown:
+                proc.terminate()
+                proc.wait(timeout)
             return answer
         finally:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the measurement is over: no push
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             reader.join(5)
             self.log_path.write_text("\n".join(self.lines))
@@ -220,7 +231,7 @@ class Bench:
         env = {**self.base_env, **self.server.env(), "PYTHONPATH": str(REPO),
                "CACHE_SYNC_ROOT": str(self.stack.root),
                "CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache"}
-        if {"cache-sync", "cache-sync-units"} & set(self.modes) and "cache-sync" not in seeded:
+        if set(CACHE_SYNC_MODES) & set(self.modes) and "cache-sync" not in seeded:
             _log("seeding the cache-sync store")
             subprocess.run([sys.executable, "-m", "cache_sync", "push", *self.stack.areas],
                            env=env, check=True, stdout=subprocess.DEVNULL)
@@ -282,23 +293,26 @@ class Bench:
         return cmds
 
     def start(self, mode: str, s3: str, index_url: str, run: int) -> dict[str, float]:
+        port = _free_port()  # one for the recorded start too: CMD's argv keys its profile
+        if mode in CACHE_SYNC_MODES:
+            self._forget_profiles()
+        if mode == "cache-sync-learned":
+            self._record_profile(s3, port, run)
         root = self.scratch / f"root-{mode}-{run}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir()
         settle(self._inputs(mode))
-        port = _free_port()
         env = {**self.base_env, "CACHE_SYNC_ROOT": str(root),
                "PYTHONPATH": os.pathsep.join([str(root / "packages"), str(REPO)])}
         log = self.args.results / "logs" / f"{mode}-{run}-{self.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        if mode in ("cache-sync", "cache-sync-units"):
-            env.update(self.s3_env(s3))
-            env.update({"CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache",
-                        "PYTHONPATH": str(REPO)})  # `run` puts packages/ on the child's path
-            st = Start(env, log)
-            how = ["--unit-start"] if mode == "cache-sync-units" else ["--overlap"]
+        if mode in CACHE_SYNC_MODES:
+            st = Start(self._cs_env(env, s3), log)
+            how = ["--overlap"] if mode == "cache-sync" else ["--unit-start"]
             st.serve([sys.executable, "-m", "cache_sync", "run", "--no-push", *how, "--",
                       *_handler_cmd(port)], port, self.args.timeout)
+            if mode == "cache-sync-learned":
+                self._forget_profiles()
         elif mode in ("pip", "uv"):
             st = Start({**env, **self._install_env(index_url)}, log)
             for cmd in self._install_cmds(mode, root / "packages"):
@@ -321,10 +335,36 @@ class Bench:
         shutil.rmtree(root, ignore_errors=True)
         return st.result()
 
+    def _cs_env(self, env: dict[str, str], s3: str) -> dict[str, str]:
+        return {**env, **self.s3_env(s3), "CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache",
+                "PYTHONPATH": str(REPO)}  # `run` puts packages/ on the child's path
+
+    def _record_profile(self, s3: str, port: int, run: int) -> None:
+        """Untimed: a cold `run --unit-start` that serves one job, then is stopped with
+        SIGTERM and pushes (its areas are up to date; its access profile is new)."""
+        root = self.scratch / f"root-record-{run}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        log = self.args.results / "logs" / f"record-{run}-{self.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        st = Start(self._cs_env({**self.base_env, "CACHE_SYNC_ROOT": str(root)}, s3), log)
+        st.serve([sys.executable, "-m", "cache_sync", "run", "--unit-start", "--",
+                  *_handler_cmd(port)], port, self.args.timeout, shutdown=True)
+        shutil.rmtree(root, ignore_errors=True)
+        if not any("pushed the access profile" in line for line in st.lines):
+            raise RuntimeError("the recorded start pushed no access profile:\n"
+                               + "\n".join(st.lines[-20:]))
+
+    def _forget_profiles(self) -> None:
+        client = self.server.client()
+        listed = client.list_objects_v2(Bucket=self.cs_bucket, Prefix="cache/profiles/")
+        for obj in listed.get("Contents", []):
+            client.delete_object(Bucket=self.cs_bucket, Key=obj["Key"])
+
     def _inputs(self, mode: str) -> list[Path | str]:
         """What a way reads and would find in the page cache on a warm machine: the server's
         bytes it fetches, or the trees and caches on its volume."""
-        if mode in ("cache-sync", "cache-sync-units"):
+        if mode in CACHE_SYNC_MODES:
             return list(server_files(self.server.data_dir, self.cs_bucket))
         if mode == "s5cmd":
             return list(server_files(self.server.data_dir, self.copy_bucket))

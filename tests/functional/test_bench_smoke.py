@@ -85,24 +85,29 @@ def test_bench_tiny_cache_sync_and_a_peer(tmp_path):
 @pytest.mark.timeout(300)
 def test_bench_ready_tiny(tmp_path):
     """`python -m bench ready` on the tiny stack: cache-sync (run --overlap, from an empty
-    root), cache-sync with --unit-start, and the floor each start the real worker behind runpod's API server, answer the
-    health job, and the table carries the breakdown."""
+    root), cache-sync with --unit-start, the same after a recorded start (its log says it used
+    the access profile) and the floor each start the real worker behind runpod's API server,
+    answer the health job, and the table carries the breakdown."""
     results = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "ready", "--stack", "tiny", "--runs", "1",
-         "--latency", "none", "--modes", "cache-sync,cache-sync-units,floor", "--data-dir",
+         "--latency", "none", "--modes",
+         "cache-sync,cache-sync-units,cache-sync-learned,floor", "--data-dir",
          str(tmp_path),
          "--results", str(results)],
         cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(next(results.glob("*-ready-tiny.json")).read_text())
     runs = data["runs"]["0 ms"]
-    for mode in ("cache-sync", "cache-sync-units", "floor"):
+    for mode in ("cache-sync", "cache-sync-units", "cache-sync-learned", "floor"):
         (r,) = runs[mode]
         assert r["total"] > 0 and r["total"] >= r.get("fetch", 0)
     assert runs["cache-sync"][0]["fetch"] > 0  # the pull happened before the worker started
     assert "| 0 ms | cache-sync |" in proc.stdout and "| 0 ms | floor |" in proc.stdout
     assert "| 0 ms | cache-sync-units |" in proc.stdout
+    assert "| 0 ms | cache-sync-learned |" in proc.stdout
+    learned = (results / "logs" / "cache-sync-learned-0-0ms.log").read_text()
+    assert "need order: a recorded start first" in learned, learned[-2000:]
     assert not list(tmp_path.glob("ready-*"))  # scratch (roots, SeaweedFS) removed
 
 
