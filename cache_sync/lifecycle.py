@@ -281,17 +281,21 @@ def _learned_order(settings: Settings, key: str, log: Callable[[str], None]
         except CacheSyncError as exc:
             log(f"access profile {key} not read: {exc}")
         else:
-            if need:
-                log(f"need order: a recorded start first ({', '.join(need[:6])}"
-                    + (", ..." if len(need) > 6 else "") + f"; {len(need)} names)")
             got.append(need or ())
 
     reader = threading.Thread(target=load, name="access-profile", daemon=True)
     reader.start()
 
-    def learned() -> Sequence[str]:
+    def learned() -> Sequence[str]:  # asked for by a cold pull only: then it is said
         reader.join(PROFILE_WAIT)
-        return got[0] if got else ()
+        need = got[0] if got else ()
+        if need:
+            log(f"need order: a recorded start first ({', '.join(need[:6])}"
+                + (", ..." if len(need) > 6 else "") + f"; {len(need)} names)")
+        elif reader.is_alive():
+            log(f"access profile {key} not read within {PROFILE_WAIT:g}s: the source's "
+                "need order")
+        return need
 
     return learned
 

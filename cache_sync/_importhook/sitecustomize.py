@@ -117,8 +117,12 @@ class UnitWait:
             self.remove()  # the area is whole (or no longer ours to wait for)
 
     def remove(self) -> None:
+        """Leave ``sys.meta_path`` by rebinding it, never by mutating it: the import system
+        (and importlib.metadata's discovery) is iterating over that very list while this
+        finder runs, and removing an element under an iterator skips the next finder (the
+        profile's recorder, or BuiltinImporter: a builtin import would fail)."""
         if self in sys.meta_path:
-            sys.meta_path.remove(self)
+            sys.meta_path = [f for f in sys.meta_path if f is not self]
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
         if path is None and "." not in name:  # a submodule's top-level module was waited for
