@@ -150,7 +150,8 @@ class Record:
     starts (they inherit the variable and this hook) append whole lines beside it. A failed
     write stops the recording, never the import."""
 
-    LIMIT = 4096
+    LIMIT = 4096  # names per process (accessprofile.MAX_NAMES)
+    MAX_BYTES = 256 << 10  # of the whole record, every process's (accessprofile.MAX_BYTES)
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -168,6 +169,9 @@ class Record:
             if self.fd is None:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                   | getattr(os, "O_CLOEXEC", 0), 0o600)
+            if os.fstat(self.fd).st_size >= self.MAX_BYTES:  # many processes: what run reads
+                self.off = True
+                return
             os.write(self.fd, (line + "\n").encode())
         except OSError:
             self.off = True

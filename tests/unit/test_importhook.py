@@ -53,3 +53,24 @@ def test_the_finder_leaving_mid_lookup_skips_no_other_finder(tmp_path, monkeypat
                 pass
             assert spy.dists == ["cs-no-such-distribution"]
         assert wait not in sys.meta_path and spy in sys.meta_path
+
+
+def test_the_recorder_writes_each_first_use_once_and_stops_at_the_records_bound(tmp_path):
+    """One line per first use, the standard library and site's own lookups left out; once
+    the record (every process's lines) holds what `run` reads, nothing more is written."""
+    hook = _hook()
+    record = tmp_path / "access.txt"
+    rec = hook.Record(str(record))
+    for name in ("torch", "json", "torch", "sitecustomize", "numpy"):
+        rec.find_spec(name)
+    rec.find_spec("torch.nn", path=["x"])  # a submodule: its top-level module was recorded
+    list(rec.find_distributions(importlib.metadata.DistributionFinder.Context(
+        name="Tokenizers")))
+    assert record.read_text() == "m torch\nm numpy\nd tokenizers\n"
+    record.write_bytes(b"m x\n" * (hook.Record.MAX_BYTES // 4))  # other processes' lines
+    rec.find_spec("vocos")
+    assert rec.off and record.stat().st_size == hook.Record.MAX_BYTES
+    from cache_sync import accessprofile
+
+    assert hook.Record.MAX_BYTES == accessprofile.MAX_BYTES
+    assert hook.Record.LIMIT == accessprofile.MAX_NAMES
