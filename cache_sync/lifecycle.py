@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cache_sync import _importhook as importhook
-from cache_sync import diskguard, readiness, workers
+from cache_sync import accessprofile, diskguard, readiness, workers
 from cache_sync.config import Settings
 from cache_sync.durability import check_worker_store
 from cache_sync.envs import cache_env, ensure_layout
@@ -143,7 +143,8 @@ class _BackgroundPull(threading.Thread):
                  early_area: str | None = None,
                  accept: Callable[[Path], bool] | None = None,
                  need: Sequence[str] = (),
-                 learned: Callable[[], Sequence[str]] | None = None) -> None:
+                 learn: Callable[[Store], Callable[[], Sequence[str]]] | None = None
+                 ) -> None:
         super().__init__(name="background-pull", daemon=True)
         self.settings, self.areas, self.status, self.log = settings, areas, status, log
         self.after = after  # the models part of a bootstrap, once models/ is pulled
@@ -154,7 +155,7 @@ class _BackgroundPull(threading.Thread):
         self.errors: dict[str, BaseException] = {}
         self.reports: list[AreaReport] = []
         self.early_area, self.accept, self.need = early_area, accept, need
-        self.learned = learned
+        self.learn = learn
         self.units: dict[str, list[str]] | None = None  # what of early_area is missing
         self.planned = threading.Event()
         self.go = threading.Event()
@@ -183,7 +184,7 @@ class _BackgroundPull(threading.Thread):
             early = None
             if area == self.early_area:
                 early = EarlyStart(self._publish, self.accept or (lambda _stage: True),
-                                   self.need, self.learned)
+                                   self.need, self.learn)
             start = time.monotonic()
             try:
                 self.reports += pull(self.settings, [area], early=early)
@@ -251,8 +252,6 @@ class _PeriodicPush(threading.Thread):
 def _load_profile(store: Store, key: str) -> list[str] | None:
     """The stored profile's need list, None when there is none; ProfileError when it does
     not decode, storage errors as raised."""
-    from cache_sync import accessprofile
-
     try:
         data = store.get(key)
     except ObjectNotFound:
@@ -263,19 +262,17 @@ def _load_profile(store: Store, key: str) -> list[str] | None:
 PROFILE_WAIT = 10.0  # at most this long a cold pull waits for the stored profile (5.5)
 
 
-def _learned_order(settings: Settings, key: str, log: Callable[[str], None]
+def _learned_order(store: Store, key: str, log: Callable[[str], None]
                    ) -> Callable[[], Sequence[str]]:
-    """Read CMD's access profile (design 5.5) in a thread now; the returned call gives its
-    need order, waiting for it at most ``PROFILE_WAIT`` (the pull stages its metadata
-    meanwhile), or nothing: a profile that is absent, unreadable or late is only a hint
-    missed."""
-    from cache_sync import accessprofile
-
+    """Read CMD's access profile (design 5.5) from the pull's ``store`` in a thread now (a
+    cold placement is beginning); the returned call gives its need order, waiting for it at
+    most ``PROFILE_WAIT`` (the pull stages its metadata meanwhile), or nothing: a profile
+    that is absent, unreadable or late is only a hint missed."""
     got: list[Sequence[str]] = []
 
     def load() -> None:
         try:
-            need = _load_profile(open_store(settings), key)
+            need = _load_profile(store, key)
         except accessprofile.ProfileError as exc:
             log(f"access profile {key} ignored: {exc}")
         except CacheSyncError as exc:
@@ -304,8 +301,6 @@ def _push_profile(settings: Settings, key: str, record: Path,
                   log: Callable[[str], None]) -> None:
     """Push what this worker's CMD recorded as CMD's access profile (design 5.5), unless the
     stored one already says it."""
-    from cache_sync import accessprofile
-
     try:
         with open(record, "rb") as f:
             recorded = accessprofile.parse_record(f.read(accessprofile.MAX_BYTES))
@@ -365,8 +360,6 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
     status_file = settings.state_dir / f"ready-{settings.worker}.json"
     # With the unit start, what CMD imports is recorded (and pushed at exit) as the need
     # order of the next cold start (design 5.5)
-    from cache_sync import accessprofile
-
     profile_key = accessprofile.key_for(opts.cmd)
     record_file = settings.state_dir / f"access-{settings.worker}.txt"
     record_file.unlink(missing_ok=True)  # a killed run's
@@ -406,7 +399,8 @@ def run(settings: Settings, opts: RunOptions, log: Callable[[str], None]) -> Run
                     + ", ".join(need[:6]) + (", ..." if len(need) > 6 else "") + ")")
             background = _BackgroundPull(settings, [early_area, *data], code, status_file,
                                          log, later, early_area, accept, need,
-                                         _learned_order(settings, profile_key, log))
+                                         lambda store: _learned_order(store, profile_key,
+                                                                      log))
             background.start()
             _wait_planned(background, pending)
             if early_area in background.errors:

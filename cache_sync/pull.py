@@ -194,7 +194,8 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
             plan, local, stage, area_dir):
         from cache_sync.unitplace import UnitPlacer
 
-        placer = UnitPlacer(early, area_dir, stage, target, staging.placing_path(cache, area))
+        placer = UnitPlacer(early, area_dir, stage, target, staging.placing_path(cache, area),
+                            store)
     try:
         staged = staging.stage_files(plan, area_dir, stage, make_fetcher, placer)
         check_deadline(deadline, area)  # the last moment a pull may stop with nothing changed

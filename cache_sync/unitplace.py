@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from cache_sync import checkpoints
 from cache_sync.fsutil import write_atomic
 from cache_sync.snapshot import Entry
+from cache_sync.storage import Store
 
 if TYPE_CHECKING:  # the planner is imported by a cold pull only, not by every open_root
     from cache_sync.unitplan import UnitPlan
@@ -42,16 +43,17 @@ class EarlyStart:
     publish: Callable[[dict[str, list[str]]], None]
     accept: Callable[[Path], bool] = field(default=lambda _stage: True)
     need: Sequence[str] = ()  # top-level modules CMD imports, first first: fetched first
-    # a recorded start's need order (5.5), asked for once the metadata is staged (it is read
-    # from the store meanwhile); it goes before ``need``
-    learned: Callable[[], Sequence[str]] | None = None
+    # a recorded start's need order (5.5): ``learn(store)`` is called when a cold placement
+    # begins and starts reading it; the call it returns gives it once the metadata is staged.
+    # It goes before ``need``
+    learn: Callable[[Store], Callable[[], Sequence[str]]] | None = None
 
 
 class UnitPlacer:
     """Places the units of one cold pull; the fetcher's threads call :meth:`file_done`."""
 
     def __init__(self, early: EarlyStart, area_dir: Path, stage: Path,
-                 target: dict[str, Entry], marker: Path) -> None:
+                 target: dict[str, Entry], marker: Path, store: Store) -> None:
         self.early, self.area_dir, self.stage, self.target = early, area_dir, stage, target
         self.marker = marker
         self.plan: UnitPlan | None = None
@@ -63,6 +65,7 @@ class UnitPlacer:
         self._moved: set[str] = set()  # the roots in self.roots, as a set
         self._rank: dict[str, int] = {}  # file -> its need rank (absent: after every rank)
         self.need: list[str] = list(early.need)  # the need order, the learned one first
+        self._learned = early.learn(store) if early.learn is not None else None
         self._lock = threading.Lock()
 
     def prepare(self) -> bool:
@@ -84,10 +87,10 @@ class UnitPlacer:
         plan = plan_units(self.target, read)
         if not plan.units:
             return False
-        if self.early.learned is not None:
+        if self._learned is not None:
             from cache_sync.accessprofile import combine
 
-            self.need = combine(self.early.learned(), self.early.need)
+            self.need = combine(self._learned(), self.early.need)
         ranks = need_rank(plan, self.need)
         with self._lock:
             self.plan = plan
