@@ -5,15 +5,14 @@ decode-and-write, verification before a file is put in place.
   request), each decoded, checked against its SHA-256, written to a temporary name in its
   directory and renamed.
 - Chunked files are preallocated under a temporary name; their chunks stream in file order,
-  ``STREAMS`` at a time (one GET per chunk object, read in pieces of ``PIECE`` bytes into
-  reused buffers), and are written at their offsets (``os.pwrite``). Each byte is hashed
-  once: the whole-file SHA-256, folded in file order as pieces land, from the buffer a piece
-  was read into (on another core: hashlib releases the GIL) or, when it got too far ahead of
-  the hash, read back from the page cache. Only when it does not match are the chunks
+  ``STREAMS`` at a time (one GET per chunk object, read, or decoded when compressed, in pieces of
+  ``PIECE`` bytes into reused buffers), and are written at their offsets (``os.pwrite``). Each
+  byte is hashed once: the whole-file SHA-256, folded in file order as pieces land, from the
+  buffer a piece was read into (on another core: hashlib releases the GIL) or, when it got too far
+  ahead of the hash, read back from the page cache. Only when it does not match are the chunks
   checked one by one against their object ids (the SHA-256 of their stored bytes), the bad ones
-  fetched again and checked as they stream, and the file hashed again: a corrupt object costs
-  a second pass, an honest one none. The file is renamed into place only once its SHA-256
-  matches.
+  fetched again and checked as they stream, and the file hashed again: a corrupt object costs a
+  second pass, an honest one none. The file is renamed into place only once its SHA-256 matches.
 
 No whole object is ever held in memory. Each request and the reading of its stream is one
 attempt under the store's retry policy (``Store.with_retries``); a broken or corrupt stream is
@@ -106,8 +105,9 @@ class _Chunk:
     """One chunk of a chunked file: one GET of its whole object (the fewest requests, which
     is what a server's CPU pays for), read in pieces of ``PIECE`` bytes that land (are
     written and handed to the file's hash) one by one. ``seq`` is its first piece's place in
-    the file; a compressed chunk is one piece, decoded as it streams. A retry resumes at the
-    first piece not yet landed."""
+    the file. A compressed chunk's pieces are its decoded bytes, ``PIECE`` at a time, decoded
+    as it streams. A retry resumes at the first piece not yet landed (a compressed chunk is
+    fetched and decoded again from its start, its landed pieces skipped)."""
 
     cf: _Chunked
     index: int
@@ -120,15 +120,15 @@ class _Chunk:
 
 @dataclass
 class _Chunked:
-    """A chunked file being assembled. Its pieces (a raw chunk is fetched as ranges of
-    ``PIECE`` bytes, a compressed one whole) land in any order; the whole-file SHA-256 is
-    computed in file order as soon as the next piece is in, from the buffer it was read into
-    (up to ``HELD`` landed pieces wait in memory for their turn; beyond that a piece is read
-    back from the page cache), by one thread at a time while the others keep fetching.
+    """A chunked file being assembled. Its pieces (a raw chunk is fetched as ranges of ``PIECE``
+    bytes, a compressed one decoded into pieces of that size) land in any order; the whole-file
+    SHA-256 is computed in file order as soon as the next piece is in, from the buffer it was
+    read into (up to ``HELD`` landed pieces wait in memory for their turn; beyond that a piece
+    is read back from the page cache), by one thread at a time while the others keep fetching.
     hashlib releases the GIL, so the hash runs on another core than the network reads. The
-    thread that hashes the last piece checks and commits the file. Chunks are not hashed
-    against their ids as they stream (that would hash every byte twice) unless the file is
-    being repaired."""
+    thread that hashes the last piece checks and commits the file. Chunks are not hashed against
+    their ids as they stream (that would hash every byte twice) unless the file is being
+    repaired."""
 
     entry: Entry
     final: str
@@ -141,6 +141,7 @@ class _Chunked:
     folding: bool = False  # a thread is folding (hashing) right now
     hasher: Any = field(default_factory=lambda: hashlib.sha256())
     lock: threading.Lock = field(default_factory=threading.Lock)
+    wlock: threading.Lock = field(default_factory=threading.Lock)  # one writer at a time
 
     def span(self, index: int) -> tuple[int, int]:
         """(start, end) of chunk ``index`` in the file."""
@@ -228,12 +229,9 @@ class Fetcher:
             offset = 0
             for i, blob in enumerate(e.blobs):
                 cf.offsets.append(offset)
-                step = blob.stored if blob.codec == CODEC_ZSTD else PIECE
                 first = len(cf.spans)
-                for start in range(0, max(blob.stored, 1), step):
-                    cf.spans.append((offset + start, offset + (
-                        blob.raw if blob.codec == CODEC_ZSTD
-                        else min(start + step, blob.stored))))
+                for start in range(0, max(blob.raw, 1), PIECE):
+                    cf.spans.append((offset + start, offset + min(start + PIECE, blob.raw)))
                 chunks.append(_Chunk(cf, i, blob, offset, first, len(cf.spans) - first))
                 offset += blob.raw
         del chunked
@@ -420,14 +418,12 @@ class Fetcher:
         it to the file's hash; ``complete`` receives the file if this thread hashed its last
         piece."""
         cf, blob = c.cf, c.blob
-        if blob.codec == CODEC_ZSTD:
-            if self._stream_chunk(cf, blob, c.file_off, verify=False):
-                c.landed = 1
-                self._land(cf, c.seq, None, complete)
-            return
         if blob.offset != 0:  # refused by snapshot validation: an Entry built by hand
             raise FormatError(
                 f"snapshot entry {cf.entry.path!r}: a chunk must be a whole object")
+        if blob.codec == CODEC_ZSTD:
+            self._zstd_chunk(c, complete)
+            return
         start = c.landed * PIECE
         with self._body(blob.oid, start, blob.stored - start) as body:
             splice = getattr(body, "splice_into", None)
@@ -449,13 +445,51 @@ class Fetcher:
                     fill(body, buf, blob.oid, cf.entry)
                     self.on_bytes(hi - lo)
                     assert cf.file is not None
-                    with writing(cf.final):
-                        cf.file.pwrite(buf, lo)
+                    self._write(cf, buf, lo)
                 except BaseException:
                     self._give(buf)
                     raise
                 c.landed += 1
                 self._land(cf, seq, buf, complete)
+
+    def _zstd_chunk(self, c: _Chunk, complete: list[_Chunked]) -> None:
+        """A compressed chunk, decoded as it streams straight into pooled ``PIECE``
+        buffers (no allocation per decoded piece), each written and landed like a raw
+        chunk's piece, so the file's hash reads it from memory. A retry decodes the chunk
+        from its start again (a zstd stream cannot resume) and skips the pieces landed."""
+        cf, blob = c.cf, c.blob
+        assert cf.file is not None
+        with self._body(blob.oid, 0, blob.stored) as body:
+            counted = _Counted(body, self.on_bytes)
+            # a duck-typed source: the reader only calls its read()
+            reader = _dctx().stream_reader(counted, read_size=READ,  # type: ignore[arg-type]
+                                           closefd=False)
+            for k in range(c.pieces):
+                if self.abort.is_set():
+                    return
+                lo, hi = cf.spans[c.seq + k]
+                buf = memoryview(self._buffer())[:hi - lo]
+                try:
+                    _decode_into(reader, buf, counted, blob, cf.entry)
+                    if k < c.landed:  # landed by an earlier attempt
+                        self._give(buf)
+                        continue
+                    self._write(cf, buf, lo)
+                except BaseException:
+                    self._give(buf)
+                    raise
+                c.landed = k + 1
+                self._land(cf, c.seq + k, buf, complete)
+            _decode_end(reader, counted, blob, cf.entry)
+
+    def _write(self, cf: _Chunked, data: bytes | memoryview, offset: int) -> None:
+        """One piece at its offset. The kernel writes a file under its inode lock, one
+        writer at a time; taking the file's own lock first makes the other writers of that
+        file sleep rather than spin on the inode lock (a core's worth of spinning with 4
+        streams of one file on 2 cores)."""
+        assert cf.file is not None
+        with cf.wlock, writing(cf.final):
+            cf.file.pwrite(data, offset)
 
     def _buffer(self) -> bytearray:
         with self._lock:
@@ -525,9 +559,7 @@ class Fetcher:
                 if h is not None:
                     h.update(piece)
                 if out:
-                    assert cf.file is not None
-                    with writing(cf.final):
-                        cf.file.pwrite(out, file_off + written)
+                    self._write(cf, out, file_off + written)
                     written += len(out)
         if written != blob.raw or (h is not None and h.hexdigest() != blob.oid):
             raise IntegrityError(
@@ -628,6 +660,53 @@ def check_digest(raw: bytes, e: Entry, oid: str) -> bytes:
         raise IntegrityError(
             f"object {oid} is corrupt: {e.path!r} does not match its SHA-256 in the snapshot")
     return raw
+
+
+class _Counted:
+    """A response body as the zstd stream reader reads it: each read counted (``on_bytes``
+    and ``n``: how many stored bytes arrived, which tells a truncated body from a corrupt
+    one)."""
+
+    def __init__(self, body: Any, on_bytes: Callable[[int], None]) -> None:
+        self.body, self.on_bytes, self.n = body, on_bytes, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.body.read(size)
+        self.n += len(data)
+        self.on_bytes(len(data))
+        return data
+
+
+def _decode_into(reader: Any, view: memoryview, counted: _Counted, blob: Blob,
+                 e: Entry) -> None:
+    """Fill ``view`` with the next decoded bytes of a chunk: a body that ends early is a
+    transient fault; bytes that do not decode, or decode to fewer bytes than the snapshot
+    says, are a corrupt object."""
+    pos, n = 0, len(view)
+    while pos < n:
+        try:
+            got = reader.readinto(view[pos:])
+        except zstandard.ZstdError:
+            raise IntegrityError(f"object {blob.oid} is corrupt: bytes for {e.path!r} do not "
+                                 "decompress") from None
+        if not got:
+            if counted.n < blob.stored:
+                raise TransientStorageError(f"object {blob.oid} ended early (truncated?) "
+                                            f"while fetching {e.path!r}")
+            raise IntegrityError(f"object {blob.oid} is corrupt: {e.path!r} decodes to fewer "
+                                 "bytes than the snapshot says")
+        pos += got
+
+
+def _decode_end(reader: Any, counted: _Counted, blob: Blob, e: Entry) -> None:
+    """After a chunk's raw size is decoded: the frame must end there."""
+    try:
+        more = reader.read(1)
+    except zstandard.ZstdError:
+        more = b"?"
+    if more:
+        raise IntegrityError(f"object {blob.oid} is corrupt: {e.path!r} decodes to more "
+                             "bytes than the snapshot says")
 
 
 def fill(body: Any, view: memoryview, oid: str, e: Entry) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import tenacity
+import zstandard
 
 from cache_sync.errors import FormatError, IntegrityError, ObjectNotFound, TransientStorageError
 from cache_sync.layout import object_key
@@ -204,11 +205,19 @@ def _chunked_file(store, tmp: Path, compressible: bool = False) -> tuple[Entry, 
     return entries[0], data
 
 
-def test_an_honest_chunked_file_is_hashed_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("compressible", [False, True])
+def test_an_honest_chunked_file_is_hashed_once(tmp_path, monkeypatch, compressible):
     import cache_sync.transfer as transfer
 
+    monkeypatch.setattr(transfer, "PIECE", 1024)  # a compressed chunk decodes in 8 pieces
     _, faulty, store = _stores()
-    entry, data = _chunked_file(store, tmp_path)
+    entry, data = _chunked_file(store, tmp_path, compressible)
+    assert all((b.codec == CODEC_ZSTD) == compressible for b in entry.blobs)
+    monkeypatch.setattr(transfer, "HELD", 64)  # every piece may wait in memory for its turn
+    read_back = []
+    real_back = Fetcher._hash_back
+    monkeypatch.setattr(Fetcher, "_hash_back", lambda self, cf, lo, hi: (
+        read_back.append(lo), real_back(self, cf, lo, hi)))
     hashed = []
     real = hashlib.sha256
 
@@ -227,6 +236,7 @@ def test_an_honest_chunked_file_is_hashed_once(tmp_path, monkeypatch):
     _fetch(store, [entry], tmp_path / "out")
     assert (tmp_path / "out" / "big").read_bytes() == data
     assert sum(hashed) == len(data)  # not twice: chunk ids are checked only on a mismatch
+    assert read_back == []  # every piece hashed from the buffer it was decoded into
     assert faulty.requests["open_range"] == len(entry.blobs)
 
 
@@ -282,6 +292,49 @@ def test_a_chunk_broken_mid_stream_resumes_at_its_first_piece_not_landed(tmp_pat
     again = [(k, start) for k, start, _ in faulty.ranges if start]
     assert again == [(object_key(entry.blobs[0].oid), 2048)]  # two pieces had landed
     assert faulty.requests["open_range"] == len(entry.blobs) + 1
+
+
+def test_a_compressed_chunk_broken_mid_stream_is_decoded_again_from_its_start(
+        tmp_path, monkeypatch):
+    """A zstd stream cannot resume mid-frame: the retry GETs the whole chunk again, decodes
+    it from its start and skips the pieces an earlier attempt landed (each written and
+    hashed once)."""
+    import cache_sync.transfer as transfer
+
+    monkeypatch.setattr(transfer, "PIECE", 1024)
+    monkeypatch.setattr(transfer, "READ", 16)  # the stored chunk arrives in small reads
+    _, faulty, store = _stores()
+    entry, data = _chunked_file(store, tmp_path, compressible=True)
+    writes: list[int] = []
+    real = Fetcher._write
+    monkeypatch.setattr(Fetcher, "_write",
+                        lambda self, cf, d, off: (writes.append(off), real(self, cf, d, off)))
+    stored = entry.blobs[0].stored
+    faulty.break_streams(1, after=stored // 2)
+    _fetch(store, [entry], tmp_path / "out")
+    assert (tmp_path / "out" / "big").read_bytes() == data
+    assert [start for k, start, _ in faulty.ranges].count(0) == len(entry.blobs) + 1
+    assert sorted(writes) == list(range(0, len(data), 1024))  # no piece written twice
+
+
+@pytest.mark.parametrize("how", ["truncated", "shorter", "longer", "garbage"])
+def test_a_compressed_chunk_that_does_not_decode_to_its_size_is_never_placed(tmp_path, how):
+    """The store's object for one compressed chunk ends early, decodes to fewer or more
+    bytes than the snapshot says, or is not zstd: every attempt fails, nothing is placed."""
+    mem, faulty, store = _stores()
+    entry, _ = _chunked_file(store, tmp_path, compressible=True)
+    oid = entry.blobs[2].oid
+    good = mem.get(object_key(oid))
+    raw = zstandard.ZstdDecompressor().decompress(good)
+    bad = {"truncated": good[:len(good) // 2],
+           "shorter": zstandard.ZstdCompressor().compress(raw[:-100]),
+           "longer": zstandard.ZstdCompressor().compress(raw + b"x" * 100),
+           "garbage": os.urandom(len(good))}[how]
+    mem.objects[object_key(oid)] = (bad, time.time())
+    with pytest.raises((IntegrityError, TransientStorageError), match=oid):
+        _fetch(store, [entry], tmp_path / "out")
+    assert not (tmp_path / "out" / "big").exists()
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".cs-tmp-")]
 
 
 @pytest.mark.parametrize("held", [0, 1, 8])
