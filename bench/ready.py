@@ -18,7 +18,10 @@ worker can get its stack (see bench/ready_stack.py), on one SeaweedFS, in one ru
   requirements at start from a local package index over HTTP, with a warm cache (as on a
   volume), then the worker; the models already in place (the notes keep them on the volume);
 - ``s5cmd``: ``s5cmd cp`` of the same trees stored one object per file, then the worker;
-- ``floor``: the trees already in place (a warm network volume): only the worker's own start.
+- ``floor``: the trees already in place (a warm network volume): only the worker's own start;
+- ``--code DIR`` adds ``cache-sync-units-before``: the unit start with the ``cache_sync`` of
+  another checkout (``DIR`` holds a ``cache_sync`` package), in the same invocation as the
+  others: a before/after on one machine state.
 
 Each time is broken down from the worker's own log lines: fetch (pull / install / copy, until
 the worker process starts), import, model load, first job. ``limit`` is the same bytes fetched
@@ -53,7 +56,8 @@ from bench.measure import server_files, settle
 from bench.ready_stack import REPO, STACKS, Stack, build, plain_requirements
 
 MODES = ("cache-sync", "cache-sync-units", "cache-sync-learned", "pip", "uv", "s5cmd", "floor")
-CACHE_SYNC_MODES = ("cache-sync", "cache-sync-units", "cache-sync-learned")
+BEFORE = "cache-sync-units-before"  # the unit start with ``--code``'s cache_sync
+CACHE_SYNC_MODES = ("cache-sync", "cache-sync-units", "cache-sync-learned", BEFORE)
 WAITED = re.compile(r"^cache-sync: .* waited ([0-9.]+)s for packages/")
 PHASES = ("fetch", "import", "load", "first_job")
 # Log lines that end a phase: (phase, pattern). Times are when the line reached us.
@@ -82,6 +86,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/cache-sync-bench"))
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--timeout", type=float, default=1800, help="per worker start")
+    ap.add_argument("--code", type=Path, default=None,
+                    help=f"another checkout (a dir holding cache_sync/): adds the way {BEFORE}")
     ap.add_argument("--fresh-store", action="store_true",
                     help="seed the stores again (the f5 stack keeps its seeded SeaweedFS data "
                          "and warm installer caches under DATA_DIR/ready/f5/store)")
@@ -270,7 +276,10 @@ class Bench:
 
     @property
     def modes(self) -> list[str]:
-        return [m.strip() for m in self.args.modes.split(",") if m.strip()]
+        modes = [m.strip() for m in self.args.modes.split(",") if m.strip()]
+        if self.args.code is not None and BEFORE not in modes:
+            modes.append(BEFORE)
+        return modes
 
     def _install_env(self, index_url: str) -> dict[str, str]:
         return {**self.base_env, "PIP_INDEX_URL": index_url, "UV_INDEX_URL": index_url,
@@ -307,7 +316,7 @@ class Bench:
         log = self.args.results / "logs" / f"{mode}-{run}-{self.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         if mode in CACHE_SYNC_MODES:
-            st = Start(self._cs_env(env, s3), log)
+            st = Start(self._cs_env(env, s3, self.args.code if mode == BEFORE else REPO), log)
             how = ["--overlap"] if mode == "cache-sync" else ["--unit-start"]
             st.serve([sys.executable, "-m", "cache_sync", "run", "--no-push", *how, "--",
                       *_handler_cmd(port)], port, self.args.timeout)
@@ -335,9 +344,9 @@ class Bench:
         shutil.rmtree(root, ignore_errors=True)
         return st.result()
 
-    def _cs_env(self, env: dict[str, str], s3: str) -> dict[str, str]:
+    def _cs_env(self, env: dict[str, str], s3: str, code: Path = REPO) -> dict[str, str]:
         return {**env, **self.s3_env(s3), "CACHE_SYNC_REMOTE": f"s3://{self.cs_bucket}/cache",
-                "PYTHONPATH": str(REPO)}  # `run` puts packages/ on the child's path
+                "PYTHONPATH": str(code)}  # `run` puts packages/ on the child's path
 
     def _record_profile(self, s3: str, port: int, run: int) -> None:
         """Untimed: a cold `run --unit-start` that serves one job, then is stopped with
@@ -471,6 +480,13 @@ def _measure(args: argparse.Namespace, stack: Stack, server: Any, scratch: Path,
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.code is not None and not (args.code / "cache_sync" / "__init__.py").is_file():
+        print(f"bench ready: --code {args.code} holds no cache_sync package; give a checkout "
+              "(e.g. git worktree add DIR REV)", file=sys.stderr)
+        return 2
+    if BEFORE in args.modes.split(",") and args.code is None:
+        print(f"bench ready: the way {BEFORE} needs --code DIR", file=sys.stderr)
+        return 2
     from tests.support.s3servers import seaweedfs_server
 
     args.data_dir.mkdir(parents=True, exist_ok=True)

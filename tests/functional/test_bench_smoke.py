@@ -89,17 +89,21 @@ def test_bench_ready_tiny(tmp_path):
     the access profile) and the floor each start the real worker behind runpod's API server,
     answer the health job, and the table carries the breakdown."""
     results = tmp_path / "results"
+    code = tmp_path / "before"  # another checkout's cache_sync: the before/after way
+    shutil.copytree(os.path.join(REPO, "cache_sync"), code / "cache_sync",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "ready", "--stack", "tiny", "--runs", "1",
          "--latency", "none", "--modes",
          "cache-sync,cache-sync-units,cache-sync-learned,floor", "--data-dir",
-         str(tmp_path),
+         str(tmp_path), "--code", str(code),
          "--results", str(results)],
         cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(next(results.glob("*-ready-tiny.json")).read_text())
     runs = data["runs"]["0 ms"]
-    for mode in ("cache-sync", "cache-sync-units", "cache-sync-learned", "floor"):
+    for mode in ("cache-sync", "cache-sync-units", "cache-sync-learned", "floor",
+                 "cache-sync-units-before"):
         (r,) = runs[mode]
         assert r["total"] > 0 and r["total"] >= r.get("fetch", 0)
     assert runs["cache-sync"][0]["fetch"] > 0  # the pull happened before the worker started
@@ -108,7 +112,18 @@ def test_bench_ready_tiny(tmp_path):
     assert "| 0 ms | cache-sync-learned |" in proc.stdout
     learned = (results / "logs" / "cache-sync-learned-0-0ms.log").read_text()
     assert "need order: a recorded start first" in learned, learned[-2000:]
+    assert "| 0 ms | cache-sync-units-before |" in proc.stdout
     assert not list(tmp_path.glob("ready-*"))  # scratch (roots, SeaweedFS) removed
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--code", "/nonexistent"], "holds no cache_sync package"),
+    (["--modes", "cache-sync-units-before"], "needs --code DIR")])
+def test_bench_ready_refuses_a_before_way_without_code(tmp_path, args, says):
+    proc = subprocess.run([sys.executable, "-m", "bench", "ready", "--stack", "tiny",
+                           "--data-dir", str(tmp_path), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.skipif(shutil.which("weed") is None, reason="weed not installed")
