@@ -462,25 +462,25 @@ class Fetcher:
         with self._body(blob.oid, 0, blob.stored) as body:
             counted = _Counted(body, self.on_bytes)
             # a duck-typed source: the reader only calls its read()
-            reader = _dctx().stream_reader(counted, read_size=READ,  # type: ignore[arg-type]
-                                           closefd=False)
-            for k in range(c.pieces):
-                if self.abort.is_set():
-                    return
-                lo, hi = cf.spans[c.seq + k]
-                buf = memoryview(self._buffer())[:hi - lo]
-                try:
-                    _decode_into(reader, buf, counted, blob, cf.entry)
-                    if k < c.landed:  # landed by an earlier attempt
+            with _dctx().stream_reader(counted, read_size=READ,  # type: ignore[arg-type]
+                                       closefd=False) as reader:
+                for k in range(c.pieces):
+                    if self.abort.is_set():
+                        return
+                    lo, hi = cf.spans[c.seq + k]
+                    buf = memoryview(self._buffer())[:hi - lo]
+                    try:
+                        _decode_into(reader, buf, counted, blob, cf.entry)
+                        if k < c.landed:  # landed by an earlier attempt
+                            self._give(buf)
+                            continue
+                        self._write(cf, buf, lo)
+                    except BaseException:
                         self._give(buf)
-                        continue
-                    self._write(cf, buf, lo)
-                except BaseException:
-                    self._give(buf)
-                    raise
-                c.landed = k + 1
-                self._land(cf, c.seq + k, buf, complete)
-            _decode_end(reader, counted, blob, cf.entry)
+                        raise
+                    c.landed = k + 1
+                    self._land(cf, c.seq + k, buf, complete)
+                _decode_end(reader, counted, blob, cf.entry)
 
     def _write(self, cf: _Chunked, data: bytes | memoryview, offset: int) -> None:
         """One piece at its offset. The kernel writes a file under its inode lock, one
