@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench ready: --code {args.code} holds no cache_sync package; give a checkout "
               "(e.g. git worktree add DIR REV)", file=sys.stderr)
         return 2
-    if BEFORE in args.modes.split(",") and args.code is None:
+    if BEFORE in (m.strip() for m in args.modes.split(",")) and args.code is None:
         print(f"bench ready: the way {BEFORE} needs --code DIR", file=sys.stderr)
         return 2
     from tests.support.s3servers import seaweedfs_server

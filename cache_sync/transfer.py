@@ -444,7 +444,6 @@ class Fetcher:
                 try:
                     fill(body, buf, blob.oid, cf.entry)
                     self.on_bytes(hi - lo)
-                    assert cf.file is not None
                     self._write(cf, buf, lo)
                 except BaseException:
                     self._give(buf)
@@ -458,7 +457,6 @@ class Fetcher:
         chunk's piece, so the file's hash reads it from memory. A retry decodes the chunk
         from its start again (a zstd stream cannot resume) and skips the pieces landed."""
         cf, blob = c.cf, c.blob
-        assert cf.file is not None
         with self._body(blob.oid, 0, blob.stored) as body:
             counted = _Counted(body, self.on_bytes)
             # a duck-typed source: the reader only calls its read()
@@ -544,29 +542,27 @@ class Fetcher:
                 complete.append(cf)
                 return
 
-    def _stream_chunk(self, cf: _Chunked, blob: Blob, file_off: int, verify: bool) -> bool:
-        """Fetch one chunk and write it at its offset; True once all of it is written. With
-        ``verify``, its stored bytes are checked against the object id as they stream."""
+    def _refetch_chunk(self, cf: _Chunked, blob: Blob, file_off: int) -> None:
+        """Fetch one chunk again (a repair) and write it at its offset, its stored bytes
+        checked against the object id as they stream."""
         e = cf.entry
         if blob.offset != 0:  # refused by snapshot validation: an Entry built by hand
             raise FormatError(f"snapshot entry {e.path!r}: a chunk must be a whole object")
-        h = hashlib.sha256() if verify else None
+        h = hashlib.sha256()
         written = 0
         with self._body(blob.oid, 0, blob.stored) as body:
             for piece, out in self._decoded(body, blob, blob.oid, e):
                 if self.abort.is_set():
-                    return False
-                if h is not None:
-                    h.update(piece)
+                    return
+                h.update(piece)
                 if out:
                     self._write(cf, out, file_off + written)
                     written += len(out)
-        if written != blob.raw or (h is not None and h.hexdigest() != blob.oid):
+        if written != blob.raw or h.hexdigest() != blob.oid:
             raise IntegrityError(
                 f"object {blob.oid} is corrupt or truncated: chunk of {cf.entry.path!r} does "
                 "not match its SHA-256"
             )
-        return True
 
     def _repair(self, cf: _Chunked) -> None:
         """The assembled file does not match its SHA-256 (every piece has landed): find the
@@ -584,7 +580,7 @@ class Fetcher:
                     == blob.oid):
                 continue
             self.store.with_retries(
-                functools.partial(self._stream_chunk, cf, blob, start, True), RETRY_ON)
+                functools.partial(self._refetch_chunk, cf, blob, start), RETRY_ON)
             if self.abort.is_set():
                 return
         whole = hash_range(cf.file.fd, 0, e.size, hashlib.sha256()).hexdigest()
