@@ -124,6 +124,7 @@ KNOBS: dict[str, Knob] = {
     "read_timeout": Knob("float", minimum=0.1),
     "pack_size": Knob("size", minimum=1),
     "chunk_size": Knob("size", minimum=1),
+    "direct_io": Knob("choice", choices=("auto", "on", "off")),
     "small_file": Knob("size", minimum=0, maximum=MAX_SMALL_FILE),
     "keep": Knob("int", minimum=1),
     "gc_grace": Knob("float", minimum=0),
@@ -225,6 +226,8 @@ class Settings:
     read_timeout: float = 60.0
     pack_size: int = 16 * MiB
     chunk_size: int = 32 * MiB
+    # a pull writes big (chunked) files with O_DIRECT: auto (block filesystems), on, off
+    direct_io: str = "auto"
     small_file: int = 4 * MiB
     keep: int = 5
     gc_grace: float = 24 * 3600.0

@@ -21,6 +21,13 @@ from cache_sync.errors import CacheSyncError, DiskSpaceError
 
 TMP_PREFIX = ".cs-tmp-"  # scans skip (and clean) names with this prefix
 HASH_READ = 1 << 20
+# O_DIRECT writes: offset, length and buffer address a multiple of this (the largest logical
+# block size in use; a page, so an mmap'd buffer is aligned)
+DIRECT_ALIGN = 4096
+# Where ``direct_io=auto`` writes big files with O_DIRECT: block filesystems on this machine.
+# Not network or FUSE filesystems (NFS, virtiofs, a network volume's FUSE mount), where an
+# uncached write is a synchronous round trip.
+LOCAL_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "overlay"})
 
 _TMP_RUN = f"{TMP_PREFIX}{os.urandom(4).hex()}-"
 _tmp_seq = itertools.count()
@@ -73,13 +80,16 @@ class AtomicFile:
     local store's own error classes)."""
 
     def __init__(self, final: str | os.PathLike[str], mode: int | None = None, *,
-                 read: bool = False, in_place: bool = False) -> None:
+                 read: bool = False, in_place: bool = False, direct: bool = False) -> None:
         self.final = os.fspath(final)
         self.mode = 0o666 & ~UMASK if mode is None else mode  # None: as open() would
         # ``in_place``: a directory no reader looks at until every file in it is complete (a
         # pull's stage, design 5.3): the file is created at its final name, no rename.
+        # ``direct``: ``pwrite`` writes the whole aligned blocks of its data with O_DIRECT
+        # (design 5, "Transfers": no page-cache copy, no write-back; a pull's big files).
         self.tmp = self.final if in_place else tmp_name(os.path.dirname(self.final) or ".")
         flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self.dfd = -1
         try:
             self.fd = os.open(self.tmp, flags, self.mode & 0o777)
         except FileNotFoundError:
@@ -88,6 +98,21 @@ class AtomicFile:
             # a stage's directories are made by the threads that fill them, not all up front
             os.makedirs(os.path.dirname(self.tmp), exist_ok=True)
             self.fd = os.open(self.tmp, flags, self.mode & 0o777)
+        if direct:
+            # A second descriptor that bypasses the page cache (``pwrite``); a filesystem
+            # that refuses O_DIRECT gets buffered writes.
+            with contextlib.suppress(OSError, AttributeError):
+                self.dfd = os.open(self.tmp, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+
+    @property
+    def direct(self) -> bool:
+        """Whether ``pwrite`` writes whole aligned blocks past the page cache."""
+        return self.dfd >= 0
+
+    def _close_direct(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -95,11 +120,24 @@ class AtomicFile:
             view = view[os.write(self.fd, view):]
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset``. When ``direct``, the whole ``DIRECT_ALIGN`` blocks of
+        an aligned write (from an aligned buffer: the caller's part) go past the page
+        cache and the rest through it; no page is written both ways (a direct span is
+        whole blocks that only this write's bytes fill). A direct write the kernel refuses
+        (EINVAL: an unaligned buffer, a filesystem that took O_DIRECT at open but not at
+        write) is written again buffered, and the file stays buffered."""
         view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+        n = len(view) - len(view) % DIRECT_ALIGN
+        if self.dfd >= 0 and n and offset % DIRECT_ALIGN == 0:
+            try:
+                _pwrite_all(self.dfd, view[:n], offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._close_direct()
+            else:
+                view, offset = view[n:], offset + n
+        _pwrite_all(self.fd, view, offset)
 
     def commit(self, mtime_ns: int | None = None, *, fsync: bool = False) -> os.stat_result:
         """Put the file in place; returns its stat (taken before the rename, which keeps
@@ -115,6 +153,7 @@ class AtomicFile:
         except BaseException:
             self.discard()
             raise
+        self._close_direct()
         os.close(self.fd)
         self.fd = -1
         if self.tmp != self.final:
@@ -127,6 +166,7 @@ class AtomicFile:
         return st
 
     def discard(self) -> None:
+        self._close_direct()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -141,6 +181,50 @@ class AtomicFile:
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.discard()  # no-op after commit
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def fs_type(path: str | os.PathLike[str]) -> str | None:
+    """The type of the filesystem holding ``path`` (``ext4``, ``nfs4``, ``fuse.x``...) from
+    /proc/self/mountinfo, None where that cannot be read (not Linux)."""
+    real = os.path.realpath(nearest_existing(Path(path)))
+    best, kind = "", None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, sep, right = line.partition(" - ")
+                fields = left.split()
+                if not sep or len(fields) < 5 or not right.split():
+                    continue
+                mount = _unescape(fields[4])
+                inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):  # later mounts over earlier ones
+                    best, kind = mount, right.split()[0]
+    except OSError:
+        return None
+    return kind
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"),
+                       ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def use_direct_io(path: str | os.PathLike[str], setting: str) -> bool:
+    """``CACHE_SYNC_DIRECT_IO``: ``on``, ``off``, or ``auto`` (on for a block filesystem on
+    this machine, ``LOCAL_FS``)."""
+    if setting == "off" or not hasattr(os, "O_DIRECT"):
+        return False
+    return setting == "on" or fs_type(path) in LOCAL_FS
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview, *,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from cache_sync.config import Settings
 from cache_sync.errors import DeadlineExceeded, DiskSpaceError
-from cache_sync.fsutil import free_bytes, hash_file
+from cache_sync.fsutil import free_bytes, hash_file, use_direct_io
 from cache_sync.history import History
 from cache_sync.layout import SnapshotRef
 from cache_sync.local_cache import AreaState, CacheState, scan
@@ -180,6 +180,8 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
                         plan.fetch_bytes, enabled=progress_enabled(settings.progress,
                                                                    settings.json))
 
+    direct = use_direct_io(area_dir, settings.direct_io)
+
     def make_fetcher(root: str, on_file: Callable[[Entry], None]) -> Fetcher:
         def done(e: Entry, final: str, st: os.stat_result) -> None:
             on_file(e)
@@ -187,7 +189,8 @@ def apply(settings: Settings, store: Store, cache: CacheState, plan: PullPlan, a
 
         return Fetcher(store, root, settings.transfers, done,
                        on_bytes=lambda n: progress.add(nbytes=n), dups=plan.dups,
-                       before_request=lambda: check_deadline(deadline, area), in_place=True)
+                       before_request=lambda: check_deadline(deadline, area), in_place=True,
+                       direct=direct)
 
     placer = None
     if early is not None and area == EARLY_AREA and staging.into_empty_area(

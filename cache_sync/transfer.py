@@ -186,8 +186,11 @@ class Fetcher:
                  on_bytes: Callable[[int], None] | None = None,
                  dups: dict[str, list[Entry]] | None = None,
                  before_request: Callable[[], None] | None = None,
-                 in_place: bool = False) -> None:
+                 in_place: bool = False, direct: bool = False) -> None:
         self.store = store
+        # ``direct``: files with compressed chunks are written past the page cache
+        # (``AtomicFile``), from the pooled (page-aligned) buffers they are decoded into.
+        self.direct = direct
         # ``area_dir`` is a pull's stage (private, cleared before, read only once complete):
         # files are created at their names, not renamed there (one rename per file less).
         self.in_place = in_place
@@ -203,7 +206,7 @@ class Fetcher:
         self.requests = 0
         self.fetched = 0
         self._lock = threading.Lock()
-        self._buffers: list[bytearray] = []  # free piece buffers (at most workers + HELD)
+        self._buffers: list[mmap.mmap] = []  # free piece buffers (at most workers + HELD)
 
     # --- driver ------------------------------------------------------------------------
     def fetch(self, entries: list[Entry], rank: Callable[[Entry], int] | None = None) -> None:
@@ -392,7 +395,13 @@ class Fetcher:
     # --- chunked files -----------------------------------------------------------------
     def _open_chunked(self, cf: _Chunked) -> None:
         with writing(cf.final):
-            cf.file = AtomicFile(cf.final, cf.entry.mode, read=True, in_place=self.in_place)
+            # Past the page cache: a file with compressed chunks (decoded in our buffers, so
+            # the page cache's copy and its write-back are only extra CPU). A raw chunk is
+            # spliced from the socket into the page cache instead: no copy in this process,
+            # its write-back after the pull (design 5, "Transfers": O_DIRECT).
+            direct = self.direct and any(b.codec == CODEC_ZSTD for b in cf.entry.blobs)
+            cf.file = AtomicFile(cf.final, cf.entry.mode, read=True, in_place=self.in_place,
+                                 direct=direct)
             if cf.entry.size:
                 try:
                     os.posix_fallocate(cf.file.fd, 0, cf.entry.size)
@@ -425,9 +434,10 @@ class Fetcher:
             self._zstd_chunk(c, complete)
             return
         start = c.landed * PIECE
+        assert cf.file is not None
         with self._body(blob.oid, start, blob.stored - start) as body:
-            splice = getattr(body, "splice_into", None)
-            assert cf.file is not None
+            # splice(2) lands bytes in the page cache: not for a file written past it
+            splice = None if cf.file.direct else getattr(body, "splice_into", None)
             while c.landed < c.pieces and not self.abort.is_set():
                 seq = c.seq + c.landed
                 lo, hi = cf.spans[seq]
@@ -489,17 +499,19 @@ class Fetcher:
         with cf.wlock, writing(cf.final):
             cf.file.pwrite(data, offset)
 
-    def _buffer(self) -> bytearray:
+    def _buffer(self) -> mmap.mmap:
+        """A free ``PIECE`` buffer: anonymous memory, so page-aligned (O_DIRECT writes
+        need an aligned source)."""
         with self._lock:
             if self._buffers:
                 return self._buffers.pop()
-        return bytearray(PIECE)
+        return mmap.mmap(-1, PIECE)
 
     def _give(self, buf: memoryview | None) -> None:
         if buf is not None:
             base = buf.obj
             buf.release()
-            assert isinstance(base, bytearray)
+            assert isinstance(base, mmap.mmap)
             with self._lock:
                 if len(self._buffers) < self.workers + HELD:
                     self._buffers.append(base)

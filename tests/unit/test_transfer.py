@@ -423,3 +423,164 @@ def test_bodies_are_read_in_cpu_slots_while_more_requests_wait_for_their_first_b
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == files
     assert crowd.is_set() and peak["out"] >= 6  # requests went out beyond the slots
     assert peak["reading"] == 2  # but never more bodies were read at once than the slots
+
+
+# --- O_DIRECT: chunked files written past the page cache (design 5, "Transfers") ---------
+def _direct_ok(directory: Path) -> bool:
+    probe = directory / "direct-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except (OSError, AttributeError):
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+def _record_writes(monkeypatch) -> list[tuple[bool, int, int]]:
+    """(went past the page cache, offset, length) of every write of a pulled file."""
+    import fcntl
+
+    from cache_sync import fsutil
+
+    writes: list[tuple[bool, int, int]] = []
+    real = fsutil._pwrite_all
+
+    def spy(fd: int, view: memoryview, offset: int) -> None:
+        writes.append((bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT), offset, len(view)))
+        real(fd, view, offset)
+
+    monkeypatch.setattr(fsutil, "_pwrite_all", spy)
+    return writes
+
+
+def _pages(spans) -> set[int]:
+    return {p for _, off, n in spans for p in range(off // 4096, (off + n - 1) // 4096 + 1)}
+
+
+@pytest.mark.parametrize("compressible", [False, True])
+@pytest.mark.parametrize("chunk_size", [8192, 8192 + 100])  # chunks on and off block bounds
+def test_a_direct_pull_writes_whole_aligned_blocks_past_the_page_cache_the_rest_through_it(
+        tmp_path, monkeypatch, compressible, chunk_size):
+    import cache_sync.transfer as transfer
+
+    if not _direct_ok(tmp_path):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    monkeypatch.setattr(transfer, "PIECE", 8192)
+    _, _, store = _stores()
+    size = 65536 + 777  # a tail that is not a whole block
+    data = (b"0123456789abcdef" * 5000)[:size] if compressible else os.urandom(size)
+    (entry,) = _pack(store, {"big": data}, chunk_size=chunk_size, tmp=tmp_path)
+    assert all((b.codec == CODEC_ZSTD) == compressible for b in entry.blobs)
+    writes = _record_writes(monkeypatch)
+    (tmp_path / "out").mkdir()
+    placed = []
+    Fetcher(store, str(tmp_path / "out"), 3, lambda e, final, st: placed.append(e.path),
+            direct=True).fetch([entry])
+    assert placed == ["big"]
+    assert (tmp_path / "out" / "big").read_bytes() == data
+    direct = [w for w in writes if w[0]]
+    buffered = [w for w in writes if not w[0]]
+    if not compressible:  # raw chunks: through the page cache (spliced where it can)
+        assert direct == []
+        return
+    assert direct, "nothing went past the page cache"
+    assert all(off % 4096 == 0 and n % 4096 == 0 for _, off, n in direct)
+    # every byte written exactly once, and no block written both ways
+    spans = sorted((off, off + n) for _, off, n in writes if n)
+    assert spans[0][0] == 0 and spans[-1][1] == size
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert not _pages(direct) & _pages(buffered)
+    if chunk_size == 8192:  # every piece starts on a block: all but the tail goes direct
+        assert sum(n for _, _, n in direct) == size - size % 4096
+
+
+def test_a_file_system_refusing_o_direct_at_open_or_at_write_gets_buffered_writes(
+        tmp_path, monkeypatch):
+    import cache_sync.transfer as transfer
+    from cache_sync import fsutil
+
+    monkeypatch.setattr(transfer, "PIECE", 8192)
+    _, _, store = _stores()
+    data = (b"0123456789abcdef" * 5000)[:65536 + 5]  # compressed chunks: written direct
+    (entry,) = _pack(store, {"big": data}, tmp=tmp_path)
+    assert any(b.codec == CODEC_ZSTD for b in entry.blobs)  # its 5-byte tail chunk is raw
+    real_open, real_write = os.open, fsutil._pwrite_all
+    refused = []
+
+    def no_direct_open(path, flags, *a):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, *a)
+
+    def no_direct_write(fd, view, offset):
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            refused.append(offset)
+            raise OSError(22, "Invalid argument")
+        real_write(fd, view, offset)
+
+    for case in ("open", "write"):
+        out = tmp_path / f"out-{case}"
+        out.mkdir()
+        with monkeypatch.context() as m:
+            if case == "open":
+                m.setattr(fsutil.os, "open", no_direct_open)
+            m.setattr(fsutil, "_pwrite_all", no_direct_write)
+            Fetcher(store, str(out), 3, lambda e, final, st: None, direct=True).fetch([entry])
+        assert (out / "big").read_bytes() == data, case
+    assert len(refused) == 1  # the first refusal turns the file's direct writes off
+
+
+def test_a_direct_write_that_fails_for_another_reason_fails_the_pull_and_places_nothing(
+        tmp_path, monkeypatch):
+    import cache_sync.transfer as transfer
+    from cache_sync import fsutil
+    from cache_sync.errors import DiskSpaceError
+
+    if not _direct_ok(tmp_path):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    monkeypatch.setattr(transfer, "PIECE", 8192)
+    _, _, store = _stores()
+    (entry,) = _pack(store, {"big": b"0123456789abcdef" * 4096}, tmp=tmp_path)
+    real = fsutil._pwrite_all
+
+    def full(fd, view, offset):
+        import fcntl
+
+        if offset >= 32768 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(28, "No space left on device")
+        real(fd, view, offset)
+
+    monkeypatch.setattr(fsutil, "_pwrite_all", full)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DiskSpaceError):
+        Fetcher(store, str(tmp_path / "out"), 3, lambda e, final, st: None,
+                direct=True).fetch([entry])
+    assert os.listdir(tmp_path / "out") == []  # not even the temporary file
+
+
+def test_direct_io_auto_is_on_for_block_file_systems_only(tmp_path, monkeypatch):
+    from cache_sync import fsutil
+
+    assert fsutil.use_direct_io(tmp_path, "off") is False
+    assert fsutil.use_direct_io(tmp_path, "on") is True
+    assert fsutil.fs_type("/proc/self") == "proc"
+    mountinfo = (
+        "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+        "30 22 0:40 / /runpod-volume rw - fuse.mfs mfs rw\n"
+        "31 22 0:41 / /mnt/my\\040disk rw - xfs /dev/sdb rw\n"
+        "32 30 0:42 / /runpod-volume/local rw - ext4 /dev/sdc rw\n"
+    )
+    import io
+
+    monkeypatch.setattr(fsutil, "open", lambda *a, **k: io.StringIO(mountinfo), raising=False)
+    monkeypatch.setattr(fsutil.os.path, "realpath", lambda p: os.fspath(p))
+    monkeypatch.setattr(fsutil, "nearest_existing", lambda p: p)
+    want = {"/tmp/x": "ext4", "/runpod-volume/cache/packages": "fuse.mfs",
+            "/runpod-volumex": "ext4", "/mnt/my disk/a": "xfs",
+            "/runpod-volume/local/a": "ext4", "/runpod-volume": "fuse.mfs"}
+    assert {p: fsutil.fs_type(p) for p in want} == want
+    assert fsutil.use_direct_io("/runpod-volume/cache", "auto") is False  # network: buffered
+    assert fsutil.use_direct_io("/tmp/runpod-cache", "auto") is True
