@@ -250,3 +250,39 @@ def test_kind_changes_and_moves(tmp_path):
     run_cli(["--root", str(b), "pull", "deps"], env)
     assert describe(b / "deps") == describe(a / "deps")
     assert Path(b / "deps/x").read_text() == "now a file"
+
+
+@pytest.mark.parametrize("remote", ["local", "seaweedfs"], indirect=True)
+def test_a_pull_writes_compressed_big_files_past_the_page_cache_unless_told_not_to(
+        remote, tmp_path):
+    """CACHE_SYNC_DIRECT_IO through the CLI: with ``on`` (and ``auto`` on a block filesystem)
+    a file of compressed chunks lands on disk without filling the page cache; ``off`` leaves
+    it cached, as a buffered write does. Either way the bytes are the pushed ones."""
+    from tests.support.helpers import resident_fraction
+
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except (OSError, AttributeError):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    url, extra = remote
+    env = {**cli_env(url, extra), "CACHE_SYNC_CHUNK_SIZE": "4M"}
+    src = tmp_path / "src"
+    (src / "models").mkdir(parents=True)
+    rnd = __import__("random").Random(7)
+    words = [rnd.randbytes(8).hex().encode() for _ in range(512)]
+    data = b" ".join(rnd.choice(words) for _ in range(1_400_000))  # ~24 MiB, compressible
+    (src / "models" / "weights.bin").write_bytes(data)
+    run_cli(["--root", str(src), "push", "models"], env)
+    cached = {}
+    for setting in ("on", "auto", "off"):
+        dst = tmp_path / f"dst-{setting}"
+        run_cli(["--root", str(dst), "pull", "models"], {**env, "CACHE_SYNC_DIRECT_IO": setting})
+        cached[setting] = resident_fraction(dst / "models" / "weights.bin")
+        assert (dst / "models" / "weights.bin").read_bytes() == data, setting
+    assert cached["on"] < 0.05 and cached["auto"] < 0.05, cached
+    assert cached["off"] > 0.95, cached
+    bad = run_cli(["--root", str(tmp_path / "dst-bad"), "pull", "models"],
+                  {**env, "CACHE_SYNC_DIRECT_IO": "sometimes"}, check=False)
+    assert bad.returncode == 2 and "CACHE_SYNC_DIRECT_IO" in bad.stderr
+    assert "Traceback" not in bad.stderr
