@@ -323,7 +323,9 @@ class Bench:
             if mode == "cache-sync-learned":
                 self._forget_profiles()
         elif mode in ("pip", "uv"):
-            st = Start({**env, **self._install_env(index_url)}, log)
+            # the start's own PYTHONPATH and root win over the bench's environment (a bench
+            # run with PYTHONPATH set left the handler without the installed target)
+            st = Start({**self._install_env(index_url), **env}, log)
             for cmd in self._install_cmds(mode, root / "packages"):
                 st.prelude(cmd, self.args.timeout)
             _link_tree(self.stack.root / "models", root / "models")  # on the volume already

@@ -95,14 +95,16 @@ def test_bench_ready_tiny(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "ready", "--stack", "tiny", "--runs", "1",
          "--latency", "none", "--modes",
-         "cache-sync,cache-sync-units,cache-sync-learned,floor", "--data-dir",
+         "cache-sync,cache-sync-units,cache-sync-learned,pip,floor", "--data-dir",
          str(tmp_path), "--code", str(code),
          "--results", str(results)],
+        # PYTHONPATH set, as when the bench runs from a worktree
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(next(results.glob("*-ready-tiny.json")).read_text())
     runs = data["runs"]["0 ms"]
-    for mode in ("cache-sync", "cache-sync-units", "cache-sync-learned", "floor",
+    for mode in ("cache-sync", "cache-sync-units", "cache-sync-learned", "pip", "floor",
                  "cache-sync-units-before"):
         (r,) = runs[mode]
         assert r["total"] > 0 and r["total"] >= r.get("fetch", 0)
