@@ -226,7 +226,8 @@ class Settings:
     read_timeout: float = 60.0
     pack_size: int = 16 * MiB
     chunk_size: int = 32 * MiB
-    # a pull writes big (chunked) files with O_DIRECT: auto (block filesystems), on, off
+    # a pull writes files with compressed chunks with O_DIRECT: auto (block filesystems),
+    # on, off
     direct_io: str = "auto"
     small_file: int = 4 * MiB
     keep: int = 5

@@ -258,12 +258,9 @@ def test_a_pull_writes_compressed_big_files_past_the_page_cache_unless_told_not_
     """CACHE_SYNC_DIRECT_IO through the CLI: with ``on`` (and ``auto`` on a block filesystem)
     a file of compressed chunks lands on disk without filling the page cache; ``off`` leaves
     it cached, as a buffered write does. Either way the bytes are the pushed ones."""
-    from tests.support.helpers import resident_fraction
+    from tests.support.helpers import direct_io_supported, resident_fraction
 
-    probe = tmp_path / "probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
-    except (OSError, AttributeError):
+    if not direct_io_supported(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")
     url, extra = remote
     env = {**cli_env(url, extra), "CACHE_SYNC_CHUNK_SIZE": "4M"}

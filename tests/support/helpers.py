@@ -139,3 +139,15 @@ def resident_fraction(path: Path) -> float:
             libc.munmap(addr, size)
     finally:
         os.close(fd)
+
+
+def direct_io_supported(directory: Path) -> bool:
+    """Whether files in ``directory`` can be opened with O_DIRECT (tmpfs: no)."""
+    probe = directory / ".direct-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except (OSError, AttributeError):
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True

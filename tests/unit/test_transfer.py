@@ -22,6 +22,7 @@ from cache_sync.storage.memory import MemoryStore
 from cache_sync.storage.retry import RetryingStore, RetryPolicy
 from cache_sync.transfer import Fetcher, plan_ranges
 from tests.support.faultstore import FaultyStore
+from tests.support.helpers import direct_io_supported
 
 ATTEMPTS = 5
 
@@ -426,17 +427,6 @@ def test_bodies_are_read_in_cpu_slots_while_more_requests_wait_for_their_first_b
 
 
 # --- O_DIRECT: chunked files written past the page cache (design 5, "Transfers") ---------
-def _direct_ok(directory: Path) -> bool:
-    probe = directory / "direct-probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
-    except (OSError, AttributeError):
-        return False
-    os.close(fd)
-    probe.unlink()
-    return True
-
-
 def _record_writes(monkeypatch) -> list[tuple[bool, int, int]]:
     """(went past the page cache, offset, length) of every write of a pulled file."""
     import fcntl
@@ -464,7 +454,7 @@ def test_a_direct_pull_writes_whole_aligned_blocks_past_the_page_cache_the_rest_
         tmp_path, monkeypatch, compressible, chunk_size):
     import cache_sync.transfer as transfer
 
-    if not _direct_ok(tmp_path):
+    if not direct_io_supported(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")
     monkeypatch.setattr(transfer, "PIECE", 8192)
     _, _, store = _stores()
@@ -539,7 +529,7 @@ def test_a_direct_write_that_fails_for_another_reason_fails_the_pull_and_places_
     from cache_sync import fsutil
     from cache_sync.errors import DiskSpaceError
 
-    if not _direct_ok(tmp_path):
+    if not direct_io_supported(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")
     monkeypatch.setattr(transfer, "PIECE", 8192)
     _, _, store = _stores()
