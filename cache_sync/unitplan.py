@@ -217,11 +217,13 @@ def _aggregate(target: dict[str, Entry], by_path: dict[str, set[str]], early: se
     are directories nobody owns."""
     allp = set(target)
     for p in target:
-        while "/" in p:
-            p = p.rsplit("/", 1)[0]
+        cut = p.rfind("/")
+        while cut >= 0:
+            p = p[:cut]
             if p in allp:
                 break
             allp.add(p)
+            cut = p.rfind("/")
     children: dict[str, list[str]] = {"": []}
     agg: dict[str, str] = {}
     for p in sorted(allp, key=lambda q: -q.count("/")):  # deepest first
@@ -231,7 +233,8 @@ def _aggregate(target: dict[str, Entry], by_path: dict[str, set[str]], early: se
         own = next(iter(keys)) if len(keys) == 1 and keys <= early else (
             "" if not keys and kind == "d" else _MIXED)
         agg[p] = _join(agg.get(p, ""), own)
-        parent = p.rsplit("/", 1)[0] if "/" in p else ""
+        cut = p.rfind("/")
+        parent = p[:cut] if cut >= 0 else ""
         children.setdefault(parent, []).append(p)
         if parent:
             agg[parent] = _join(agg.get(parent, ""), agg[p])
@@ -252,6 +255,7 @@ def root_of_path(path: str, roots: Container[str]) -> str | None:
     while True:
         if q in roots:
             return q
-        if "/" not in q:
+        cut = q.rfind("/")
+        if cut < 0:
             return None
-        q = q.rsplit("/", 1)[0]
+        q = q[:cut]

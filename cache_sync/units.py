@@ -119,14 +119,17 @@ def owners(paths: set[str], units: list[Unit]) -> dict[str, set[str]]:
         for q in u.files:
             by_file.setdefault(q, []).append(u.key)
     out: dict[str, set[str]] = {u.key: set() for u in units}
-    for path in paths:
+    for path in paths:  # every path of a tree (60,000), on a cold start's path before CMD
         keys = set(by_file.get(path, ()))
         q = path
         while True:
-            keys.update(by_prefix.get(q, ()))
-            if "/" not in q:
+            hit = by_prefix.get(q)
+            if hit:
+                keys.update(hit)
+            cut = q.rfind("/")
+            if cut < 0:
                 break
-            q = q.rsplit("/", 1)[0]
+            q = q[:cut]
         for k in keys:
             out[k].add(path)
     return out
@@ -251,8 +254,10 @@ def _area_path(raw: str, rel_to: str) -> str | None:
     scripts as ``../../../bin/x`` (relative to its temporary site-packages) and moves them to
     ``<target>/bin/x``."""
     raw = raw.strip()
-    if not raw or raw.startswith("/") or "\\" in raw or "\x00" in raw:
+    if not raw or raw[0] == "/" or "\\" in raw or "\x00" in raw:
         return None
+    if not rel_to and raw[-1] != "/" and "//" not in raw and "/." not in raw and raw[0] != ".":
+        return raw  # already normal, as pip writes it: no part empty, "." or ".."
     p = posixpath.normpath(posixpath.join(rel_to, raw)) if rel_to else posixpath.normpath(raw)
     if p.startswith("../"):
         while p.startswith("../"):
