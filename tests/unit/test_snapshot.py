@@ -14,7 +14,7 @@ from cache_sync.layout import (
     parse_snapshot_key,
     snapshot_key,
 )
-from cache_sync.snapshot import Blob, Entry, Snapshot, decode, encode, merge3
+from cache_sync.snapshot import MAX_DEPTH, Blob, Entry, Snapshot, decode, encode, merge3
 
 H = "ab" * 32
 H2 = "cd" * 32
@@ -55,6 +55,10 @@ def test_round_trip():
     ([["/etc", "d", 493, 1]], "unsafe path"),
     ([["a//b", "d", 493, 1]], "unsafe path"),
     ([["a/./b", "d", 493, 1]], "unsafe path"),
+    ([["a/", "d", 493, 1]], "unsafe path"),
+    ([[".", "d", 493, 1]], "unsafe path"),
+    ([["a/..", "d", 493, 1]], "unsafe path"),
+    ([["/".join(["a"] * (MAX_DEPTH + 1)), "d", 493, 1]], "unsafe path"),
     ([["a\x00b", "d", 493, 1]], "unsafe path"),
     ([["l", "l", 511, 1, "../../etc/passwd"]], "leads out of the area"),
     ([["l", "l", 511, 1, "/etc/passwd"]], "absolute"),
@@ -71,6 +75,11 @@ def test_round_trip():
     ([["a", "x", 420, 1]], "malformed"),
     ([["a", "d", 99999, 1]], "malformed"),
     ([["a", "d", True, 1]], "malformed"),
+    ([["a", "d", 493, 1.5]], "malformed"),  # not an integer mtime
+    ([["a", "f", 420, 1, True, H, [[H2, 0, 1, 1, 0]]]], "malformed"),  # a bool is no size
+    ([["a", "f", 420, 1, 3, H, [[H2, 0, 3, 3, True]]]], "malformed"),  # nor a codec
+    ([["a", "f", 420, 1, 3, H, [[H2, -1, 3, 3, 0]]]], "malformed"),  # a negative offset
+    ([["a", "f", 420, 1, 3, H, [[H2, 0, 3, 2 ** 63, 0]]]], "malformed"),  # beyond the OS
     ([["a"]], "malformed"),
     (["a"], "malformed"),
 ])
