@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache_sync.history import History
 from cache_sync.layout import SnapshotRef, snapshot_key
 from cache_sync.snapshot import Entry, Snapshot, check_tree, merge3
-from cache_sync.units import canonical_name, merger
+from cache_sync.units import _area_path, canonical_name, merger
 
 CONTENTS: dict[str, bytes] = {}  # digest -> bytes: what the merge's reader can read
 
@@ -356,3 +357,26 @@ def test_property_hf_links_never_dangle(revs):
             assert e.target.replace("../../", "hub/models--org--name/") in out, (revs, p)
     snaps = {p.split("/")[3] for p in out if p.count("/") >= 3 and "/snapshots/" in p}
     assert len(snaps) <= 1, snaps
+
+
+@pytest.mark.parametrize("raw, rel_to, want", [
+    ("a/x.py", "", "a/x.py"),  # as pip writes it: taken as is
+    (" a/x.py ", "", "a/x.py"),
+    ("a/./x.py", "", "a/x.py"),  # not normal: normalised, never taken as is
+    ("a//x.py", "", "a/x.py"),
+    ("a/sub/../x.py", "", "a/x.py"),
+    ("./a/x.py", "", "a/x.py"),
+    (".hidden", "", ".hidden"),
+    ("a/", "", "a"),
+    ("../../../bin/tool", "", "bin/tool"),  # pip --target's scripts
+    ("../../../lib/x", "", None),
+    ("..", "", None),
+    (".", "", None),
+    ("/abs/x", "", None),
+    ("a\\x", "", None),
+    ("", "", None),
+    ("x.py", "m.egg-info", "m.egg-info/x.py"),  # installed-files.txt: relative to its dir
+    ("../m/x.py", "m.egg-info", "m/x.py"),
+])
+def test_a_record_path_becomes_its_normal_area_path(raw, rel_to, want):
+    assert _area_path(raw, rel_to) == want
