@@ -142,7 +142,8 @@ class Start:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip()
-            self.lines.append(line)
+            # the start's log gives each line its arrival, in seconds since the start
+            self.lines.append(f"{time.monotonic() - self.t0:7.2f} {line}")
             for phase, pattern in MARKS:
                 if pattern.search(line):
                     self.mark(phase)
